@@ -1,0 +1,112 @@
+//! Human output of `status`, `validate` and events.
+
+use std::fmt::Write;
+
+use sticler_proto::{Event, PhaseView, StoryState, StoryView, ValidationReport};
+
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+    s.push('…');
+    s
+}
+
+fn state_label(story: &StoryView) -> String {
+    match story.state {
+        StoryState::Running => match story.running_secs {
+            Some(secs) => format!("running {secs}s"),
+            None => "running".into(),
+        },
+        state => state.as_str().into(),
+    }
+}
+
+pub fn phase(view: &PhaseView) -> String {
+    let mut out = String::new();
+    let running = if view.running { ", running" } else { "" };
+    let c = &view.counts;
+    let _ = writeln!(out, "Phase {}: {} [{}{running}]", view.phase, view.title, view.status);
+    let _ = writeln!(
+        out,
+        "  {} stories: {} completed, {} running, {} pending, {} failed, {} blocked{}",
+        c.total,
+        c.completed,
+        c.running,
+        c.pending,
+        c.failed,
+        c.blocked,
+        if c.invalid > 0 { format!(", {} invalid", c.invalid) } else { String::new() }
+    );
+    if let Some(summary) = &view.summary {
+        let _ = writeln!(out, "  last run: {summary}");
+    }
+    if !view.stories.is_empty() {
+        let _ =
+            writeln!(out, "  {:<11} {:<13} {:>4} {:>8}  {:<21} FOCUS", "ID", "STATE", "ITER", "CRITERIA", "DEPENDS ON");
+    }
+    for s in &view.stories {
+        let deps = if s.dependencies.is_empty() { "-".to_string() } else { s.dependencies.join(",") };
+        let mut focus = s.focus.clone();
+        if s.state == StoryState::Blocked && !s.blocked_by.is_empty() {
+            focus = format!("blocked by {}", s.blocked_by.join(", "));
+        } else if s.state == StoryState::Failed {
+            if let Some(last) = s.failed_reasons.last() {
+                focus = last.clone();
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {}",
+            s.id,
+            state_label(s),
+            s.iteration,
+            format!("{}/{}", s.criteria_done, s.criteria_total),
+            cut(&deps, 21),
+            cut(&focus, 60)
+        );
+    }
+    for p in &view.problems {
+        let _ = writeln!(out, "  problem: {p}");
+    }
+    out
+}
+
+pub fn story(view: &PhaseView, s: &StoryView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {}  (phase {}: {})", s.id, s.title, view.phase, view.title);
+    let _ = writeln!(out, "  state:        {} (status.json: {})", state_label(s), s.disk_status);
+    let _ = writeln!(out, "  iteration:    {} (sticler ran {} this run)", s.iteration, s.runs);
+    let _ = writeln!(out, "  criteria:     {}/{}", s.criteria_done, s.criteria_total);
+    let deps = if s.dependencies.is_empty() { "none".to_string() } else { s.dependencies.join(", ") };
+    let _ = writeln!(out, "  depends on:   {deps}");
+    if !s.blocked_by.is_empty() {
+        let _ = writeln!(out, "  blocked by:   {}", s.blocked_by.join(", "));
+    }
+    let _ = writeln!(out, "  focus:        {}", s.focus);
+    if !s.commit_hash.is_empty() {
+        let _ = writeln!(out, "  commit:       {}", s.commit_hash);
+    }
+    for reason in &s.failed_reasons {
+        let _ = writeln!(out, "  failed:       {reason}");
+    }
+    out
+}
+
+pub fn validation(report: &ValidationReport) -> String {
+    if report.problems.is_empty() {
+        return format!("phase {} of {} is valid ({} stories)\n", report.phase, report.project, report.stories);
+    }
+    let mut out = format!("phase {} of {} has {} problem(s):\n", report.phase, report.project, report.problems.len());
+    for p in &report.problems {
+        let _ = writeln!(out, "  {p}");
+    }
+    out
+}
+
+pub fn event(event: &Event) -> String {
+    let secs = event.time_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02} #{:<5} phase {} {}", event.seq, event.phase, event.kind.describe())
+}

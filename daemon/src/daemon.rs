@@ -1,0 +1,424 @@
+//! The daemon's shared state and the handling of every request that answers with one reply.
+//! Streaming requests (watch, logs, wait) live in `stream`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use sticler_proto::{
+    ErrorKind, ErrorReply, EventKind, PhaseRef, PhaseView, Problem, Request, Response, StatusReport, StoryCounts,
+    StoryState, StoryView, ValidationReport, PROTOCOL_VERSION, VERSION,
+};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::events::EventBus;
+use crate::phase::{PhaseFiles, StoryFiles};
+use crate::project::{JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields};
+use crate::reaper::Reaper;
+use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg};
+use crate::store::RunRecord;
+
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// The daemon-wide cap on running workers (`--max-workers`), shared by all runs.
+pub struct Slots {
+    semaphore: Arc<Semaphore>,
+    /// Bumped whenever a slot is freed, so runs waiting for one look again.
+    freed: watch::Sender<u64>,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Slots {
+        Slots { semaphore: Arc::new(Semaphore::new(max.max(1))), freed: watch::channel(0).0 }
+    }
+    pub fn free(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.semaphore).try_acquire_owned().ok()
+    }
+    /// Call after dropping a permit.
+    pub fn freed(&self) {
+        self.freed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.freed.subscribe()
+    }
+}
+
+type RunKey = (PathBuf, u32);
+
+pub struct Daemon {
+    pub bus: EventBus,
+    pub reaper: Arc<Reaper>,
+    pub slots: Slots,
+    pub state_dir: PathBuf,
+    runs: Mutex<HashMap<RunKey, RunHandle>>,
+    /// The last run of each phase that ended, for `status` and `wait`.
+    finished: Mutex<HashMap<RunKey, Arc<Mutex<LiveRun>>>>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply { kind, message: message.into() }
+}
+
+impl From<ProjectError> for ErrorReply {
+    fn from(e: ProjectError) -> Self {
+        let kind = match e {
+            ProjectError::NoProject(_) | ProjectError::NoPhase { .. } => ErrorKind::NotFound,
+            ProjectError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            ProjectError::Io { .. } => ErrorKind::Internal,
+            ProjectError::Malformed { .. } | ProjectError::Invalid { .. } => ErrorKind::Invalid,
+        };
+        error(kind, e.to_string())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Daemon {
+    pub fn new(bus: EventBus, reaper: Arc<Reaper>, max_workers: usize, state_dir: PathBuf) -> Daemon {
+        Daemon {
+            bus,
+            reaper,
+            slots: Slots::new(max_workers),
+            state_dir,
+            runs: Mutex::new(HashMap::new()),
+            finished: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Per-project log folder: `<state>/logs/<name>-<hash of the path>`.
+    pub fn logs_root(&self, project: &Path) -> PathBuf {
+        let name = project.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        // FNV-1a: stable across versions and platforms, unlike std's hasher.
+        let hash = project
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        self.state_dir.join("logs").join(format!("{name}-{hash:016x}"))
+    }
+
+    pub fn run(&self, project: &Path, phase: u32) -> Option<RunHandle> {
+        lock(&self.runs).get(&(project.to_path_buf(), phase)).cloned()
+    }
+
+    pub fn active_runs(&self) -> Vec<RunHandle> {
+        lock(&self.runs).values().cloned().collect()
+    }
+
+    pub fn last_run(&self, project: &Path, phase: u32) -> Option<Arc<Mutex<LiveRun>>> {
+        let key = (project.to_path_buf(), phase);
+        if let Some(run) = lock(&self.runs).get(&key) {
+            return Some(Arc::clone(&run.live));
+        }
+        lock(&self.finished).get(&key).cloned()
+    }
+
+    /// Called by a run's task when it has ended.
+    pub fn run_finished(&self, project: &Path, phase: u32) {
+        let key = (project.to_path_buf(), phase);
+        if let Some(run) = lock(&self.runs).remove(&key) {
+            lock(&self.finished).insert(key, run.live);
+        }
+        if let Err(e) = self.bus.store().remove_run(&run_key(project, phase)) {
+            tracing::error!("cannot record the end of the run in the store: {e}");
+        }
+    }
+
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Response, ErrorReply> {
+        match request {
+            Request::Ping => Ok(Response::Pong),
+            Request::Version => Ok(Response::Version {
+                daemon_version: VERSION.into(),
+                protocol_version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+            }),
+            Request::Status { project, phase, story } => self.status(&project, phase, story.as_deref()),
+            Request::Validate(phase) => self.validate(&phase),
+            Request::Start { phase, force } => self.start(&phase, force),
+            Request::Stop { phase, grace_secs } => {
+                let grace = grace_secs.map_or(DEFAULT_GRACE, Duration::from_secs);
+                self.stop(&phase, grace, false)
+            }
+            Request::Kill(phase) => self.stop(&phase, Duration::ZERO, true),
+            Request::Retry { phase, stories, all_failed } => self.retry(&phase, stories, all_failed).await,
+            Request::Shutdown => {
+                self.shutdown.send_replace(true);
+                Ok(Response::ShuttingDown)
+            }
+            Request::Logs { .. } | Request::Watch { .. } | Request::Wait(_) => {
+                Err(error(ErrorKind::BadRequest, "streaming request reached the single-reply handler"))
+            }
+        }
+    }
+
+    fn status(&self, project: &str, phase: Option<u32>, story: Option<&str>) -> Result<Response, ErrorReply> {
+        let project = Project::open(Path::new(project))?;
+        let numbers = match phase {
+            Some(n) => vec![n],
+            None => project.phases()?,
+        };
+        let mut phases = Vec::with_capacity(numbers.len());
+        for n in numbers {
+            let files = PhaseFiles::load(&project, n)?;
+            let mut view = self.phase_view(&project, &files);
+            if let Some(story) = story {
+                view.stories.retain(|s| s.id == story);
+                if view.stories.is_empty() {
+                    return Err(error(
+                        ErrorKind::NotFound,
+                        format!("no story {story} in phase {n} of {}", project.root.display()),
+                    ));
+                }
+            }
+            phases.push(view);
+        }
+        Ok(Response::Status(StatusReport { project: project.root.display().to_string(), phases }))
+    }
+
+    pub fn phase_view(&self, project: &Project, files: &PhaseFiles) -> PhaseView {
+        let live = self.last_run(&project.root, files.number);
+        let live = live.as_ref().map(|l| lock(l).clone());
+        let running = self.run(&project.root, files.number).is_some();
+        let mut problems = files.problems.clone();
+        let (title, status) = match &files.config {
+            Ok(doc) => (doc.str_field("title").to_string(), doc.str_field("status").to_string()),
+            Err(e) => {
+                problems.push(Problem {
+                    path: files.dir.join(crate::phase::PHASE_CONFIG).display().to_string(),
+                    message: e.to_string(),
+                });
+                (String::new(), String::new())
+            }
+        };
+        let stories: Vec<StoryView> = files
+            .stories
+            .iter()
+            .map(|story| {
+                let live_story = live.as_ref().and_then(|l| l.stories.get(story.id.as_str()));
+                story_view(story, live_story, running, &mut problems)
+            })
+            .collect();
+        let mut counts = StoryCounts { total: stories.len() as u32, ..Default::default() };
+        for s in &stories {
+            match s.state {
+                StoryState::Pending | StoryState::Ready => counts.pending += 1,
+                StoryState::Running | StoryState::Verifying => counts.running += 1,
+                StoryState::Completed => counts.completed += 1,
+                StoryState::Failed => counts.failed += 1,
+                StoryState::Blocked => counts.blocked += 1,
+                StoryState::Invalid => counts.invalid += 1,
+            }
+        }
+        PhaseView {
+            project: project.root.display().to_string(),
+            phase: files.number,
+            title,
+            status,
+            running,
+            counts,
+            stories,
+            summary: live.and_then(|l| l.summary),
+            problems,
+        }
+    }
+
+    fn validate(&self, phase: &PhaseRef) -> Result<Response, ErrorReply> {
+        let project = Project::open(Path::new(&phase.project))?;
+        let files = PhaseFiles::load(&project, phase.phase)?;
+        let mut problems = files.validate(&project);
+        if let Err(e) = OrchestratorConfig::load(&project.root) {
+            problems.push(Problem {
+                path: project.root.join(crate::project::CONFIG_FILE).display().to_string(),
+                message: e.to_string(),
+            });
+        }
+        Ok(Response::Validated(ValidationReport {
+            project: project.root.display().to_string(),
+            phase: phase.phase,
+            stories: files.stories.len() as u32,
+            problems,
+        }))
+    }
+
+    fn start(self: &Arc<Self>, phase: &PhaseRef, force: bool) -> Result<Response, ErrorReply> {
+        if *self.shutdown.borrow() {
+            return Err(error(ErrorKind::Refused, "sticlerd is shutting down"));
+        }
+        let project = Project::open(Path::new(&phase.project))?;
+        let files = PhaseFiles::load(&project, phase.phase)?;
+        let problems = files.validate(&project);
+        if !problems.is_empty() {
+            let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            return Err(error(
+                ErrorKind::Invalid,
+                format!("phase {} is not valid; nothing was started:\n{}", phase.phase, lines.join("\n")),
+            ));
+        }
+        let config = OrchestratorConfig::load(&project.root)?;
+        let mut doc = files.config.as_ref().map_err(|e| error(ErrorKind::Invalid, e.to_string()))?.clone();
+        let current = doc.str_field("status").to_string();
+        let resumable = ["decomposed", "in_progress", "failed", "stopped"];
+        if !force && !resumable.contains(&current.as_str()) {
+            return Err(error(
+                ErrorKind::Refused,
+                format!(
+                    "phase {} is {current:?}; only a decomposed phase or one that is in_progress, failed or stopped can start (use --force to run it anyway)",
+                    phase.phase
+                ),
+            ));
+        }
+        let key = (project.root.clone(), phase.phase);
+        let mut runs = lock(&self.runs);
+        if runs.contains_key(&key) {
+            return Err(error(
+                ErrorKind::Refused,
+                format!("phase {} of {} is already running", phase.phase, project.root.display()),
+            ));
+        }
+        doc.map.insert("status".into(), Value::String("in_progress".into()));
+        doc.map.insert("started_at".into(), Value::String(crate::project::now_rfc3339()));
+        doc.write()?;
+        let files = PhaseFiles::load(&project, phase.phase)?;
+        let record = RunRecord {
+            project: project.root.display().to_string(),
+            phase: phase.phase,
+            started_ms: crate::events::now_ms(),
+        };
+        self.bus
+            .store()
+            .put_run(&run_key(&project.root, phase.phase), &record)
+            .map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
+        let handle = PhaseRun::launch(Arc::clone(self), project.clone(), &files, config);
+        runs.insert(key, handle);
+        drop(runs);
+        Ok(Response::Started(self.phase_view(&project, &files)))
+    }
+
+    fn stop(&self, phase: &PhaseRef, grace: Duration, kill: bool) -> Result<Response, ErrorReply> {
+        let project = Project::open(Path::new(&phase.project))?;
+        let run = self.run(&project.root, phase.phase).ok_or_else(|| {
+            error(ErrorKind::NotFound, format!("phase {} of {} is not running", phase.phase, project.root.display()))
+        })?;
+        let _ = run.tx.send(RunMsg::Stop { grace, kill });
+        let what = if kill { "killing" } else { "stopping" };
+        Ok(Response::Done { message: format!("{what} phase {} of {}", phase.phase, project.root.display()) })
+    }
+
+    async fn retry(&self, phase: &PhaseRef, stories: Vec<String>, all_failed: bool) -> Result<Response, ErrorReply> {
+        let project = Project::open(Path::new(&phase.project))?;
+        let files = PhaseFiles::load(&project, phase.phase)?;
+        let live = self.last_run(&project.root, phase.phase).map(|l| lock(&l).clone());
+        let retryable = |story: &StoryFiles| {
+            let disk_failed = story.status.as_ref().is_ok_and(|d| d.status() == "failed");
+            let live_state = live.as_ref().and_then(|l| l.stories.get(story.id.as_str())).map(|s| s.state);
+            disk_failed || matches!(live_state, Some(StoryState::Failed | StoryState::Blocked))
+        };
+        let targets: Vec<&StoryFiles> = if all_failed {
+            files.stories.iter().filter(|s| retryable(s)).collect()
+        } else {
+            let mut targets = Vec::new();
+            for name in &stories {
+                let story =
+                    files.stories.iter().find(|s| s.id.as_str() == name).ok_or_else(|| {
+                        error(ErrorKind::NotFound, format!("no story {name} in phase {}", phase.phase))
+                    })?;
+                if !retryable(story) {
+                    return Err(error(ErrorKind::Refused, format!("{name} is neither failed nor blocked")));
+                }
+                targets.push(story);
+            }
+            targets
+        };
+        if targets.is_empty() {
+            return Ok(Response::Done { message: "no failed or blocked story to retry".into() });
+        }
+        for story in &targets {
+            let mut doc = JsonDoc::read(&story.status_path())?;
+            if doc.status() == "failed" {
+                // failed_reasons stay as history; only the status goes back.
+                doc.map.insert("status".into(), Value::String("pending".into()));
+                doc.write()?;
+            }
+        }
+        let names: Vec<String> = targets.iter().map(|s| s.id.to_string()).collect();
+        let project_name = project.root.display().to_string();
+        for name in &names {
+            self.bus.emit(&project_name, phase.phase, EventKind::StoryRetried { story: name.clone() });
+        }
+        if let Some(run) = self.run(&project.root, phase.phase) {
+            let (reply, answer) = oneshot::channel();
+            let _ = run.tx.send(RunMsg::Retry { stories: names.clone(), reply });
+            let _ = answer.await;
+            return Ok(Response::Done { message: format!("retrying {} in the running phase", names.join(", ")) });
+        }
+        Ok(Response::Done {
+            message: format!(
+                "{} set back to pending; they run at the next `sticlerctl start {}`",
+                names.join(", "),
+                phase.phase
+            ),
+        })
+    }
+}
+
+fn run_key(project: &Path, phase: u32) -> String {
+    format!("{}\0{phase}", project.display())
+}
+
+fn story_view(
+    story: &StoryFiles,
+    live: Option<&crate::run::LiveStory>,
+    run_active: bool,
+    problems: &mut Vec<Problem>,
+) -> StoryView {
+    let (doc, disk_state) = match &story.status {
+        Ok(doc) => {
+            let state = match doc.status() {
+                "completed" => StoryState::Completed,
+                "failed" => StoryState::Failed,
+                _ => StoryState::Pending,
+            };
+            (Some(doc), state)
+        }
+        Err(e) => {
+            problems.push(Problem { path: story.status_path().display().to_string(), message: e.to_string() });
+            (None, StoryState::Invalid)
+        }
+    };
+    let state = match live {
+        Some(l) if run_active || l.state == StoryState::Blocked => l.state,
+        _ => disk_state,
+    };
+    let (criteria_done, criteria_total) = doc.map_or((0, 0), |d| d.criteria());
+    let mut failed_reasons = doc.map_or_else(Vec::new, |d| d.failed_reasons());
+    if let Some(reason) = live.and_then(|l| l.reason.clone()) {
+        failed_reasons.push(reason);
+    }
+    StoryView {
+        id: story.id.to_string(),
+        title: doc.map_or_else(String::new, |d| d.title().to_string()),
+        state,
+        disk_status: doc.map_or_else(String::new, |d| d.status().to_string()),
+        iteration: doc.map_or(0, |d| d.iteration()),
+        runs: live.map_or(0, |l| l.runs),
+        criteria_done,
+        criteria_total,
+        dependencies: doc.map_or_else(Vec::new, |d| d.dependencies()),
+        focus: doc.map_or_else(String::new, |d| d.focus().to_string()),
+        failed_reasons,
+        blocked_by: live.map_or_else(Vec::new, |l| l.blocked_by.clone()),
+        running_secs: live.and_then(|l| l.iteration_started).map(|t| t.elapsed().as_secs()),
+        commit_hash: doc.map_or_else(String::new, |d| d.commit_hash().to_string()),
+    }
+}

@@ -1,0 +1,220 @@
+//! `sticlerd`: the daemon. Thin edge: arguments, logging, start-up order and shutdown.
+
+mod connection;
+mod daemon;
+mod events;
+mod paths;
+mod phase;
+mod project;
+mod reaper;
+mod run;
+mod scheduler;
+mod server;
+mod store;
+mod stream;
+mod worker;
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::daemon::{Daemon, DEFAULT_GRACE};
+use crate::run::RunMsg;
+
+/// sticlerd runs development phases of AI-built projects: it starts a fresh worker process per
+/// iteration of each ready story, watches status.json, and closes the phase.
+///
+/// Clients talk to it with `sticlerctl` over a Unix socket (mode 0600, same uid or root only).
+///
+/// Example:
+///   sticlerd --foreground --max-workers 4
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Socket path [default: $STICLER_SOCKET, else $XDG_RUNTIME_DIR/sticler/sticlerd.sock,
+    /// else /run/sticler/sticlerd.sock for root]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Folder for the store and the iteration logs [default: $XDG_STATE_HOME/sticler, else
+    /// ~/.local/state/sticler, or /var/lib/sticler for root]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Most workers running at once, over all phases and projects
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_workers: u32,
+    /// Stay in the foreground (always the case under systemd, where NOTIFY_SOCKET is set)
+    #[arg(long)]
+    foreground: bool,
+    /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace)
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match start(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sticlerd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .context("bad --log-level")?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let socket = paths::socket_path(args.socket.clone())?;
+    let state_dir = paths::state_dir(args.state_dir.clone())?;
+    let background = !args.foreground && std::env::var_os("NOTIFY_SOCKET").is_none();
+    // Forking must happen before any thread exists (the runtime, the reaper).
+    let ready = if background { Some(daemonize(&state_dir)?) } else { None };
+    let result = serve(&args, &socket, &state_dir, ready);
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    result
+}
+
+/// Forks; the parent waits until the child reports readiness (or an error) on a pipe and
+/// exits with that. Returns the write end in the child.
+fn daemonize(state_dir: &std::path::Path) -> anyhow::Result<OwnedFd> {
+    let (read_end, write_end) = nix::unistd::pipe().context("pipe")?;
+    // SAFETY: no other thread exists yet (checked by the call order in `start`).
+    match unsafe { nix::unistd::fork() }.context("fork")? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            let mut text = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut text);
+            match text.strip_prefix("ready ") {
+                Some(rest) => {
+                    println!("sticlerd started: {}", rest.trim());
+                    std::process::exit(0)
+                }
+                None if text.is_empty() => {
+                    eprintln!("sticlerd: the daemon exited during start-up; see {}/sticlerd.log", state_dir.display());
+                    std::process::exit(1)
+                }
+                None => {
+                    eprint!("{text}");
+                    std::process::exit(1)
+                }
+            }
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            nix::unistd::setsid().context("setsid")?;
+            paths::private_dir(state_dir)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(state_dir.join("sticlerd.log"))
+                .context("open sticlerd.log")?;
+            let devnull = std::fs::File::open("/dev/null").context("/dev/null")?;
+            nix::unistd::dup2(devnull.into_raw_fd(), 0).context("dup2")?;
+            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 1).context("dup2")?;
+            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2).context("dup2")?;
+            Ok(write_end)
+        }
+    }
+}
+
+fn report(ready: &mut Option<OwnedFd>, text: &str) {
+    if let Some(fd) = ready.take() {
+        // SAFETY: we own the fd; File takes over closing it.
+        let mut pipe = unsafe { std::fs::File::from_raw_fd(fd.into_raw_fd()) };
+        let _ = pipe.write_all(text.as_bytes());
+    }
+}
+
+fn serve(
+    args: &Args,
+    socket: &std::path::Path,
+    state_dir: &std::path::Path,
+    mut ready: Option<OwnedFd>,
+) -> anyhow::Result<()> {
+    let result = (|| -> anyhow::Result<_> {
+        paths::private_dir(state_dir)?;
+        let socket_dir = socket.parent().context("socket path has no folder")?;
+        if !socket_dir.exists() {
+            paths::private_dir(socket_dir)?;
+        }
+        let state_lock = paths::PidLock::acquire(&state_dir.join("sticlerd.pid"))?;
+        let socket_lock = paths::PidLock::acquire(&lock_path(socket))?;
+        let store = Arc::new(store::Store::open(state_dir)?);
+        let bus = events::EventBus::new(Arc::clone(&store))?;
+        let reaper = reaper::Reaper::start().context("cannot become a child subreaper")?;
+        let daemon = Arc::new(Daemon::new(bus, reaper, args.max_workers as usize, state_dir.to_path_buf()));
+        Ok((state_lock, socket_lock, store, daemon))
+    })();
+    let (_state_lock, _socket_lock, store, daemon) = match result {
+        Ok(parts) => parts,
+        Err(e) => {
+            report(&mut ready, &format!("sticlerd: {e:#}\n"));
+            return Err(e);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = match server::bind(socket) {
+            Ok(l) => l,
+            Err(e) => {
+                report(&mut ready, &format!("sticlerd: {e}\n"));
+                return Err(anyhow::Error::from(e));
+            }
+        };
+        tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), pid = std::process::id(), "sticlerd {} ready", sticler_proto::VERSION);
+        report(&mut ready, &format!("ready pid {}, socket {}\n", std::process::id(), socket.display()));
+        let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("signal handlers")?;
+        let shutdown_tx = daemon.shutdown.clone();
+        tokio::spawn(async move {
+            if let Some(sig) = signals.next().await {
+                tracing::info!(signal = sig, "shutting down");
+                shutdown_tx.send_replace(true);
+            }
+        });
+        let mut shutdown = daemon.shutdown.subscribe();
+        let server = tokio::spawn(server::serve(listener, Arc::clone(&daemon), daemon.shutdown.subscribe()));
+        let _ = shutdown.wait_for(|down| *down).await;
+        stop_all_runs(&daemon).await;
+        server.abort();
+        Ok(())
+    })?;
+    if let Err(e) = std::fs::remove_file(socket) {
+        tracing::warn!("cannot remove {}: {e}", socket.display());
+    }
+    store.flush().context("flushing the store")?;
+    tracing::info!("sticlerd stopped");
+    Ok(())
+}
+
+fn lock_path(socket: &std::path::Path) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Stops every run gracefully and waits for them to end (grace period plus a margin).
+async fn stop_all_runs(daemon: &Daemon) {
+    for run in daemon.active_runs() {
+        let _ = run.tx.send(RunMsg::Stop { grace: DEFAULT_GRACE, kill: false });
+    }
+    let deadline = Instant::now() + DEFAULT_GRACE + Duration::from_secs(5);
+    while !daemon.active_runs().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

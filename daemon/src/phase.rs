@@ -1,0 +1,257 @@
+//! Reading a whole phase from disk and checking it before anything runs.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::PathBuf;
+
+use sticler_proto::Problem;
+
+use crate::project::{JsonDoc, Project, ProjectError, StatusFields, StoryId};
+
+pub const PHASE_CONFIG: &str = "phase_config.json";
+pub const STATUS_FILE: &str = "status.json";
+pub const SPEC_FILE: &str = "spec.md";
+
+/// One story folder as found on disk.
+#[derive(Debug)]
+pub struct StoryFiles {
+    pub id: StoryId,
+    pub dir: PathBuf,
+    pub status: Result<JsonDoc, ProjectError>,
+    pub has_spec: bool,
+}
+
+impl StoryFiles {
+    pub fn status_path(&self) -> PathBuf {
+        self.dir.join(STATUS_FILE)
+    }
+    pub fn spec_path(&self) -> PathBuf {
+        self.dir.join(SPEC_FILE)
+    }
+}
+
+/// A phase as found on disk. Reading never fails on a bad story: problems are collected.
+#[derive(Debug)]
+pub struct PhaseFiles {
+    pub number: u32,
+    pub dir: PathBuf,
+    pub config: Result<JsonDoc, ProjectError>,
+    /// Sorted by id.
+    pub stories: Vec<StoryFiles>,
+    /// Folders under stories/ that are not stories sticler can use.
+    pub problems: Vec<Problem>,
+}
+
+impl PhaseFiles {
+    pub fn load(project: &Project, number: u32) -> Result<PhaseFiles, ProjectError> {
+        let dir = project.phase_dir(number);
+        if !dir.is_dir() {
+            return Err(ProjectError::NoPhase { project: project.root.clone(), phase: number });
+        }
+        let config = JsonDoc::read(&dir.join(PHASE_CONFIG));
+        let mut stories = Vec::new();
+        let mut problems = Vec::new();
+        let stories_dir = dir.join("stories");
+        let entries = match fs::read_dir(&stories_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(PhaseFiles { number, dir, config, stories, problems })
+            }
+            Err(e) => return Err(ProjectError::io(&stories_dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| ProjectError::io(&stories_dir, e))?;
+            let path = entry.path();
+            let problem = |message: String| Problem { path: path.display().to_string(), message };
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                problems.push(problem("story folder name is not valid UTF-8".into()));
+                continue;
+            };
+            let file_type = entry.file_type().map_err(|e| ProjectError::io(&path, e))?;
+            if file_type.is_symlink() {
+                // A symlink could lead sticler (and the worker) outside the project.
+                problems.push(problem("story folder is a symlink; sticler only uses real folders".into()));
+                continue;
+            }
+            if !file_type.is_dir() {
+                continue;
+            }
+            let Some(id) = StoryId::parse(&name) else {
+                problems
+                    .push(problem(format!("folder name {name:?} is not a story id of the form US-P{number}-<digits>")));
+                continue;
+            };
+            if id.phase != number {
+                problems.push(problem(format!(
+                    "story {id} belongs to phase {}, but its folder is in phase {number}",
+                    id.phase
+                )));
+                continue;
+            }
+            let status = JsonDoc::read(&path.join(STATUS_FILE));
+            let has_spec = path.join(SPEC_FILE).is_file();
+            stories.push(StoryFiles { id, dir: path, status, has_spec });
+        }
+        stories.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(PhaseFiles { number, dir, config, stories, problems })
+    }
+
+    /// Every reason this phase cannot run, in a stable order. Empty means valid.
+    pub fn validate(&self, project: &Project) -> Vec<Problem> {
+        let mut problems = self.problems.clone();
+        let push = |problems: &mut Vec<Problem>, path: &PathBuf, message: String| {
+            problems.push(Problem { path: path.display().to_string(), message })
+        };
+        if let Err(e) = &self.config {
+            push(&mut problems, &self.dir.join(PHASE_CONFIG), strip_path(e));
+        }
+        let ids: BTreeSet<&str> = self.stories.iter().map(|s| s.id.as_str()).collect();
+        let mut claimed: HashMap<String, &PathBuf> = HashMap::new();
+        let mut edges: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for story in &self.stories {
+            if !story.has_spec {
+                push(&mut problems, &story.spec_path(), "missing spec.md".into());
+            }
+            let doc = match &story.status {
+                Ok(doc) => doc,
+                Err(e) => {
+                    push(&mut problems, &story.status_path(), strip_path(e));
+                    continue;
+                }
+            };
+            let declared = doc.str_field("story_id");
+            if declared != story.id.as_str() {
+                push(
+                    &mut problems,
+                    &story.status_path(),
+                    format!("story_id {declared:?} does not match its folder {}", story.id),
+                );
+            }
+            if let Some(first) = claimed.insert(declared.to_string(), &story.dir) {
+                if !declared.is_empty() {
+                    push(
+                        &mut problems,
+                        &story.status_path(),
+                        format!("duplicate story id {declared}: also claimed by {}", first.display()),
+                    );
+                }
+            }
+            let mut deps = Vec::new();
+            for dep in doc.dependencies() {
+                match StoryId::parse(&dep) {
+                    None => push(&mut problems, &story.status_path(), format!("dependency {dep:?} is not a story id")),
+                    Some(dep_id) if dep_id.phase == self.number => {
+                        if ids.contains(dep_id.as_str()) {
+                            deps.push(dep);
+                        } else {
+                            push(
+                                &mut problems,
+                                &story.status_path(),
+                                format!("unknown dependency {dep}: no such story in this phase"),
+                            );
+                        }
+                    }
+                    Some(dep_id) => {
+                        if !project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
+                            push(
+                                &mut problems,
+                                &story.status_path(),
+                                format!(
+                                    "unknown dependency {dep}: no status.json in {}",
+                                    project.story_dir(&dep_id).display()
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            edges.insert(story.id.as_str(), deps);
+        }
+        if let Some(cycle) = find_cycle(&edges) {
+            push(&mut problems, &self.dir.join("stories"), format!("dependency cycle: {}", cycle.join(" -> ")));
+        }
+        problems
+    }
+}
+
+/// The error text without the leading path (the problem carries the path already).
+fn strip_path(e: &ProjectError) -> String {
+    match e {
+        ProjectError::Io { source, .. } => source.to_string(),
+        ProjectError::Malformed { line, column, message, .. } => {
+            format!("malformed JSON at line {line}, column {column}: {message}")
+        }
+        ProjectError::Invalid { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Finds one dependency cycle, iteratively (a 10,000-long chain must not overflow the stack).
+/// Returns it as `a -> b -> … -> a`.
+pub fn find_cycle(edges: &BTreeMap<&str, Vec<String>>) -> Option<Vec<String>> {
+    // Kahn's algorithm removes everything that is not on or behind a cycle.
+    let mut indegree: HashMap<&str, usize> = edges.keys().map(|k| (*k, 0)).collect();
+    for deps in edges.values() {
+        for dep in deps {
+            if let Some(n) = indegree.get_mut(dep.as_str()) {
+                *n += 1;
+            }
+        }
+    }
+    let mut queue: Vec<&str> = indegree.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k).collect();
+    while let Some(node) = queue.pop() {
+        indegree.remove(node);
+        for dep in edges.get(node).into_iter().flatten() {
+            if let Some(n) = indegree.get_mut(dep.as_str()) {
+                *n -= 1;
+                if *n == 0 {
+                    queue.push(dep.as_str());
+                }
+            }
+        }
+    }
+    // Every remaining node has an edge to another remaining node: walk until a repeat.
+    let start = indegree.keys().min()?;
+    let mut path: Vec<&str> = vec![start];
+    let mut seen: HashMap<&str, usize> = HashMap::from([(*start, 0)]);
+    loop {
+        let current = path[path.len() - 1];
+        let next = edges.get(current)?.iter().map(String::as_str).filter(|d| indegree.contains_key(d)).min()?;
+        if let Some(&at) = seen.get(next) {
+            let mut cycle: Vec<String> = path[at..].iter().map(|s| s.to_string()).collect();
+            cycle.push(next.to_string());
+            return Some(cycle);
+        }
+        seen.insert(next, path.len());
+        path.push(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edges(list: &[(&'static str, &[&str])]) -> BTreeMap<&'static str, Vec<String>> {
+        list.iter().map(|(k, v)| (*k, v.iter().map(|s| s.to_string()).collect())).collect()
+    }
+
+    #[test]
+    fn cycle_is_printed_in_dependency_order() {
+        let e = edges(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &["a"])]);
+        assert_eq!(find_cycle(&e).unwrap(), ["a", "b", "c", "a"]);
+        let e = edges(&[("a", &["a"])]);
+        assert_eq!(find_cycle(&e).unwrap(), ["a", "a"]);
+    }
+
+    #[test]
+    fn acyclic_graphs_have_no_cycle_even_when_long() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("s{i:05}")).collect();
+        let mut e: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (i, name) in names.iter().enumerate() {
+            e.insert(name, if i == 0 { vec![] } else { vec![names[i - 1].clone()] });
+        }
+        assert!(find_cycle(&e).is_none());
+        e.insert(&names[0], vec![names[9_999].clone()]);
+        assert_eq!(find_cycle(&e).unwrap().len(), 10_001);
+    }
+}

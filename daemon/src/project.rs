@@ -1,0 +1,431 @@
+//! The on-disk formats owned by the user and the worker: `phase_config.json`, each story's
+//! `status.json` and `spec.md`, and `orchestrator.config.json`.
+//!
+//! JSON documents are kept as `serde_json::Map` (with key order preserved) so that fields this
+//! version does not know survive every rewrite. A malformed file is reported with its path, line
+//! and column and is never rewritten.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: malformed JSON at line {line}, column {column}: {message}", path.display())]
+    Malformed { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("no folder holding phases/ found at or above {}; pass -C <project dir>", .0.display())]
+    NoProject(PathBuf),
+    #[error("{}: phase {phase} not found (expected folder {})", project.display(), project.join("phases").join(format!("phase_{phase}")).display())]
+    NoPhase { project: PathBuf, phase: u32 },
+}
+
+impl ProjectError {
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        ProjectError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// A JSON object read from disk together with the exact bytes it came from.
+#[derive(Debug, Clone)]
+pub struct JsonDoc {
+    pub path: PathBuf,
+    pub raw: Vec<u8>,
+    pub map: Map<String, Value>,
+}
+
+impl JsonDoc {
+    pub fn read(path: &Path) -> Result<JsonDoc, ProjectError> {
+        let raw = fs::read(path).map_err(|e| ProjectError::io(path, e))?;
+        let map = parse_object(path, &raw)?;
+        Ok(JsonDoc { path: path.to_path_buf(), raw, map })
+    }
+
+    pub fn str_field(&self, key: &str) -> &str {
+        self.map.get(key).and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// Writes the document back atomically; unknown fields are kept as they were read.
+    pub fn write(&mut self) -> Result<(), ProjectError> {
+        // Four-space indentation, as the worker contract's examples are written.
+        let mut bytes = Vec::with_capacity(self.raw.len() + 64);
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut serializer = serde_json::Serializer::with_formatter(&mut bytes, formatter);
+        serde::Serialize::serialize(&self.map, &mut serializer)
+            .map_err(|e| ProjectError::Invalid { path: self.path.clone(), message: format!("cannot encode: {e}") })?;
+        bytes.push(b'\n');
+        write_atomic(&self.path, &bytes)?;
+        self.raw = bytes;
+        Ok(())
+    }
+}
+
+/// Parses a JSON object, naming the file, line and column on failure.
+pub fn parse_object(path: &Path, raw: &[u8]) -> Result<Map<String, Value>, ProjectError> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ProjectError::Invalid {
+            path: path.to_path_buf(),
+            message: "expected a JSON object at the top level".into(),
+        }),
+        Err(e) => Err(ProjectError::Malformed {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Replaces `path` with `bytes` so that readers see either the old or the new file, never a
+/// mix: temp file in the same folder, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp =
+        dir.join(format!(".{name}.sticler-{}-{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        if let Ok(meta) = fs::metadata(path) {
+            // Keep the user's permissions on the file we replace.
+            file.set_permissions(meta.permissions())?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ProjectError::io(path, e)
+    })
+}
+
+/// How a command is given in orchestrator.config.json: an argv array, or a string run by `sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CommandSpec {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl CommandSpec {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            CommandSpec::Argv(argv) => argv.clone(),
+            CommandSpec::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdinMode {
+    /// spec.md on the worker's stdin.
+    Spec,
+    /// /dev/null.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub command: CommandSpec,
+    pub stdin: StdinMode,
+    pub iteration_timeout_secs: u64,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            command: CommandSpec::Argv(
+                ["claude", "-p", "/phase-worker {story_id}", "--dangerously-skip-permissions"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            stdin: StdinMode::Spec,
+            iteration_timeout_secs: 1800,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// `orchestrator.config.json` at the project root; every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorConfig {
+    pub max_parallel_workers: usize,
+    pub max_iterations_per_task: u32,
+    pub retry_limit: u32,
+    pub auto_commit: bool,
+    pub worker: WorkerConfig,
+    pub verify: Option<CommandSpec>,
+    pub push: bool,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            max_parallel_workers: 3,
+            max_iterations_per_task: 20,
+            retry_limit: 3,
+            auto_commit: true,
+            worker: WorkerConfig::default(),
+            verify: None,
+            push: true,
+        }
+    }
+}
+
+pub const CONFIG_FILE: &str = "orchestrator.config.json";
+
+impl OrchestratorConfig {
+    /// Reads the project's config, or the defaults when the file does not exist.
+    pub fn load(project: &Path) -> Result<OrchestratorConfig, ProjectError> {
+        let path = project.join(CONFIG_FILE);
+        let raw = match fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(ProjectError::io(&path, e)),
+        };
+        let config: OrchestratorConfig = serde_json::from_slice(&raw).map_err(|e| {
+            if e.is_data() {
+                ProjectError::Invalid {
+                    path: path.clone(),
+                    message: format!("line {}, column {}: {e}", e.line(), e.column()),
+                }
+            } else {
+                ProjectError::Malformed {
+                    path: path.clone(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: e.to_string(),
+                }
+            }
+        })?;
+        if config.worker.command.argv().first().is_none_or(|p| p.is_empty()) {
+            return Err(ProjectError::Invalid { path, message: "worker.command is empty".into() });
+        }
+        Ok(config)
+    }
+}
+
+/// A project: the folder holding `phases/`, by its canonical path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Project {
+    pub root: PathBuf,
+}
+
+impl Project {
+    /// Opens the project at `dir` (which must hold `phases/`).
+    pub fn open(dir: &Path) -> Result<Project, ProjectError> {
+        let root = fs::canonicalize(dir).map_err(|e| ProjectError::io(dir, e))?;
+        if !root.join("phases").is_dir() {
+            return Err(ProjectError::NoProject(root));
+        }
+        Ok(Project { root })
+    }
+
+    pub fn phase_dir(&self, phase: u32) -> PathBuf {
+        self.root.join("phases").join(format!("phase_{phase}"))
+    }
+
+    /// Phase numbers found under `phases/`, ascending.
+    pub fn phases(&self) -> Result<Vec<u32>, ProjectError> {
+        let dir = self.root.join("phases");
+        let entries = fs::read_dir(&dir).map_err(|e| ProjectError::io(&dir, e))?;
+        let mut numbers: Vec<u32> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("phase_")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// The folder of a story, from its id (`US-P3-007` lives in phase 3).
+    pub fn story_dir(&self, id: &StoryId) -> PathBuf {
+        self.phase_dir(id.phase).join("stories").join(id.as_str())
+    }
+}
+
+/// A story id of the form `US-P<phase>-<digits>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoryId {
+    text: String,
+    pub phase: u32,
+}
+
+impl StoryId {
+    pub fn parse(text: &str) -> Option<StoryId> {
+        let rest = text.strip_prefix("US-P")?;
+        let (phase, number) = rest.split_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(phase) || !digits(number) {
+            return None;
+        }
+        Some(StoryId { text: text.to_string(), phase: phase.parse().ok()? })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for StoryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Accessors for the fields of status.json that sticler reads.
+pub trait StatusFields {
+    fn doc(&self) -> &JsonDoc;
+
+    fn status(&self) -> &str {
+        self.doc().str_field("status")
+    }
+    fn title(&self) -> &str {
+        self.doc().str_field("title")
+    }
+    fn focus(&self) -> &str {
+        self.doc().str_field("focus")
+    }
+    fn commit_hash(&self) -> &str {
+        self.doc().str_field("commit_hash")
+    }
+    fn iteration(&self) -> u32 {
+        let value = self.doc().map.get("iteration").and_then(Value::as_u64).unwrap_or(0);
+        u32::try_from(value).unwrap_or(u32::MAX)
+    }
+    fn dependencies(&self) -> Vec<String> {
+        string_list(self.doc().map.get("dependencies"))
+    }
+    fn failed_reasons(&self) -> Vec<String> {
+        string_list(self.doc().map.get("failed_reasons"))
+    }
+    /// (done, total) of the acceptance criteria.
+    fn criteria(&self) -> (u32, u32) {
+        let Some(Value::Array(items)) = self.doc().map.get("criteria") else { return (0, 0) };
+        let done = items.iter().filter(|c| c.get("done").and_then(Value::as_bool) == Some(true));
+        (done.count() as u32, items.len() as u32)
+    }
+}
+
+impl StatusFields for JsonDoc {
+    fn doc(&self) -> &JsonDoc {
+        self
+    }
+}
+
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Current UTC time as RFC 3339 (`2026-01-28T10:00:00Z`), the format the worker contract uses.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    rfc3339(secs)
+}
+
+pub fn rfc3339(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let rem = unix_secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_survive_a_rewrite_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let text = r#"{"zeta": {"nested": [1, 2]}, "story_id": "US-P1-001", "status": "pending", "x-custom": true}"#;
+        fs::write(&path, text).unwrap();
+        let mut doc = JsonDoc::read(&path).unwrap();
+        doc.map.insert("status".into(), Value::String("failed".into()));
+        doc.write().unwrap();
+        let back: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let keys: Vec<_> = back.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["zeta", "story_id", "status", "x-custom"]);
+        assert_eq!(back["zeta"]["nested"][1], 2);
+        assert_eq!(back["status"], "failed");
+        assert_eq!(back["x-custom"], true);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp file is left behind");
+    }
+
+    #[test]
+    fn malformed_json_names_line_and_column_and_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let text = b"{\n  \"status\": \"pending\",\n  oops\n}\n";
+        fs::write(&path, text).unwrap();
+        match JsonDoc::read(&path) {
+            Err(ProjectError::Malformed { line, column, .. }) => assert_eq!((line, column), (3, 3)),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn story_ids_are_strict() {
+        assert_eq!(StoryId::parse("US-P12-007").map(|s| s.phase), Some(12));
+        for bad in ["US-P1-", "US-P-001", "us-p1-001", "US-P1-00a", "US-P1-001/..", "US-P1-0\0", ""] {
+            assert!(StoryId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn config_defaults_match_the_design() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OrchestratorConfig::load(dir.path()).unwrap();
+        assert_eq!(config.max_parallel_workers, 3);
+        assert_eq!(config.max_iterations_per_task, 20);
+        assert_eq!(config.retry_limit, 3);
+        assert!(config.auto_commit && config.push);
+        assert_eq!(config.worker.stdin, StdinMode::Spec);
+        assert_eq!(config.worker.iteration_timeout_secs, 1800);
+        fs::write(dir.path().join(CONFIG_FILE), r#"{"worker": {"command": "echo hi"}}"#).unwrap();
+        let config = OrchestratorConfig::load(dir.path()).unwrap();
+        assert_eq!(config.worker.command.argv(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(config.max_parallel_workers, 3);
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_769_594_400), "2026-01-28T10:00:00Z");
+    }
+}

@@ -1,0 +1,73 @@
+//! The one owner of `waitpid`. The daemon is a child subreaper, so descendants that workers
+//! orphan (double forks, daemonised helpers) are re-parented to it; this thread reaps every
+//! child, hands the exit of a worker to whoever spawned it, and silently reaps the strays so
+//! no zombie is ever left.
+
+use std::collections::HashMap;
+use std::io;
+use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use signal_hook::consts::SIGCHLD;
+use signal_hook::iterator::Signals;
+use sticler_proto::ExitReason;
+use tokio::sync::oneshot;
+
+#[derive(Default)]
+pub struct Reaper {
+    waiters: Mutex<HashMap<i32, oneshot::Sender<ExitReason>>>,
+}
+
+impl Reaper {
+    /// Becomes a subreaper and starts the reaping thread.
+    pub fn start() -> io::Result<Arc<Reaper>> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
+        let reaper = Arc::new(Reaper::default());
+        let mut signals = Signals::new([SIGCHLD])?;
+        let thread_reaper = Arc::clone(&reaper);
+        std::thread::Builder::new().name("reaper".into()).spawn(move || {
+            thread_reaper.reap_all();
+            for _ in signals.forever() {
+                thread_reaper.reap_all();
+            }
+        })?;
+        Ok(reaper)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitReason>>> {
+        // A poisoned map is still a valid map: a panic elsewhere must not stop reaping.
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spawns `command` and returns its pid and a receiver for its exit. The map is locked
+    /// across the spawn, so the reaper cannot reap the child before it is registered.
+    pub fn spawn(&self, command: &mut Command) -> io::Result<(i32, oneshot::Receiver<ExitReason>)> {
+        let mut waiters = self.lock();
+        let child = command.spawn()?;
+        let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+        // Dropping `Child` neither waits nor kills: the reaper thread owns the wait.
+        drop(child);
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(pid, tx);
+        Ok((pid, rx))
+    }
+
+    fn reap_all(&self) {
+        let mut waiters = self.lock();
+        loop {
+            let reason = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitReason::Exited(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitReason::Signalled(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some(tx) = waiters.remove(&reason.0.as_raw()) {
+                let _ = tx.send(reason.1);
+            } else {
+                tracing::debug!(pid = reason.0.as_raw(), "reaped an orphaned descendant");
+            }
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! One active run of one phase: an actor task that owns the phase's scheduler, starts each
+//! iteration's worker, judges its end from status.json, and writes what sticler decides back
+//! to disk.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use sticler_proto::{EventKind, ExitReason, RunOutcome, StoryState};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+use crate::daemon::Daemon;
+use crate::phase::PhaseFiles;
+use crate::project::{JsonDoc, OrchestratorConfig, Project, StatusFields, StdinMode};
+use crate::scheduler::{Action, Limits, Scheduler, StoryInit, Verdict};
+use crate::worker::{self, SpawnSpec};
+
+pub enum RunMsg {
+    Exited {
+        story: String,
+        iteration: u32,
+        reason: ExitReason,
+    },
+    TimedOut {
+        story: String,
+        iteration: u32,
+    },
+    Stop {
+        grace: Duration,
+        kill: bool,
+    },
+    /// The stop grace period is over: SIGKILL what is left.
+    ForceKill,
+    Retry {
+        stories: Vec<String>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// What `status` shows of a run while it is active (and after it ended).
+#[derive(Debug, Default, Clone)]
+pub struct LiveRun {
+    pub stories: HashMap<String, LiveStory>,
+    pub ended: Option<RunOutcome>,
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveStory {
+    pub state: StoryState,
+    pub runs: u32,
+    pub iteration_started: Option<Instant>,
+    pub blocked_by: Vec<String>,
+    /// Why sticler failed the story, when status.json could not carry it.
+    pub reason: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct RunHandle {
+    pub tx: mpsc::UnboundedSender<RunMsg>,
+    pub live: Arc<Mutex<LiveRun>>,
+}
+
+struct Running {
+    pid: i32,
+    iteration: u32,
+    token: String,
+    /// status.json bytes when the iteration started, to see whether it changed.
+    before: Vec<u8>,
+    timed_out: bool,
+    stop_signalled: bool,
+}
+
+struct StoryPaths {
+    dir: PathBuf,
+    status: PathBuf,
+    spec: PathBuf,
+}
+
+pub struct PhaseRun {
+    daemon: Arc<Daemon>,
+    project: Project,
+    project_name: String,
+    phase: u32,
+    config: OrchestratorConfig,
+    sched: Scheduler,
+    stories: BTreeMap<String, StoryPaths>,
+    running: HashMap<String, Running>,
+    permits: HashMap<String, OwnedSemaphorePermit>,
+    live: Arc<Mutex<LiveRun>>,
+    tx: mpsc::UnboundedSender<RunMsg>,
+    /// Prefix of every worker token of this run.
+    nonce: String,
+    logs_root: PathBuf,
+    started: Instant,
+}
+
+impl PhaseRun {
+    /// Builds the run from a validated phase and starts its task.
+    pub fn launch(daemon: Arc<Daemon>, project: Project, files: &PhaseFiles, config: OrchestratorConfig) -> RunHandle {
+        let mut inits = Vec::new();
+        let mut stories = BTreeMap::new();
+        let mut live = LiveRun::default();
+        for story in &files.stories {
+            let Ok(doc) = &story.status else { continue };
+            let (deps, unmet_external) = split_dependencies(&project, files.number, &doc.dependencies());
+            let disk = doc.status();
+            inits.push(StoryInit {
+                id: story.id.to_string(),
+                deps,
+                unmet_external,
+                completed: disk == "completed",
+                failed: disk == "failed",
+            });
+            stories.insert(
+                story.id.to_string(),
+                StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() },
+            );
+            let state = match disk {
+                "completed" => StoryState::Completed,
+                "failed" => StoryState::Failed,
+                _ => StoryState::Pending,
+            };
+            live.stories.insert(
+                story.id.to_string(),
+                LiveStory { state, runs: 0, iteration_started: None, blocked_by: vec![], reason: None },
+            );
+        }
+        let limits = Limits {
+            max_parallel: config.max_parallel_workers.max(1),
+            max_iterations: config.max_iterations_per_task.max(1),
+            retry_limit: config.retry_limit.max(1),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let live = Arc::new(Mutex::new(live));
+        let handle = RunHandle { tx: tx.clone(), live: Arc::clone(&live) };
+        let nonce = format!("{}.{}", std::process::id(), crate::events::now_ms());
+        let logs_root = daemon.logs_root(&project.root);
+        let run = PhaseRun {
+            project_name: project.root.display().to_string(),
+            logs_root,
+            daemon,
+            project,
+            phase: files.number,
+            config,
+            sched: Scheduler::new(inits, limits),
+            stories,
+            running: HashMap::new(),
+            permits: HashMap::new(),
+            live,
+            tx,
+            nonce,
+            started: Instant::now(),
+        };
+        tokio::spawn(run.drive(rx));
+        handle
+    }
+
+    fn emit(&self, kind: EventKind) {
+        self.daemon.bus.emit(&self.project_name, self.phase, kind);
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, LiveRun> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn drive(mut self, mut rx: mpsc::UnboundedReceiver<RunMsg>) {
+        let span = tracing::info_span!("run", project = %self.project_name, phase = self.phase);
+        let _enter = span.enter();
+        self.emit(EventKind::RunStarted { stories: self.stories.len() as u32 });
+        let mut slots = self.daemon.slots.subscribe();
+        let actions = self.sched.schedule(self.daemon.slots.free());
+        self.apply(actions);
+        while self.sched.ended().is_none() {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                changed = slots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let actions = self.sched.schedule(self.daemon.slots.free());
+                    self.apply(actions);
+                }
+            }
+        }
+        self.daemon.run_finished(&self.project.root, self.phase);
+    }
+
+    fn handle(&mut self, msg: RunMsg) {
+        match msg {
+            RunMsg::Exited { story, iteration, reason } => self.iteration_exited(story, iteration, reason),
+            RunMsg::TimedOut { story, iteration } => {
+                if let Some(run) = self.running.get_mut(&story).filter(|r| r.iteration == iteration) {
+                    run.timed_out = true;
+                    tracing::warn!(story_id = %story, iteration, "iteration timed out; killing it");
+                    worker::signal_story(Some(run.pid), std::slice::from_ref(&run.token), Signal::SIGKILL);
+                }
+            }
+            RunMsg::Stop { grace, kill } => self.stop(grace, kill),
+            RunMsg::ForceKill => {
+                for run in self.running.values() {
+                    worker::signal_story(Some(run.pid), std::slice::from_ref(&run.token), Signal::SIGKILL);
+                }
+            }
+            RunMsg::Retry { stories, reply } => {
+                let retried: Vec<String> = stories.into_iter().filter(|s| self.sched.retry(s)).collect();
+                for story in &retried {
+                    if let Some(live) = self.live().stories.get_mut(story) {
+                        live.state = StoryState::Pending;
+                        live.blocked_by.clear();
+                        live.reason = None;
+                    }
+                }
+                let _ = reply.send(retried);
+                self.refresh_blocked();
+                let actions = self.sched.schedule(self.daemon.slots.free());
+                self.apply(actions);
+            }
+        }
+    }
+
+    fn stop(&mut self, grace: Duration, kill: bool) {
+        let first = !self.sched.is_stopping();
+        let actions = self.sched.stop();
+        if first || kill {
+            self.emit(EventKind::RunStopping { kill });
+        }
+        let signal = if kill { Signal::SIGKILL } else { Signal::SIGTERM };
+        for run in self.running.values_mut() {
+            run.stop_signalled = true;
+            worker::signal_story(Some(run.pid), std::slice::from_ref(&run.token), signal);
+        }
+        if !kill && !self.running.is_empty() {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = tx.send(RunMsg::ForceKill);
+            });
+        }
+        self.apply(actions);
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Start(story) => {
+                    if let Some(more) = self.start_iteration(&story) {
+                        queue.extend(more);
+                    }
+                }
+                Action::Completed(story) => {
+                    self.release(&story, StoryState::Completed);
+                    self.emit(EventKind::StoryCompleted { story });
+                }
+                Action::Failed { story, reason, record } => {
+                    if record {
+                        self.record_failure(&story, &reason);
+                    }
+                    self.release(&story, StoryState::Failed);
+                    self.emit(EventKind::StoryFailed { story, reason });
+                }
+                Action::Blocked { story, by } => {
+                    self.refresh_blocked();
+                    self.emit(EventKind::StoryBlocked { story, by });
+                }
+                Action::Ended(outcome) => self.end(outcome),
+            }
+        }
+    }
+
+    /// Gives the story's daemon-wide slot back when it stops running.
+    fn release(&mut self, story: &str, state: StoryState) {
+        if self.permits.remove(story).is_some() {
+            self.daemon.slots.freed();
+        }
+        if let Some(live) = self.live().stories.get_mut(story) {
+            live.state = state;
+            live.iteration_started = None;
+        }
+    }
+
+    fn refresh_blocked(&mut self) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, story) in live.stories.iter_mut() {
+            if let Some(state) = self.sched.state(id) {
+                story.state = state;
+                story.blocked_by = self.sched.blocked_by(id).to_vec();
+            }
+        }
+    }
+
+    /// Starts the next iteration of `story`. On failure to start, returns what the scheduler
+    /// decides about that failed iteration.
+    fn start_iteration(&mut self, story: &str) -> Option<Vec<Action>> {
+        if !self.permits.contains_key(story) {
+            match self.daemon.slots.try_take() {
+                Some(permit) => {
+                    self.permits.insert(story.to_string(), permit);
+                }
+                None => {
+                    // Another run took the last slot first: wait for the next free one.
+                    self.sched.unstart(story);
+                    return None;
+                }
+            }
+        }
+        let paths = self.stories.get(story)?;
+        let iteration = worker::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
+        let token = format!("{}/{}/{}/", self.nonce, story, iteration);
+        let spec = self.spawn_spec(story, paths, iteration, token.clone());
+        let before = fs::read(&paths.status).unwrap_or_default();
+        match worker::spawn(&self.daemon.reaper, &spec) {
+            Ok((pid, exit)) => {
+                let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
+                let tx = self.tx.clone();
+                let story_id = story.to_string();
+                tokio::spawn(async move {
+                    let mut exit = exit;
+                    let reason = tokio::select! {
+                        reason = &mut exit => reason,
+                        _ = tokio::time::sleep(timeout) => {
+                            let _ = tx.send(RunMsg::TimedOut { story: story_id.clone(), iteration });
+                            (&mut exit).await
+                        }
+                    };
+                    // A closed channel means the reaper is gone, which only happens at exit.
+                    let reason = reason.unwrap_or(ExitReason::Signalled(Signal::SIGKILL as i32));
+                    let _ = tx.send(RunMsg::Exited { story: story_id, iteration, reason });
+                });
+                self.running.insert(
+                    story.to_string(),
+                    Running { pid, iteration, token, before, timed_out: false, stop_signalled: false },
+                );
+                if let Some(live) = self.live().stories.get_mut(story) {
+                    live.state = StoryState::Running;
+                    live.runs += 1;
+                    live.iteration_started = Some(Instant::now());
+                }
+                self.emit(EventKind::IterationStarted { story: story.to_string(), iteration, pid: pid as u32 });
+                None
+            }
+            Err(e) => {
+                let why = format!("cannot start worker {:?}: {e}", spec.argv.first().map_or("", |s| s.as_str()));
+                tracing::warn!(story_id = %story, iteration, "{why}");
+                let _ = append_log(&spec.log, &format!("sticler: {why}\n"));
+                self.emit(EventKind::IterationEnded {
+                    story: story.to_string(),
+                    iteration,
+                    exit: ExitReason::Exited(127),
+                    verdict: Verdict::Infra(why.clone()).label(),
+                });
+                let mut actions = self.sched.iteration_ended(story, Verdict::Infra(why));
+                actions.extend(self.sched.schedule(self.daemon.slots.free()));
+                Some(actions)
+            }
+        }
+    }
+
+    fn spawn_spec(&self, story: &str, paths: &StoryPaths, iteration: u32, token: String) -> SpawnSpec {
+        let vars: [(&str, String); 7] = [
+            ("story_id", story.to_string()),
+            ("story_dir", paths.dir.display().to_string()),
+            ("spec", paths.spec.display().to_string()),
+            ("status", paths.status.display().to_string()),
+            ("phase", self.phase.to_string()),
+            ("project_dir", self.project.root.display().to_string()),
+            ("iteration", iteration.to_string()),
+        ];
+        let argv = self
+            .config
+            .worker
+            .command
+            .argv()
+            .iter()
+            .map(|arg| vars.iter().fold(arg.clone(), |acc, (k, v)| acc.replace(&format!("{{{k}}}"), v)))
+            .collect();
+        let mut env: Vec<(String, String)> =
+            self.config.worker.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(vars.iter().map(|(k, v)| (format!("STICLER_{}", env_name(k)), v.clone())));
+        SpawnSpec {
+            argv,
+            cwd: self.project.root.clone(),
+            env,
+            stdin: (self.config.worker.stdin == StdinMode::Spec).then(|| paths.spec.clone()),
+            log: worker::log_path(&self.logs_root, story, iteration),
+            token,
+        }
+    }
+
+    fn iteration_exited(&mut self, story: String, iteration: u32, reason: ExitReason) {
+        let Some(run) = self.running.remove(&story) else { return };
+        if run.iteration != iteration {
+            self.running.insert(story, run);
+            return;
+        }
+        // Whatever the worker left behind in its group dies with the iteration.
+        worker::signal_story(Some(run.pid), &[], Signal::SIGKILL);
+        let exit = if run.timed_out { ExitReason::TimedOut } else { reason };
+        let verdict = self.judge(&story, &run, exit);
+        self.emit(EventKind::IterationEnded { story: story.clone(), iteration, exit, verdict: verdict.label() });
+        let mut actions = self.sched.iteration_ended(&story, verdict);
+        if self.sched.state(&story) != Some(StoryState::Running) {
+            if let Some(live) = self.live().stories.get_mut(&story) {
+                live.state = self.sched.state(&story).unwrap_or(StoryState::Pending);
+                live.iteration_started = None;
+            }
+            if matches!(self.sched.state(&story), Some(StoryState::Pending)) {
+                self.release(&story, StoryState::Pending);
+            }
+        }
+        actions.extend(self.sched.schedule(self.daemon.slots.free()));
+        self.apply(actions);
+        // Descendants that escaped into their own session are found by their token.
+        worker::signal_story(None, std::slice::from_ref(&run.token), Signal::SIGKILL);
+    }
+
+    fn judge(&self, story: &str, run: &Running, exit: ExitReason) -> Verdict {
+        if exit == ExitReason::TimedOut {
+            let secs = self.config.worker.iteration_timeout_secs;
+            return Verdict::Infra(format!("iteration timed out after {secs} s"));
+        }
+        if run.stop_signalled && exit != ExitReason::Exited(0) {
+            return Verdict::Stopped;
+        }
+        let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
+        let after = match fs::read(&paths.status) {
+            Ok(bytes) => bytes,
+            Err(e) => return Verdict::Infra(format!("cannot read {}: {e}", paths.status.display())),
+        };
+        let doc = match crate::project::parse_object(&paths.status, &after) {
+            Ok(map) => JsonDoc { path: paths.status.clone(), raw: after, map },
+            Err(e) => return Verdict::Infra(format!("status.json left invalid: {e}")),
+        };
+        match doc.status() {
+            "completed" => Verdict::Completed,
+            "failed" => Verdict::SelfFailed,
+            _ if doc.raw != run.before => Verdict::Progress,
+            _ if exit == ExitReason::Exited(0) => Verdict::NoChange,
+            _ => Verdict::Infra(format!("{exit} without any change to status.json")),
+        }
+    }
+
+    /// Writes sticler's verdict into status.json: `failed` and the reason, other fields kept.
+    fn record_failure(&mut self, story: &str, reason: &str) {
+        let Some(paths) = self.stories.get(story) else { return };
+        let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
+            doc.map.insert("status".into(), Value::String("failed".into()));
+            let reasons = doc.map.entry("failed_reasons").or_insert_with(|| Value::Array(vec![]));
+            if !reasons.is_array() {
+                *reasons = Value::Array(vec![]);
+            }
+            if let Value::Array(list) = reasons {
+                list.push(Value::String(format!("sticler: {reason}")));
+            }
+            doc.write()
+        });
+        if let Err(e) = result {
+            // A malformed file is never replaced: the reason stays visible in status instead.
+            tracing::warn!(story_id = %story, "cannot record the failure in status.json: {e}");
+            if let Some(live) = self.live().stories.get_mut(story) {
+                live.reason = Some(format!("{reason} (not written to status.json: {e})"));
+            }
+        }
+    }
+
+    fn end(&mut self, outcome: RunOutcome) {
+        // Nothing of this run may outlive it.
+        worker::signal_story(None, std::slice::from_ref(&format!("{}/", self.nonce)), Signal::SIGKILL);
+        let summary = self.summary(outcome);
+        let phase_config = self.project.phase_dir(self.phase).join(crate::phase::PHASE_CONFIG);
+        let result = JsonDoc::read(&phase_config).and_then(|mut doc| {
+            doc.map.insert("status".into(), Value::String(outcome.as_str().into()));
+            if outcome == RunOutcome::Completed {
+                doc.map.insert("completed_at".into(), Value::String(crate::project::now_rfc3339()));
+            }
+            doc.write()
+        });
+        if let Err(e) = result {
+            tracing::error!("cannot record the end of the run in {}: {e}", phase_config.display());
+        }
+        {
+            let mut live = self.live();
+            live.ended = Some(outcome);
+            live.summary = Some(summary.clone());
+        }
+        self.refresh_blocked();
+        self.emit(EventKind::RunEnded { outcome, summary });
+    }
+
+    fn summary(&self, outcome: RunOutcome) -> String {
+        let total = self.stories.len();
+        let completed = self.stories.keys().filter(|s| self.sched.state(s) == Some(StoryState::Completed)).count();
+        let failed: Vec<&String> =
+            self.stories.keys().filter(|s| self.sched.state(s) == Some(StoryState::Failed)).collect();
+        let blocked = self.stories.keys().filter(|s| self.sched.state(s) == Some(StoryState::Blocked)).count();
+        let mut text = format!(
+            "{completed}/{total} stories completed, {} iterations, wall time {:.1} s",
+            self.sched.total_iterations(),
+            self.started.elapsed().as_secs_f64()
+        );
+        if !failed.is_empty() {
+            let names: Vec<&str> = failed.iter().map(|s| s.as_str()).collect();
+            text.push_str(&format!("; failed: {}", names.join(", ")));
+        }
+        if blocked > 0 {
+            text.push_str(&format!("; {blocked} blocked"));
+        }
+        if outcome == RunOutcome::Stopped {
+            text.push_str("; stopped (start again to resume)");
+        }
+        text
+    }
+}
+
+fn env_name(placeholder: &str) -> String {
+    match placeholder {
+        "spec" => "SPEC_FILE".into(),
+        "status" => "STATUS_FILE".into(),
+        other => other.to_ascii_uppercase(),
+    }
+}
+
+/// Splits dependencies into those inside this phase and those in other phases that are not
+/// completed on disk (those block the story).
+fn split_dependencies(project: &Project, phase: u32, deps: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut inside = Vec::new();
+    let mut unmet = Vec::new();
+    for dep in deps {
+        match crate::project::StoryId::parse(dep) {
+            Some(id) if id.phase == phase => inside.push(dep.clone()),
+            Some(id) => {
+                let status = project.story_dir(&id).join(crate::phase::STATUS_FILE);
+                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.status() == "completed");
+                if !done {
+                    unmet.push(dep.clone());
+                }
+            }
+            None => unmet.push(dep.clone()),
+        }
+    }
+    (inside, unmet)
+}
+
+fn append_log(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(text.as_bytes())
+}

@@ -1,0 +1,159 @@
+//! The daemon's own state in sled. Files on disk are the truth for what the worker owns; the
+//! store keeps what only the daemon knows: the event history (with its sequence numbers) and
+//! which runs were active.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sticler_proto::Event;
+
+/// Version of the encoding of every stored value. A store written by another version is
+/// refused with a clear message instead of being misread.
+pub const FORMAT_VERSION: u8 = 1;
+const META_FORMAT: &[u8] = b"format_version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {}: {source}; if it is damaged, move it aside (the phases on disk are the truth and a new `start` resumes from them)", path.display())]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the store at {} has format version {found}, this sticlerd understands {FORMAT_VERSION}; move it aside or run the matching sticlerd", path.display())]
+    Version { path: PathBuf, found: u8 },
+    #[error("store: {0}")]
+    Db(#[from] sled::Error),
+    #[error("store: undecodable value: {0}")]
+    Decode(String),
+}
+
+/// A run that was active, so a restarted daemon knows what to resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub project: String,
+    pub phase: u32,
+    pub started_ms: u64,
+}
+
+pub struct Store {
+    db: sled::Db,
+    events: sled::Tree,
+    runs: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(8 * 1024 * 1024)
+            .open()
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        match db.get(META_FORMAT)? {
+            None => {
+                db.insert(META_FORMAT, &[FORMAT_VERSION])?;
+                db.flush()?;
+            }
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => return Err(StoreError::Version { path, found: v.first().copied().unwrap_or(0) }),
+        }
+        let events = db.open_tree("events")?;
+        let runs = db.open_tree("runs")?;
+        Ok(Store { db, events, runs })
+    }
+
+    /// The highest event sequence number stored (0 when none).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(match self.events.last()? {
+            Some((key, _)) => seq_of(&key),
+            None => 0,
+        })
+    }
+
+    pub fn append_event(&self, event: &Event) -> Result<(), StoreError> {
+        self.events.insert(event.seq.to_be_bytes(), encode(event)?)?;
+        Ok(())
+    }
+
+    /// Events with a sequence number above `after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.events.range(start..).take(limit).map(|item| decode(&item?.1)).collect()
+    }
+
+    pub fn put_run(&self, key: &str, run: &RunRecord) -> Result<(), StoreError> {
+        self.runs.insert(key, encode(run)?)?;
+        self.runs.flush()?;
+        Ok(())
+    }
+
+    pub fn remove_run(&self, key: &str) -> Result<(), StoreError> {
+        self.runs.remove(key)?;
+        self.runs.flush()?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[8 - n..].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = vec![FORMAT_VERSION];
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| StoreError::Decode(e.to_string()))?;
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, body)) => bincode::serde::decode_from_slice(body, bincode::config::standard())
+            .map(|(v, _)| v)
+            .map_err(|e| StoreError::Decode(e.to_string())),
+        Some((v, _)) => Err(StoreError::Decode(format!("value of format version {v}"))),
+        None => Err(StoreError::Decode("empty value".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sticler_proto::EventKind;
+
+    #[test]
+    fn events_keep_their_sequence_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for seq in 1..=3 {
+                let kind = EventKind::StoryRetried { story: format!("US-P1-00{seq}") };
+                let event = Event { seq, time_ms: 0, project: "/p".into(), phase: 1, kind };
+                store.append_event(&event).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 3);
+        let after: Vec<u64> = store.events_after(1, 10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(after, [2, 3]);
+    }
+
+    #[test]
+    fn unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("store")).unwrap();
+            db.insert(META_FORMAT, &[99u8]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("format version 99"), "{err}");
+    }
+}

@@ -1,0 +1,239 @@
+//! Requests that answer with a stream: `watch` (events), `logs` (a story's iteration logs,
+//! optionally followed) and `wait` (blocks until a run ends).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sticler_proto::{ErrorKind, ErrorReply, Event, EventKind, PhaseRef, Response, RunOutcome, ServerMessage};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::connection::Connection;
+use crate::daemon::{error, Daemon};
+use crate::project::{JsonDoc, Project, StoryId};
+use crate::worker;
+
+/// How often `logs -f` looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+const CHUNK: usize = 64 * 1024;
+
+type StreamResult = Result<(), StreamError>;
+
+pub enum StreamError {
+    /// Tell the client, then close.
+    Reply(ErrorReply),
+    /// The client went away.
+    Gone,
+}
+
+impl From<ErrorReply> for StreamError {
+    fn from(e: ErrorReply) -> Self {
+        StreamError::Reply(e)
+    }
+}
+
+impl From<crate::project::ProjectError> for StreamError {
+    fn from(e: crate::project::ProjectError) -> Self {
+        StreamError::Reply(e.into())
+    }
+}
+
+async fn send(conn: &mut Connection, msg: ServerMessage) -> StreamResult {
+    conn.send(&msg).await.map_err(|_| StreamError::Gone)
+}
+
+fn matches(event: &Event, project: Option<&str>, phase: Option<u32>) -> bool {
+    project.is_none_or(|p| event.project == p) && phase.is_none_or(|n| event.phase == n)
+}
+
+pub async fn watch(
+    daemon: &Arc<Daemon>,
+    conn: &mut Connection,
+    project: Option<String>,
+    phase: Option<u32>,
+    since: Option<u64>,
+) -> StreamResult {
+    let project = match project {
+        Some(p) => Some(Project::open(Path::new(&p))?.root.display().to_string()),
+        None => None,
+    };
+    // Subscribe before reading the store, so no event falls between the two.
+    let mut rx = daemon.bus.subscribe();
+    let mut last = match since {
+        Some(since) => replay(daemon, conn, since, project.as_deref(), phase).await?,
+        None => daemon.bus.store().last_seq().map_err(|e| error(ErrorKind::Internal, e.to_string()))?,
+    };
+    let last_seq = last;
+    send(conn, ServerMessage::Response(Response::WatchStarted { last_seq })).await?;
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                if event.seq <= last {
+                    continue;
+                }
+                last = event.seq;
+                if matches(&event, project.as_deref(), phase) {
+                    send(conn, ServerMessage::Event(event)).await?;
+                }
+            }
+            // A slow watcher missed live events: fetch them from the store instead.
+            Err(RecvError::Lagged(_)) => last = replay(daemon, conn, last, project.as_deref(), phase).await?,
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// Sends stored events after `after`; returns the last sequence number seen.
+async fn replay(
+    daemon: &Daemon,
+    conn: &mut Connection,
+    mut after: u64,
+    project: Option<&str>,
+    phase: Option<u32>,
+) -> Result<u64, StreamError> {
+    loop {
+        let batch =
+            daemon.bus.store().events_after(after, 1024).map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
+        let Some(last) = batch.last().map(|e| e.seq) else { return Ok(after) };
+        for event in batch {
+            if matches(&event, project, phase) {
+                send(conn, ServerMessage::Event(event)).await?;
+            }
+        }
+        after = last;
+    }
+}
+
+pub async fn wait(daemon: &Arc<Daemon>, conn: &mut Connection, phase: &PhaseRef) -> StreamResult {
+    let project = Project::open(Path::new(&phase.project))?;
+    let name = project.root.display().to_string();
+    let mut rx = daemon.bus.subscribe();
+    let outcome = if daemon.run(&project.root, phase.phase).is_some() {
+        loop {
+            match rx.recv().await {
+                Ok(Event { kind: EventKind::RunEnded { outcome, .. }, project: p, phase: n, .. })
+                    if p == name && n == phase.phase =>
+                {
+                    break outcome;
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    if daemon.run(&project.root, phase.phase).is_none() {
+                        break ended_outcome(daemon, &project, phase.phase)?;
+                    }
+                }
+                Err(RecvError::Closed) => return Err(StreamError::Gone),
+            }
+        }
+    } else {
+        ended_outcome(daemon, &project, phase.phase)?
+    };
+    send(conn, ServerMessage::Response(Response::Waited { outcome })).await
+}
+
+/// The outcome of a phase that is not running: its last run, else phase_config.json.
+fn ended_outcome(daemon: &Daemon, project: &Project, phase: u32) -> Result<RunOutcome, StreamError> {
+    if let Some(outcome) = daemon.last_run(&project.root, phase).and_then(|l| l.lock().ok()?.ended) {
+        return Ok(outcome);
+    }
+    let path = project.phase_dir(phase).join(crate::phase::PHASE_CONFIG);
+    let doc = JsonDoc::read(&path)?;
+    match doc.str_field("status") {
+        "completed" => Ok(RunOutcome::Completed),
+        "failed" => Ok(RunOutcome::Failed),
+        "stopped" => Ok(RunOutcome::Stopped),
+        other => Err(error(
+            ErrorKind::NotFound,
+            format!("phase {phase} is not running and has not ended (status {other:?}); start it first"),
+        )
+        .into()),
+    }
+}
+
+pub async fn logs(
+    daemon: &Arc<Daemon>,
+    conn: &mut Connection,
+    phase: &PhaseRef,
+    story: &str,
+    iteration: Option<u32>,
+    follow: bool,
+) -> StreamResult {
+    let project = Project::open(Path::new(&phase.project))?;
+    if StoryId::parse(story).is_none() {
+        return Err(error(ErrorKind::BadRequest, format!("{story:?} is not a story id")).into());
+    }
+    let root = daemon.logs_root(&project.root);
+    let mut rx = daemon.bus.subscribe();
+    let known = worker::logged_iterations(&root, story);
+    let mut current = match iteration.or_else(|| known.last().copied()) {
+        Some(n) => n,
+        None if follow => 0,
+        None => {
+            return Err(
+                error(ErrorKind::NotFound, format!("no logs yet for {story} in {}", project.root.display())).into()
+            )
+        }
+    };
+    if current != 0 && !known.contains(&current) {
+        return Err(
+            error(ErrorKind::NotFound, format!("{story} has no iteration {current} (logged: {known:?})")).into()
+        );
+    }
+    let mut offset = 0u64;
+    if current != 0 {
+        offset = send_new(conn, &worker::log_path(&root, story, current), current, 0).await?;
+    }
+    if !follow {
+        return send(conn, ServerMessage::Response(Response::LogEnd)).await;
+    }
+    let name = project.root.display().to_string();
+    let mut tick = tokio::time::interval(FOLLOW_POLL);
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(Event { kind: EventKind::IterationStarted { story: s, iteration: next, .. }, project: p, .. })
+                    if s == story && p == name && next != current =>
+                {
+                    if current != 0 {
+                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                    }
+                    current = next;
+                    offset = 0;
+                }
+                Ok(Event { kind: EventKind::RunEnded { .. }, project: p, phase: n, .. })
+                    if p == name && n == phase.phase =>
+                {
+                    if current != 0 {
+                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                    }
+                    return send(conn, ServerMessage::Response(Response::LogEnd)).await;
+                }
+                Err(RecvError::Closed) => return Err(StreamError::Gone),
+                _ => {}
+            },
+            _ = tick.tick() => {
+                if current != 0 {
+                    offset = send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Sends what `path` holds after `offset`; returns the new offset.
+async fn send_new(conn: &mut Connection, path: &Path, iteration: u32, offset: u64) -> Result<u64, StreamError> {
+    let Ok(mut file) = tokio::fs::File::open(path).await else { return Ok(offset) };
+    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return Ok(offset);
+    }
+    let mut offset = offset;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return Ok(offset);
+        }
+        offset += n as u64;
+        send(conn, ServerMessage::Response(Response::LogChunk { iteration, data: buf[..n].to_vec() })).await?;
+    }
+}

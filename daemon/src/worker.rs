@@ -1,0 +1,114 @@
+//! How one iteration's process is run and how a story's processes are stopped. This is the
+//! only module that touches processes.
+//!
+//! Every worker runs in its own session (so its own process group) and carries a unique
+//! `STICLER_WORKER_TOKEN` in its environment. The group catches ordinary children; the token
+//! catches descendants that escaped into a session of their own, found by scanning /proc.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use sticler_proto::ExitReason;
+use tokio::sync::oneshot;
+
+use crate::reaper::Reaper;
+
+pub const TOKEN_VAR: &str = "STICLER_WORKER_TOKEN";
+
+/// Everything needed to start one iteration.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// File to put on stdin; `None` gives /dev/null.
+    pub stdin: Option<PathBuf>,
+    pub log: PathBuf,
+    pub token: String,
+}
+
+/// Starts the worker; returns its pid (which is also its process group id) and its exit.
+pub fn spawn(reaper: &Reaper, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Receiver<ExitReason>)> {
+    let (program, args) =
+        spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
+    if let Some(dir) = spec.log.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
+    let stdin = match &spec.stdin {
+        Some(path) => Stdio::from(File::open(path)?),
+        None => Stdio::null(),
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(TOKEN_VAR, &spec.token)
+        .stdin(stdin)
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
+    // SAFETY: setsid is async-signal-safe, allocates nothing and is the only call made
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
+    reaper.spawn(&mut command)
+}
+
+/// Signals a worker's whole process group and every process carrying one of `tokens`.
+/// Returns how many processes still carry one of the tokens (before this signal lands).
+pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usize {
+    if let Some(pgid) = pgid {
+        let _ = killpg(Pid::from_raw(pgid), signal);
+    }
+    let marked = processes_with_tokens(tokens);
+    for pid in &marked {
+        let _ = kill(Pid::from_raw(*pid), signal);
+    }
+    marked.len()
+}
+
+/// Pids of live (non-zombie) processes whose environment carries one of `tokens`.
+pub fn processes_with_tokens(tokens: &[String]) -> Vec<i32> {
+    if tokens.is_empty() {
+        return Vec::new();
+    }
+    let needles: Vec<Vec<u8>> = tokens.iter().map(|t| format!("{TOKEN_VAR}={t}").into_bytes()).collect();
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id() as i32;
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me && !is_zombie(*pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| needles.iter().any(|n| var == n.as_slice())))
+        })
+        .collect()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).map(|s| s == "Z"))
+        .unwrap_or(true)
+}
+
+/// The per-iteration log file: `<state>/logs/<project-key>/<story>/<iteration>.log`.
+pub fn log_path(logs_root: &Path, story: &str, iteration: u32) -> PathBuf {
+    logs_root.join(story).join(format!("{iteration}.log"))
+}
+
+/// Iteration numbers that have a log, ascending.
+pub fn logged_iterations(logs_root: &Path, story: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(logs_root.join(story)) else { return Vec::new() };
+    let mut numbers: Vec<u32> =
+        entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok()).collect();
+    numbers.sort_unstable();
+    numbers
+}

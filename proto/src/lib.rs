@@ -1,0 +1,19 @@
+//! Messages and framing shared by `sticlerd` and `sticlerctl`.
+//!
+//! The protocol has two encodings of the same types: binary frames (4-byte big-endian length +
+//! bincode payload) for our own client, and newline-delimited JSON for scripts. This crate holds
+//! the types and the pure encode/decode functions; it does no networking of its own.
+
+pub mod codec;
+pub mod message;
+pub mod view;
+
+pub use codec::{CodecError, MAX_FRAME_LEN};
+pub use message::*;
+pub use view::*;
+
+/// Bumped whenever a message type changes shape. Client and daemon must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The version of this build, shown by `sticlerctl version` and sent in `Welcome`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

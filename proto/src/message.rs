@@ -1,0 +1,243 @@
+//! Requests, replies and events. These enums are the single source of truth of the protocol:
+//! every `sticlerctl` subcommand maps to one `Request` variant.
+
+use serde::{Deserialize, Serialize};
+
+use crate::view::{PhaseView, StatusReport, ValidationReport};
+
+/// What a client sends. The first message of a connection must be `Hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMessage {
+    Hello { protocol_version: u32 },
+    Request(Request),
+}
+
+/// What the daemon sends back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome {
+        daemon_version: String,
+        protocol_version: u32,
+        pid: u32,
+    },
+    Response(Response),
+    /// One event of a `Watch` stream (or of `Wait` / `Logs { follow }` progress).
+    Event(Event),
+    Error(ErrorReply),
+}
+
+/// A phase of a project. `project` is a path; the daemon canonicalises it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseRef {
+    pub project: String,
+    pub phase: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    Version,
+    /// `phase: None` lists every phase of the project; `story` narrows to one story.
+    Status {
+        project: String,
+        #[serde(default)]
+        phase: Option<u32>,
+        #[serde(default)]
+        story: Option<String>,
+    },
+    Validate(PhaseRef),
+    Start {
+        phase: PhaseRef,
+        #[serde(default)]
+        force: bool,
+    },
+    Stop {
+        phase: PhaseRef,
+        #[serde(default)]
+        grace_secs: Option<u64>,
+    },
+    Kill(PhaseRef),
+    /// `stories` empty and `all_failed` set: every failed or blocked story of the phase.
+    Retry {
+        phase: PhaseRef,
+        #[serde(default)]
+        stories: Vec<String>,
+        #[serde(default)]
+        all_failed: bool,
+    },
+    Logs {
+        phase: PhaseRef,
+        story: String,
+        #[serde(default)]
+        iteration: Option<u32>,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Stream events; `None` filters nothing. `since` replays stored events after that sequence.
+    Watch {
+        #[serde(default)]
+        project: Option<String>,
+        #[serde(default)]
+        phase: Option<u32>,
+        #[serde(default)]
+        since: Option<u64>,
+    },
+    Wait(PhaseRef),
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Pong,
+    Version {
+        daemon_version: String,
+        protocol_version: u32,
+        pid: u32,
+    },
+    Status(StatusReport),
+    Validated(ValidationReport),
+    Started(PhaseView),
+    /// A request that changes state was accepted; the text says what happened.
+    Done {
+        message: String,
+    },
+    /// A piece of a story log. `Logs` sends zero or more chunks, then `LogEnd`.
+    LogChunk {
+        iteration: u32,
+        data: Vec<u8>,
+    },
+    LogEnd,
+    /// Sent once by `Watch` after the replayed events, before live ones.
+    WatchStarted {
+        last_seq: u64,
+    },
+    Waited {
+        outcome: RunOutcome,
+    },
+    ShuttingDown,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    Completed,
+    Failed,
+    Stopped,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Completed => "completed",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The bytes could not be decoded, or the message was not expected here.
+    BadRequest,
+    VersionMismatch,
+    PermissionDenied,
+    NotFound,
+    /// The phase failed validation.
+    Invalid,
+    /// The request is understood but not allowed now (e.g. phase already running).
+    Refused,
+    Internal,
+}
+
+/// One transition, numbered by the daemon. Sequence numbers only grow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+    pub project: String,
+    pub phase: u32,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    RunStarted { stories: u32 },
+    IterationStarted { story: String, iteration: u32, pid: u32 },
+    IterationEnded { story: String, iteration: u32, exit: ExitReason, verdict: String },
+    StoryCompleted { story: String },
+    StoryFailed { story: String, reason: String },
+    StoryBlocked { story: String, by: String },
+    StoryRetried { story: String },
+    RunStopping { kill: bool },
+    RunEnded { outcome: RunOutcome, summary: String },
+}
+
+impl EventKind {
+    /// One line of human text, used in the daemon's log and by `sticlerctl watch`.
+    pub fn describe(&self) -> String {
+        match self {
+            EventKind::RunStarted { stories } => format!("run started ({stories} stories)"),
+            EventKind::IterationStarted { story, iteration, pid } => {
+                format!("{story} iteration {iteration} started (pid {pid})")
+            }
+            EventKind::IterationEnded { story, iteration, exit, verdict } => {
+                format!("{story} iteration {iteration} ended: {exit}, {verdict}")
+            }
+            EventKind::StoryCompleted { story } => format!("{story} completed"),
+            EventKind::StoryFailed { story, reason } => format!("{story} failed: {reason}"),
+            EventKind::StoryBlocked { story, by } => format!("{story} blocked by {by}"),
+            EventKind::StoryRetried { story } => format!("{story} retried"),
+            EventKind::RunStopping { kill: true } => "run killed".into(),
+            EventKind::RunStopping { kill: false } => "run stopping".into(),
+            EventKind::RunEnded { outcome, summary } => format!("run {}: {summary}", outcome.as_str()),
+        }
+    }
+
+    pub fn story(&self) -> Option<&str> {
+        match self {
+            EventKind::IterationStarted { story, .. }
+            | EventKind::IterationEnded { story, .. }
+            | EventKind::StoryCompleted { story }
+            | EventKind::StoryFailed { story, .. }
+            | EventKind::StoryBlocked { story, .. }
+            | EventKind::StoryRetried { story } => Some(story),
+            _ => None,
+        }
+    }
+}
+
+/// Why a worker process ended. Never a bare integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    Exited(i32),
+    Signalled(i32),
+    TimedOut,
+    /// Ended by `stop` or `kill`.
+    Stopped,
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Exited(code) => write!(f, "exit code {code}"),
+            ExitReason::Signalled(sig) => write!(f, "killed by signal {sig}"),
+            ExitReason::TimedOut => f.write_str("timed out"),
+            ExitReason::Stopped => f.write_str("stopped"),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What `status` and `validate` return. These are also the stable `--json` output of
+//! `sticlerctl`: add fields at the end, never rename or remove one without bumping
+//! `PROTOCOL_VERSION` and saying so in the README.
+
+use serde::{Deserialize, Serialize};
+
+/// The daemon-side state of a story (the worker's own four statuses live in status.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoryState {
+    Pending,
+    Ready,
+    Running,
+    Verifying,
+    Completed,
+    Failed,
+    Blocked,
+    Invalid,
+}
+
+impl StoryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoryState::Pending => "pending",
+            StoryState::Ready => "ready",
+            StoryState::Running => "running",
+            StoryState::Verifying => "verifying",
+            StoryState::Completed => "completed",
+            StoryState::Failed => "failed",
+            StoryState::Blocked => "blocked",
+            StoryState::Invalid => "invalid",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, StoryState::Completed | StoryState::Failed | StoryState::Blocked)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub project: String,
+    pub phases: Vec<PhaseView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseView {
+    pub project: String,
+    pub phase: u32,
+    pub title: String,
+    /// `status` of phase_config.json (discussing … completed, failed, stopped).
+    pub status: String,
+    /// True while a run of this phase is active in the daemon.
+    pub running: bool,
+    pub counts: StoryCounts,
+    pub stories: Vec<StoryView>,
+    /// Set when the last run ended: stories, iterations, wall time.
+    pub summary: Option<String>,
+    /// Problems found while reading the phase (malformed files and the like).
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoryCounts {
+    pub total: u32,
+    pub pending: u32,
+    pub running: u32,
+    pub completed: u32,
+    pub failed: u32,
+    pub blocked: u32,
+    pub invalid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoryView {
+    pub id: String,
+    pub title: String,
+    pub state: StoryState,
+    /// `status` as written in status.json by the worker ("" when unreadable).
+    pub disk_status: String,
+    /// The worker's own `iteration` counter from status.json.
+    pub iteration: u32,
+    /// Iterations sticler ran for this story in the current (or last) run.
+    pub runs: u32,
+    pub criteria_done: u32,
+    pub criteria_total: u32,
+    pub dependencies: Vec<String>,
+    pub focus: String,
+    pub failed_reasons: Vec<String>,
+    /// For a blocked story: the failed stories it waits on.
+    pub blocked_by: Vec<String>,
+    /// Seconds the current iteration has been running.
+    pub running_secs: Option<u64>,
+    pub commit_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The file or story the problem is about.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    pub project: String,
+    pub phase: u32,
+    pub stories: u32,
+    pub problems: Vec<Problem>,
+}

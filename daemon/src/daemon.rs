@@ -55,6 +55,8 @@ pub struct Daemon {
     pub reaper: Arc<Reaper>,
     pub slots: Slots,
     pub state_dir: PathBuf,
+    /// The umask sticlerd was started with, given back to workers.
+    pub user_umask: nix::sys::stat::Mode,
     runs: Mutex<HashMap<RunKey, RunHandle>>,
     /// The last run of each phase that ended, for `status` and `wait`.
     finished: Mutex<HashMap<RunKey, Arc<Mutex<LiveRun>>>>,
@@ -82,12 +84,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Daemon {
-    pub fn new(bus: EventBus, reaper: Arc<Reaper>, max_workers: usize, state_dir: PathBuf) -> Daemon {
+    pub fn new(
+        bus: EventBus,
+        reaper: Arc<Reaper>,
+        max_workers: usize,
+        state_dir: PathBuf,
+        user_umask: nix::sys::stat::Mode,
+    ) -> Daemon {
         Daemon {
             bus,
             reaper,
             slots: Slots::new(max_workers),
             state_dir,
+            user_umask,
             runs: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,

@@ -74,12 +74,15 @@ fn start(args: Args) -> anyhow::Result<()> {
         .context("bad --log-level")?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
+    // Everything the daemon creates (store, logs, socket) is private whatever the umask it was
+    // started with; workers get the original umask back.
+    let user_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let socket = paths::socket_path(args.socket.clone())?;
     let state_dir = paths::state_dir(args.state_dir.clone())?;
     let background = !args.foreground && std::env::var_os("NOTIFY_SOCKET").is_none();
     // Forking must happen before any thread exists (the runtime, the reaper).
     let ready = if background { Some(daemonize(&state_dir)?) } else { None };
-    let result = serve(&args, &socket, &state_dir, ready);
+    let result = serve(&args, &socket, &state_dir, ready, user_umask);
     if let Err(e) = &result {
         tracing::error!("{e:#}");
     }
@@ -142,6 +145,7 @@ fn serve(
     socket: &std::path::Path,
     state_dir: &std::path::Path,
     mut ready: Option<OwnedFd>,
+    user_umask: nix::sys::stat::Mode,
 ) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<_> {
         paths::private_dir(state_dir)?;
@@ -154,7 +158,7 @@ fn serve(
         let store = Arc::new(store::Store::open(state_dir)?);
         let bus = events::EventBus::new(Arc::clone(&store))?;
         let reaper = reaper::Reaper::start().context("cannot become a child subreaper")?;
-        let daemon = Arc::new(Daemon::new(bus, reaper, args.max_workers as usize, state_dir.to_path_buf()));
+        let daemon = Arc::new(Daemon::new(bus, reaper, args.max_workers as usize, state_dir.to_path_buf(), user_umask));
         Ok((state_lock, socket_lock, store, daemon))
     })();
     let (_state_lock, _socket_lock, store, daemon) = match result {

@@ -392,6 +392,7 @@ impl PhaseRun {
             stdin: (self.config.worker.stdin == StdinMode::Spec).then(|| paths.spec.clone()),
             log: worker::log_path(&self.logs_root, story, iteration),
             token,
+            umask: self.daemon.user_umask,
         }
     }
 

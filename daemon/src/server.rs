@@ -44,11 +44,8 @@ pub fn bind(path: &Path) -> Result<Listener, BindError> {
         }
     }
     let name = path.to_fs_name::<GenericFilePath>().map_err(io_err)?;
-    // A restrictive umask while binding closes the window between bind() and chmod().
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let listener = ListenerOptions::new().name(name).mode(0o600).reclaim_name(false).create_tokio();
-    nix::sys::stat::umask(old);
-    let listener = listener.map_err(io_err)?;
+    // The daemon runs with umask 077 (see main), so the socket is never created open.
+    let listener = ListenerOptions::new().name(name).mode(0o600).reclaim_name(false).create_tokio().map_err(io_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
     Ok(listener)
 }

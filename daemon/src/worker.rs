@@ -30,6 +30,8 @@ pub struct SpawnSpec {
     pub stdin: Option<PathBuf>,
     pub log: PathBuf,
     pub token: String,
+    /// The umask the daemon was started with; workers get it back (the daemon runs with 077).
+    pub umask: nix::sys::stat::Mode,
 }
 
 /// Starts the worker; returns its pid (which is also its process group id) and its exit.
@@ -53,10 +55,14 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Rec
         .stdin(stdin)
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));
-    // SAFETY: setsid is async-signal-safe, allocates nothing and is the only call made
-    // between fork and exec.
+    let umask = spec.umask;
+    // SAFETY: setsid and umask are async-signal-safe and allocate nothing; they are the only
+    // calls made between fork and exec.
     unsafe {
-        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+        command.pre_exec(move || {
+            nix::sys::stat::umask(umask);
+            nix::unistd::setsid().map(drop).map_err(io::Error::from)
+        });
     }
     reaper.spawn(&mut command)
 }

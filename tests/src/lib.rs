@@ -1,1 +1,352 @@
+//! Test harness: runs the real `sticlerd` and `sticlerctl` binaries on temporary projects.
+//!
+//! `Daemon` owns a daemon, its socket and its temp folders and kills everything on drop,
+//! including any worker process it left behind. `ProjectBuilder` writes a project in the
+//! worker contract's formats, with `sticler-demo-worker` as the scripted worker.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// A binary of this workspace, from the same target folder as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} not built; run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    /// Every process the daemon starts inherits this, so leftovers can be found and killed.
+    mark: String,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let socket = tmp.path().join("run").join("sticlerd.sock");
+        let state_dir = tmp.path().join("state");
+        let mut daemon = Daemon {
+            child: None,
+            socket,
+            state_dir,
+            log: tmp.path().join("sticlerd.log"),
+            mark: format!("{}", tmp.path().display()),
+            tmp,
+        };
+        daemon.launch(args);
+        daemon
+    }
+
+    /// Starts (or restarts) the daemon process on the same socket and state folder.
+    pub fn launch(&mut self, args: &[&str]) {
+        let child = self.command(args).spawn().expect("spawn sticlerd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// The sticlerd command this harness would run, for tests that want to run it themselves.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("daemon log");
+        let mut command = Command::new(bin("sticlerd"));
+        command
+            .arg("--foreground")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .env("STICLER_TEST_MARK", &self.mark)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        command
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.ctl(&["ping"]).status.success() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("sticlerd exited during start-up ({status}):\n{}", self.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "sticlerd not ready after 20 s:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon running")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit; returns its exit status.
+    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal daemon");
+        poll(Duration::from_secs(30), "daemon exit", || child.try_wait().ok().flatten())
+    }
+
+    /// Runs sticlerctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_command(args).output().expect("run sticlerctl")
+    }
+
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("sticlerctl"));
+        command.arg("--socket").arg(&self.socket).args(args).stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `sticlerctl --json ...`, asserts success and parses stdout.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(out.status.success(), "sticlerctl {args:?} failed: {}", describe(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {}", describe(&out)))
+    }
+
+    /// `status --json` of one phase.
+    pub fn phase_status(&self, project: &Path, phase: u32) -> Value {
+        let dir = project.display().to_string();
+        let status = self.ctl_json(&["-C", &dir, "status", &phase.to_string()]);
+        status["phases"][0].clone()
+    }
+
+    /// Polls until the phase is not running any more and returns its status.
+    pub fn wait_phase(&self, project: &Path, phase: u32) -> Value {
+        let dir = project.display().to_string();
+        let out = self.ctl(&["-C", &dir, "wait", &phase.to_string()]);
+        assert!(out.status.code().is_some(), "wait crashed: {}", describe(&out));
+        self.phase_status(project, phase)
+    }
+
+    /// Live processes started under this daemon (they carry its test mark).
+    pub fn marked_processes(&self) -> Vec<i32> {
+        processes_with_env(&format!("STICLER_TEST_MARK={}", self.mark))
+            .into_iter()
+            .filter(|pid| Some(*pid as u32) != self.child.as_ref().map(Child::id))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.marked_processes() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Pids of live, non-zombie processes whose environment holds `entry` (`NAME=value`).
+pub fn processes_with_env(entry: &str) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return vec![] };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| process_alive(*pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == entry.as_bytes()))
+        })
+        .collect()
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+/// A story to write: id, dependencies, script for the scripted worker.
+#[derive(Clone)]
+pub struct StorySpec {
+    pub id: String,
+    pub deps: Vec<String>,
+    pub criteria: usize,
+    pub script: Value,
+    pub status: String,
+}
+
+pub fn story(id: &str, deps: &[&str]) -> StorySpec {
+    StorySpec {
+        id: id.into(),
+        deps: deps.iter().map(|d| d.to_string()).collect(),
+        criteria: 1,
+        script: json!({}),
+        status: "pending".into(),
+    }
+}
+
+impl StorySpec {
+    pub fn script(mut self, script: Value) -> Self {
+        self.script = script;
+        self
+    }
+    pub fn criteria(mut self, n: usize) -> Self {
+        self.criteria = n;
+        self
+    }
+    pub fn status(mut self, status: &str) -> Self {
+        self.status = status.into();
+        self
+    }
+}
+
+/// Writes projects in the seed's formats.
+pub struct ProjectBuilder {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for ProjectBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProjectBuilder {
+    pub fn new() -> ProjectBuilder {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("phases")).expect("phases dir");
+        let builder = ProjectBuilder { dir };
+        builder.config(json!({}));
+        builder
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path_str(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// orchestrator.config.json: `extra` is merged over a config that runs the scripted worker
+    /// with auto_commit and push off.
+    pub fn config(&self, extra: Value) {
+        let mut config = json!({
+            "max_parallel_workers": 3,
+            "max_iterations_per_task": 10,
+            "retry_limit": 3,
+            "auto_commit": false,
+            "push": false,
+            "worker": {"command": [bin("sticler-demo-worker").display().to_string()], "stdin": "spec",
+                       "iteration_timeout_secs": 60, "env": {}},
+        });
+        merge(&mut config, extra);
+        self.write("orchestrator.config.json", &serde_json::to_string_pretty(&config).expect("json"));
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.path().join(rel);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, text).expect("write");
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.path().join(rel)).expect("read")
+    }
+
+    pub fn story_rel(&self, id: &str) -> String {
+        let phase = id.trim_start_matches("US-P").split('-').next().expect("story id");
+        format!("phases/phase_{phase}/stories/{id}")
+    }
+
+    pub fn status_json(&self, id: &str) -> Value {
+        serde_json::from_str(&self.read(&format!("{}/status.json", self.story_rel(id)))).expect("status.json parses")
+    }
+
+    /// A phase with phase_config.json (`status`) and the given stories.
+    pub fn phase(&self, number: u32, status: &str, stories: &[StorySpec]) {
+        let config = json!({
+            "id": format!("phase-{number}"), "project_id": "test", "phase_number": number,
+            "title": format!("Test phase {number}"), "description": "written by the test harness",
+            "status": status, "spec_path": format!("phases/phase_{number}/phase_spec.md"),
+            "created_at": "2026-01-28T10:00:00Z"
+        });
+        self.write(
+            &format!("phases/phase_{number}/phase_config.json"),
+            &serde_json::to_string_pretty(&config).expect("json"),
+        );
+        self.write(&format!("phases/phase_{number}/phase_spec.md"), "# Test phase\n");
+        for s in stories {
+            self.add_story(s);
+        }
+    }
+
+    pub fn add_story(&self, s: &StorySpec) {
+        let criteria: Vec<Value> =
+            (1..=s.criteria).map(|i| json!({"text": format!("criterion {i}"), "done": false, "notes": ""})).collect();
+        let status = json!({
+            "story_id": s.id, "title": format!("Story {}", s.id), "status": s.status, "focus": "",
+            "criteria": criteria, "checklist": [], "worker_notes": "", "notes_history": [], "iteration": 0,
+            "failed_reasons": [], "dependencies": s.deps, "commit_hash": "", "files_modified": [],
+            "iteration_history": [], "learnings": [], "created_at": "2026-01-28T10:00:00Z",
+            "script": s.script,
+        });
+        let rel = self.story_rel(&s.id);
+        self.write(&format!("{rel}/status.json"), &serde_json::to_string_pretty(&status).expect("json"));
+        self.write(&format!("{rel}/spec.md"), &format!("# {}: Story {}\n\n## Goal\nTest.\n", s.id, s.id));
+    }
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}

@@ -1,0 +1,92 @@
+//! `sticlerctl status` on the demo project, in human and JSON form.
+
+use std::path::Path;
+
+use sticler_tests::{bin, describe, Daemon};
+
+fn demo_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(format!("{}/.", src.display()))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+#[test]
+fn status_of_the_demo_phase_in_human_form() {
+    let daemon = Daemon::start();
+    let demo = demo_copy();
+    let out = daemon.ctl(&["-C", &demo.path().join("phases/phase_1/stories").display().to_string(), "status"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Phase 1: Core note commands [decomposed]"), "{text}");
+    assert!(text.contains("6 stories: 0 completed, 0 running, 6 pending"), "{text}");
+    let row = text.lines().find(|l| l.trim_start().starts_with("US-P1-005")).expect("row for US-P1-005");
+    assert!(row.contains("pending") && row.contains("0/4") && row.contains("US-P1-002"), "{row}");
+}
+
+#[test]
+fn status_json_is_complete_and_stable() {
+    let daemon = Daemon::start();
+    let demo = demo_copy();
+    let dir = demo.path().display().to_string();
+    let report = daemon.ctl_json(&["-C", &dir, "status", "1"]);
+    let phase = &report["phases"][0];
+    assert_eq!(phase["phase"], 1);
+    assert_eq!(phase["status"], "decomposed");
+    assert_eq!(phase["running"], false);
+    assert_eq!(phase["counts"]["total"], 6);
+    let stories = phase["stories"].as_array().unwrap();
+    let ids: Vec<&str> = stories.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["US-P1-001", "US-P1-002", "US-P1-003", "US-P1-004", "US-P1-005", "US-P1-006"]);
+    let s5 = &stories[4];
+    assert_eq!(s5["state"], "pending");
+    assert_eq!(s5["criteria_total"], 4);
+    assert_eq!(s5["dependencies"], serde_json::json!(["US-P1-002", "US-P1-003", "US-P1-004"]));
+    for key in [
+        "title",
+        "disk_status",
+        "iteration",
+        "runs",
+        "criteria_done",
+        "focus",
+        "failed_reasons",
+        "blocked_by",
+        "running_secs",
+        "commit_hash",
+    ] {
+        assert!(s5.get(key).is_some(), "story JSON lacks {key}: {s5}");
+    }
+    let one = daemon.ctl_json(&["-C", &dir, "status", "1", "US-P1-003"]);
+    assert_eq!(one["phases"][0]["stories"].as_array().unwrap().len(), 1);
+    let out = daemon.ctl(&["-C", &dir, "status", "1", "US-P1-999"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no story US-P1-999"), "{}", describe(&out));
+}
+
+#[test]
+fn unreachable_daemon_exits_3_and_says_how_to_start_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("sticlerctl"))
+        .arg("--socket")
+        .arg(tmp.path().join("nobody.sock"))
+        .arg("ping")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not running") && err.contains("sticlerd"), "{err}");
+}
+
+#[test]
+fn version_names_both_sides() {
+    let daemon = Daemon::start();
+    let v = daemon.ctl_json(&["version"]);
+    assert_eq!(v["daemon_pid"], daemon.pid());
+    assert_eq!(v["client_version"], v["daemon_version"]);
+}

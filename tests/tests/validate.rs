@@ -1,0 +1,121 @@
+//! Phase validation: every error names the file and what is wrong, and nothing is changed.
+
+use sticler_tests::{describe, story, Daemon, ProjectBuilder};
+
+fn problems(daemon: &Daemon, project: &ProjectBuilder) -> Vec<String> {
+    let out = daemon.ctl(&["--json", "-C", &project.path_str(), "validate", "1"]);
+    assert_eq!(out.status.code(), Some(1), "validate must exit 1 on problems: {}", describe(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}: {}", p["path"].as_str().unwrap(), p["message"].as_str().unwrap()))
+        .collect()
+}
+
+fn assert_problem(list: &[String], needle: &str) {
+    assert!(list.iter().any(|p| p.contains(needle)), "no problem containing {needle:?} in {list:#?}");
+}
+
+#[test]
+fn a_valid_phase_passes() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &["US-P1-001"])]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "validate", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid (2 stories)"));
+}
+
+#[test]
+fn unknown_dependency_is_reported_but_other_phases_count() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "completed", &[story("US-P1-001", &[])]);
+    p.phase(2, "decomposed", &[story("US-P2-001", &["US-P1-001"]), story("US-P2-002", &["US-P2-009", "US-P1-777"])]);
+    let out = daemon.ctl(&["--json", "-C", &p.path_str(), "validate", "2"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list: Vec<String> = report["problems"].as_array().unwrap().iter().map(|p| p.to_string()).collect();
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert_problem(&list, "unknown dependency US-P2-009");
+    assert_problem(&list, "unknown dependency US-P1-777");
+    assert!(list.iter().all(|p| p.contains("US-P2-002/status.json")), "{list:#?}");
+}
+
+#[test]
+fn dependency_cycle_is_printed() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(
+        1,
+        "decomposed",
+        &[
+            story("US-P1-001", &["US-P1-003"]),
+            story("US-P1-002", &["US-P1-001"]),
+            story("US-P1-003", &["US-P1-002"]),
+            story("US-P1-004", &[]),
+        ],
+    );
+    let list = problems(&daemon, &p);
+    assert_problem(&list, "dependency cycle: US-P1-001 -> US-P1-003 -> US-P1-002 -> US-P1-001");
+}
+
+#[test]
+fn duplicate_and_mismatched_ids_and_bad_folder_names() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &[])]);
+    // US-P1-002's status.json claims to be US-P1-001.
+    let rel = "phases/phase_1/stories/US-P1-002/status.json";
+    p.write(rel, &p.read(rel).replace("\"story_id\": \"US-P1-002\"", "\"story_id\": \"US-P1-001\""));
+    p.write("phases/phase_1/stories/story-three/spec.md", "# x\n");
+    p.write("phases/phase_1/stories/US-P2-001/spec.md", "# x\n");
+    let list = problems(&daemon, &p);
+    assert_problem(&list, "US-P1-002/status.json: story_id \"US-P1-001\" does not match its folder US-P1-002");
+    assert_problem(&list, "duplicate story id US-P1-001");
+    assert_problem(&list, "story-three: folder name \"story-three\" is not a story id");
+    assert_problem(&list, "story US-P2-001 belongs to phase 2");
+}
+
+#[test]
+fn missing_spec_is_reported() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    std::fs::remove_file(p.path().join("phases/phase_1/stories/US-P1-001/spec.md")).unwrap();
+    let list = problems(&daemon, &p);
+    assert_problem(&list, "US-P1-001/spec.md: missing spec.md");
+}
+
+#[test]
+fn malformed_json_names_line_and_column_and_is_left_untouched() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &[])]);
+    let rel = "phases/phase_1/stories/US-P1-002/status.json";
+    let broken = "{\n    \"story_id\": \"US-P1-002\",\n    \"status\": pending\n}\n";
+    p.write(rel, broken);
+    let list = problems(&daemon, &p);
+    assert_problem(&list, "US-P1-002/status.json: malformed JSON at line 3, column 15");
+    // start refuses too, and neither touches the file.
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3, column 15"), "{}", describe(&out));
+    assert_eq!(p.read(rel), broken);
+    assert_eq!(p.read("phases/phase_1/phase_config.json").contains("\"decomposed\""), true);
+    // status still shows the phase, with the story marked invalid.
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!(phase["stories"][1]["state"], "invalid");
+    assert_eq!(phase["counts"]["invalid"], 1);
+}
+
+#[test]
+fn malformed_phase_config_is_reported_with_position() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    p.write("phases/phase_1/phase_config.json", "{\"status\": \"decomposed\",,}");
+    let list = problems(&daemon, &p);
+    assert_problem(&list, "phase_config.json: malformed JSON at line 1, column 25");
+}

@@ -149,6 +149,11 @@ impl From<ClientError> for CliError {
 }
 
 fn main() -> ExitCode {
+    // `sticlerctl watch | head` must end quietly when the reader goes away, like other tools.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     let cli = Cli::parse();
     let json = cli.json;
     match run(cli) {

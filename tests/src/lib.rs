@@ -200,6 +200,16 @@ pub fn processes_with_env(entry: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until process `pid` holds a socket (e.g. a sticlerctl stream is connected).
+pub fn wait_socket_connected(pid: u32) {
+    poll(Duration::from_secs(20), "client socket", || {
+        let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        fds.flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
+            .then_some(())
+    });
+}
+
 /// True when `pid` exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -162,12 +162,12 @@ fn another_uid_is_refused_by_file_mode_and_by_peer_credentials_in_both_modes() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused connection from uid 65534"), "{}", describe(&out));
     let json = setpriv_nobody()
-        .arg("python3")
+        .arg("/usr/bin/python3")
         .arg("-c")
         .arg("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{\"request\":\"ping\"}\\n'); print(s.makefile().readline())")
         .arg(&daemon.socket)
         .output()
-        .expect("python3 (installed by .ci/run)");
+        .expect("/usr/bin/python3 (installed by .ci/run)");
     assert!(out_ok(&json), "{}", describe(&json));
     let line = String::from_utf8_lossy(&json.stdout);
     assert!(line.contains("permission_denied"), "{line}");

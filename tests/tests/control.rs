@@ -1,0 +1,251 @@
+//! Controlling runs: stop and kill leave no process behind, retry, logs, watch, wait.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sticler_tests::{describe, poll, process_alive, story, wait_socket_connected, Daemon, ProjectBuilder};
+
+fn pids(file: &std::path::Path) -> Vec<i32> {
+    fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// A phase whose two stories ignore SIGTERM and leave a child and a grandchild in its own
+/// session; returns the project and the pids file.
+fn stubborn_phase(daemon: &Daemon) -> (ProjectBuilder, std::path::PathBuf) {
+    let p = ProjectBuilder::new();
+    let pids_file = p.path().join("pids.txt");
+    let script = json!({"mode": "ignore_term_fork", "pids_file": pids_file.display().to_string()});
+    p.phase(
+        1,
+        "decomposed",
+        &[
+            story("US-P1-001", &[]).script(script.clone()),
+            story("US-P1-002", &[]).script(script),
+            story("US-P1-003", &["US-P1-001"]),
+        ],
+    );
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    poll(Duration::from_secs(20), "6 worker pids", || (pids(&pids_file).len() == 6).then_some(()));
+    (p, pids_file)
+}
+
+fn assert_all_gone(daemon: &Daemon, pids: &[i32]) {
+    poll(Duration::from_secs(10), "every worker process to be gone", || {
+        pids.iter().all(|p| !process_alive(*p)).then_some(())
+    });
+    assert!(daemon.marked_processes().is_empty(), "leftover processes: {:?}", daemon.marked_processes());
+}
+
+#[test]
+fn stop_kills_grandchildren_that_ignore_sigterm_after_the_grace_period() {
+    let daemon = Daemon::start();
+    let (p, pids_file) = stubborn_phase(&daemon);
+    let all = pids(&pids_file);
+    let out = daemon.ctl(&["-C", &p.path_str(), "stop", "1", "--grace", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_all_gone(&daemon, &all);
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!(phase["status"], "stopped");
+    assert_eq!(phase["running"], false);
+    // The stories are resumable: make them behave and start again.
+    for id in ["US-P1-001", "US-P1-002"] {
+        let rel = format!("{}/status.json", p.story_rel(id));
+        let mut status: Value = serde_json::from_str(&p.read(&rel)).unwrap();
+        status["script"] = json!({});
+        p.write(&rel, &status.to_string());
+    }
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
+fn kill_needs_no_grace_period() {
+    let daemon = Daemon::start();
+    let (p, pids_file) = stubborn_phase(&daemon);
+    let all = pids(&pids_file);
+    let started = std::time::Instant::now();
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
+    assert_all_gone(&daemon, &all);
+    // Not a timing assertion on speed, only that kill did not wait out the default 10 s grace.
+    assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+#[test]
+fn daemon_sigterm_stops_runs_and_leaves_no_process() {
+    let mut daemon = Daemon::start();
+    let (_p, pids_file) = stubborn_phase(&daemon);
+    let all = pids(&pids_file);
+    let status = daemon.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
+    assert_all_gone(&daemon, &all);
+}
+
+#[test]
+fn no_zombies_are_left_after_double_forking_workers() {
+    let daemon = Daemon::start();
+    let (p, pids_file) = stubborn_phase(&daemon);
+    let all = pids(&pids_file);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
+    assert_all_gone(&daemon, &all);
+    let me = daemon.pid();
+    poll(Duration::from_secs(10), "no zombie children of the daemon", || {
+        let zombies: Vec<String> = fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| fs::read_to_string(e.ok()?.path().join("stat")).ok())
+            .filter(|stat| {
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                let mut f = rest.split_whitespace();
+                f.next() == Some("Z") && f.next() == Some(&me.to_string())
+            })
+            .collect();
+        zombies.is_empty().then_some(())
+    });
+}
+
+#[test]
+fn retry_in_a_running_phase_and_at_the_next_start() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(
+        1,
+        "decomposed",
+        &[
+            story("US-P1-001", &[]).script(json!({"mode": "self_fail"})),
+            story("US-P1-002", &["US-P1-001"]),
+            story("US-P1-003", &[]).script(json!({"mode": "hang"})),
+        ],
+    );
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    poll(Duration::from_secs(20), "US-P1-001 to fail", || {
+        (daemon.phase_status(p.path(), 1)["stories"][0]["state"] == "failed").then_some(())
+    });
+    assert_eq!(daemon.phase_status(p.path(), 1)["stories"][1]["state"], "blocked");
+    // "Fix" the story, then retry it while the phase still runs (US-P1-003 hangs).
+    let rel = format!("{}/status.json", p.story_rel("US-P1-001"));
+    let mut status: Value = serde_json::from_str(&p.read(&rel)).unwrap();
+    status["script"] = json!({});
+    p.write(&rel, &status.to_string());
+    let out = daemon.ctl(&["-C", &p.path_str(), "retry", "US-P1-001"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    poll(Duration::from_secs(20), "US-P1-001 and 002 to complete", || {
+        let phase = daemon.phase_status(p.path(), 1);
+        (phase["stories"][0]["state"] == "completed" && phase["stories"][1]["state"] == "completed").then_some(())
+    });
+    let status = p.status_json("US-P1-001");
+    assert_eq!(status["failed_reasons"].as_array().unwrap().len(), 1, "failed_reasons are kept as history");
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
+
+    // Retry --failed with no run: stories go back to pending on disk and run at the next start.
+    let q = ProjectBuilder::new();
+    q.phase(
+        1,
+        "decomposed",
+        &[story("US-P1-001", &[]).script(json!({"mode": "self_fail"})), story("US-P1-002", &["US-P1-001"])],
+    );
+    assert_eq!(daemon.ctl(&["-C", &q.path_str(), "start", "1", "--wait"]).status.code(), Some(4));
+    let rel = format!("{}/status.json", q.story_rel("US-P1-001"));
+    let mut status: Value = serde_json::from_str(&q.read(&rel)).unwrap();
+    status["script"] = json!({});
+    q.write(&rel, &status.to_string());
+    let out = daemon.ctl(&["-C", &q.path_str(), "retry", "--failed", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(q.status_json("US-P1-001")["status"], "pending");
+    assert_eq!(daemon.ctl(&["-C", &q.path_str(), "start", "1", "--wait"]).status.code(), Some(0));
+    let out = daemon.ctl(&["-C", &q.path_str(), "retry", "US-P1-002"]);
+    assert_eq!(out.status.code(), Some(1), "a completed story is not retried: {}", describe(&out));
+}
+
+#[test]
+fn logs_per_iteration_and_follow_across_iterations() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(3).script(json!({"sleep_ms": 150}))]);
+    let follow =
+        daemon.ctl_command(&["-C", &p.path_str(), "logs", "US-P1-001", "-f"]).stdout(Stdio::piped()).spawn().unwrap();
+    // With no log yet, `logs -f` waits for the first iteration's event.
+    wait_socket_connected(follow.id());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(0));
+    let out = follow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for k in 1..=3 {
+        assert!(text.contains(&format!("--- US-P1-001 iteration {k} ---")), "{text}");
+        assert!(text.contains(&format!("US-P1-001 iteration {k}")), "{text}");
+    }
+    let one = daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001", "--iteration", "2"]);
+    let one = String::from_utf8_lossy(&one.stdout);
+    assert!(one.contains("iteration 2") && !one.contains("iteration 3 ="), "{one}");
+    let latest = String::from_utf8_lossy(&daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001"]).stdout).to_string();
+    assert!(latest.contains("iteration 3"), "{latest}");
+    let missing = daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001", "--iteration", "9"]);
+    assert_eq!(missing.status.code(), Some(1));
+    // Logs live under the daemon's state dir, never inside the project.
+    assert!(daemon.state_dir.join("logs").exists());
+    let inside = walk(p.path()).into_iter().filter(|f| f.extension().is_some_and(|e| e == "log")).count();
+    assert_eq!(inside, 0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn watch_json_streams_numbered_events() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(2), story("US-P1-002", &["US-P1-001"])]);
+    let mut watch = daemon.ctl_command(&["--json", "watch"]).stdout(Stdio::piped()).spawn().unwrap();
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    wait_socket_connected(watch.id());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(0));
+    let mut kinds = vec![];
+    let mut last = 0;
+    for line in lines {
+        let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let seq = event["seq"].as_u64().unwrap();
+        assert!(seq > last, "sequence numbers grow");
+        last = seq;
+        let kind = event["kind"].as_object().unwrap().keys().next().unwrap().clone();
+        kinds.push(kind.clone());
+        if kind == "run_ended" {
+            assert_eq!(event["kind"]["run_ended"]["outcome"], "completed");
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(kinds.first().map(String::as_str), Some("run_started"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "iteration_started").count(), 3, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "story_completed").count(), 2, "{kinds:?}");
+    // Stored events replay with --since.
+    let replay = daemon.ctl_command(&["--json", "watch", "--since", "0"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut replay = ChildGuard(replay);
+    let first = BufReader::new(replay.0.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&first).unwrap()["seq"], 1);
+}
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -14,7 +14,11 @@ use serde_json::{json, Value};
 /// A binary of this workspace, from the same target folder as the running test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    // Tests run from target/<profile>/deps/, the bench binary from target/<profile>/.
+    let mut dir = exe.parent().expect("executable folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
     let path = dir.join(name);
     assert!(path.is_file(), "{} not built; run the tests with `cargo test --workspace`", path.display());
     path

@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::events::EventBus;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields};
+use crate::project::{DocCache, JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields};
 use crate::reaper::Reaper;
 use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg};
 use crate::store::RunRecord;
@@ -61,6 +61,8 @@ pub struct Daemon {
     /// The last run of each phase that ended, for `status` and `wait`.
     finished: Mutex<HashMap<RunKey, Arc<Mutex<LiveRun>>>>,
     pub shutdown: watch::Sender<bool>,
+    /// Parsed status.json files, reused while unchanged.
+    pub docs: DocCache,
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -100,6 +102,7 @@ impl Daemon {
             runs: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
+            docs: DocCache::default(),
         }
     }
 
@@ -179,7 +182,7 @@ impl Daemon {
         };
         let mut phases = Vec::with_capacity(numbers.len());
         for n in numbers {
-            let files = PhaseFiles::load(&project, n)?;
+            let files = PhaseFiles::load(&project, n, &self.docs)?;
             let mut view = self.phase_view(&project, &files);
             if let Some(story) = story {
                 view.stories.retain(|s| s.id == story);
@@ -244,7 +247,7 @@ impl Daemon {
 
     fn validate(&self, phase: &PhaseRef) -> Result<Response, ErrorReply> {
         let project = Project::open(Path::new(&phase.project))?;
-        let files = PhaseFiles::load(&project, phase.phase)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
         let mut problems = files.validate(&project);
         if let Err(e) = OrchestratorConfig::load(&project.root) {
             problems.push(Problem {
@@ -265,7 +268,7 @@ impl Daemon {
             return Err(error(ErrorKind::Refused, "sticlerd is shutting down"));
         }
         let project = Project::open(Path::new(&phase.project))?;
-        let files = PhaseFiles::load(&project, phase.phase)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
         let problems = files.validate(&project);
         if !problems.is_empty() {
             let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
@@ -298,7 +301,7 @@ impl Daemon {
         doc.map.insert("status".into(), Value::String("in_progress".into()));
         doc.map.insert("started_at".into(), Value::String(crate::project::now_rfc3339()));
         doc.write()?;
-        let files = PhaseFiles::load(&project, phase.phase)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
         let record = RunRecord {
             project: project.root.display().to_string(),
             phase: phase.phase,
@@ -326,7 +329,7 @@ impl Daemon {
 
     async fn retry(&self, phase: &PhaseRef, stories: Vec<String>, all_failed: bool) -> Result<Response, ErrorReply> {
         let project = Project::open(Path::new(&phase.project))?;
-        let files = PhaseFiles::load(&project, phase.phase)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
         let live = self.last_run(&project.root, phase.phase).map(|l| lock(&l).clone());
         let retryable = |story: &StoryFiles| {
             let disk_failed = story.status.as_ref().is_ok_and(|d| d.status() == "failed");

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use sticler_proto::Problem;
 
-use crate::project::{JsonDoc, Project, ProjectError, StatusFields, StoryId};
+use std::sync::Arc;
+
+use crate::project::{DocCache, JsonDoc, Project, ProjectError, StatusFields, StoryId};
 
 pub const PHASE_CONFIG: &str = "phase_config.json";
 pub const STATUS_FILE: &str = "status.json";
@@ -17,8 +19,7 @@ pub const SPEC_FILE: &str = "spec.md";
 pub struct StoryFiles {
     pub id: StoryId,
     pub dir: PathBuf,
-    pub status: Result<JsonDoc, ProjectError>,
-    pub has_spec: bool,
+    pub status: Result<Arc<JsonDoc>, ProjectError>,
 }
 
 impl StoryFiles {
@@ -43,7 +44,7 @@ pub struct PhaseFiles {
 }
 
 impl PhaseFiles {
-    pub fn load(project: &Project, number: u32) -> Result<PhaseFiles, ProjectError> {
+    pub fn load(project: &Project, number: u32, cache: &DocCache) -> Result<PhaseFiles, ProjectError> {
         let dir = project.phase_dir(number);
         if !dir.is_dir() {
             return Err(ProjectError::NoPhase { project: project.root.clone(), phase: number });
@@ -88,9 +89,8 @@ impl PhaseFiles {
                 )));
                 continue;
             }
-            let status = JsonDoc::read(&path.join(STATUS_FILE));
-            let has_spec = path.join(SPEC_FILE).is_file();
-            stories.push(StoryFiles { id, dir: path, status, has_spec });
+            let status = cache.read(&path.join(STATUS_FILE));
+            stories.push(StoryFiles { id, dir: path, status });
         }
         stories.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(PhaseFiles { number, dir, config, stories, problems })
@@ -109,7 +109,7 @@ impl PhaseFiles {
         let mut claimed: HashMap<String, &PathBuf> = HashMap::new();
         let mut edges: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for story in &self.stories {
-            if !story.has_spec {
+            if !story.spec_path().is_file() {
                 push(&mut problems, &story.spec_path(), "missing spec.md".into());
             }
             let doc = match &story.status {

@@ -419,8 +419,10 @@ impl PhaseRun {
         }
         actions.extend(self.sched.schedule(self.daemon.slots.free()));
         self.apply(actions);
-        // Descendants that escaped into their own session are found by their token.
-        worker::signal_story(None, std::slice::from_ref(&run.token), Signal::SIGKILL);
+        // Descendants that escaped into their own session are found by their token; the /proc
+        // scan runs off the run's task so it never delays the next dispatch.
+        let token = run.token;
+        tokio::task::spawn_blocking(move || worker::signal_story(None, &[token], Signal::SIGKILL));
     }
 
     fn judge(&self, story: &str, run: &Running, exit: ExitReason) -> Verdict {

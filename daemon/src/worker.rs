@@ -80,7 +80,9 @@ pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usi
     marked.len()
 }
 
-/// Pids of live (non-zombie) processes whose environment carries one of `tokens`.
+/// Pids of live processes whose environment carries a token starting with one of `tokens`
+/// (an iteration's token, or a run's prefix for all of its iterations). Zombies have an empty
+/// environ, so they never match.
 pub fn processes_with_tokens(tokens: &[String]) -> Vec<i32> {
     if tokens.is_empty() {
         return Vec::new();
@@ -90,19 +92,12 @@ pub fn processes_with_tokens(tokens: &[String]) -> Vec<i32> {
     let me = std::process::id() as i32;
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me && !is_zombie(*pid))
+        .filter(|pid| *pid != me)
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| needles.iter().any(|n| var == n.as_slice())))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| needles.iter().any(|n| var.starts_with(n))))
         })
         .collect()
-}
-
-fn is_zombie(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).map(|s| s == "Z"))
-        .unwrap_or(true)
 }
 
 /// The per-iteration log file: `<state>/logs/<project-key>/<story>/<iteration>.log`.

@@ -86,7 +86,7 @@ impl Daemon {
             .arg(&self.state_dir)
             .args(args)
             .env("STICLER_TEST_MARK", &self.mark)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", std::env::var("STICLER_TEST_LOG").unwrap_or_else(|_| "debug,sled=info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));

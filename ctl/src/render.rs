@@ -58,12 +58,13 @@ pub fn phase(view: &PhaseView) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {}",
+            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {:<7}  {}",
             s.id,
             state_label(s),
             s.iteration,
             format!("{}/{}", s.criteria_done, s.criteria_total),
             cut(&deps, 21),
+            if s.commit_hash.is_empty() { "-" } else { s.commit_hash.get(..7).unwrap_or(&s.commit_hash) },
             cut(&focus, 60)
         );
     }

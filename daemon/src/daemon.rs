@@ -63,6 +63,8 @@ pub struct Daemon {
     pub shutdown: watch::Sender<bool>,
     /// Parsed status.json files, reused while unchanged.
     pub docs: DocCache,
+    /// All git work of one project is serialised: its workers share one working tree.
+    git_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -103,6 +105,7 @@ impl Daemon {
             finished: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             docs: DocCache::default(),
+            git_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,6 +121,10 @@ impl Daemon {
             .iter()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
         self.state_dir.join("logs").join(format!("{name}-{hash:016x}"))
+    }
+
+    pub fn git_lock(&self, project: &Path) -> Arc<Mutex<()>> {
+        Arc::clone(lock(&self.git_locks).entry(project.to_path_buf()).or_default())
     }
 
     pub fn run(&self, project: &Path, phase: u32) -> Option<RunHandle> {
@@ -289,6 +296,17 @@ impl Daemon {
                     phase.phase
                 ),
             ));
+        }
+        // Before the first story: a repository with at least one commit.
+        {
+            let git = self.git_lock(&project.root);
+            let _git = lock(&git);
+            crate::git::ensure_repo(&project.root).map_err(|e| {
+                error(
+                    ErrorKind::Internal,
+                    format!("{}: cannot prepare the git repository: {e}", project.root.display()),
+                )
+            })?;
         }
         let key = (project.root.clone(), phase.phase);
         let mut runs = lock(&self.runs);

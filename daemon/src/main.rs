@@ -3,6 +3,7 @@
 mod connection;
 mod daemon;
 mod events;
+mod git;
 mod paths;
 mod phase;
 mod project;

@@ -14,8 +14,9 @@ use sticler_proto::{EventKind, ExitReason, RunOutcome, StoryState};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::daemon::Daemon;
+use crate::git;
 use crate::phase::PhaseFiles;
-use crate::project::{JsonDoc, OrchestratorConfig, Project, StatusFields, StdinMode};
+use crate::project::{CommandSpec, JsonDoc, OrchestratorConfig, Project, StatusFields, StdinMode};
 use crate::scheduler::{Action, Limits, Scheduler, StoryInit, Verdict};
 use crate::worker::{self, SpawnSpec};
 
@@ -75,6 +76,7 @@ struct Running {
     stop_signalled: bool,
 }
 
+#[derive(Clone)]
 struct StoryPaths {
     dir: PathBuf,
     status: PathBuf,
@@ -97,6 +99,8 @@ pub struct PhaseRun {
     nonce: String,
     logs_root: PathBuf,
     started: Instant,
+    /// Commits made since this time count as the stories' commits.
+    started_unix: i64,
 }
 
 impl PhaseRun {
@@ -155,6 +159,7 @@ impl PhaseRun {
             tx,
             nonce,
             started: Instant::now(),
+            started_unix: (crate::events::now_ms() / 1000) as i64,
         };
         tokio::spawn(run.drive(rx));
         handle
@@ -315,7 +320,7 @@ impl PhaseRun {
         let paths = self.stories.get(story)?;
         let iteration = worker::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
         let token = format!("{}/{}/{}/", self.nonce, story, iteration);
-        let spec = self.spawn_spec(story, paths, iteration, token.clone());
+        let spec = self.spawn_spec(story, paths, iteration, token.clone(), &self.config.worker.command);
         let before = fs::read(&paths.status).unwrap_or_default();
         match worker::spawn(&self.daemon.reaper, &spec) {
             Ok((pid, exit)) => {
@@ -364,7 +369,16 @@ impl PhaseRun {
         }
     }
 
-    fn spawn_spec(&self, story: &str, paths: &StoryPaths, iteration: u32, token: String) -> SpawnSpec {
+    /// The command (worker or verify) of one iteration with its placeholders, environment,
+    /// stdin and log.
+    fn spawn_spec(
+        &self,
+        story: &str,
+        paths: &StoryPaths,
+        iteration: u32,
+        token: String,
+        command: &CommandSpec,
+    ) -> SpawnSpec {
         let vars: [(&str, String); 7] = [
             ("story_id", story.to_string()),
             ("story_dir", paths.dir.display().to_string()),
@@ -374,10 +388,7 @@ impl PhaseRun {
             ("project_dir", self.project.root.display().to_string()),
             ("iteration", iteration.to_string()),
         ];
-        let argv = self
-            .config
-            .worker
-            .command
+        let argv = command
             .argv()
             .iter()
             .map(|arg| vars.iter().fold(arg.clone(), |acc, (k, v)| acc.replace(&format!("{{{k}}}"), v)))
@@ -405,7 +416,10 @@ impl PhaseRun {
         // Whatever the worker left behind in its group dies with the iteration.
         worker::signal_story(Some(run.pid), &[], Signal::SIGKILL);
         let exit = if run.timed_out { ExitReason::TimedOut } else { reason };
-        let verdict = self.judge(&story, &run, exit);
+        let mut verdict = self.judge(&story, &run, exit);
+        if verdict == Verdict::Completed {
+            verdict = self.completion_gate(&story, iteration, &run.token);
+        }
         self.emit(EventKind::IterationEnded { story: story.clone(), iteration, exit, verdict: verdict.label() });
         let mut actions = self.sched.iteration_ended(&story, verdict);
         if self.sched.state(&story) != Some(StoryState::Running) {
@@ -423,6 +437,94 @@ impl PhaseRun {
         // scan runs off the run's task so it never delays the next dispatch.
         let token = run.token;
         tokio::task::spawn_blocking(move || worker::signal_story(None, &[token], Signal::SIGKILL));
+    }
+
+    /// A story claims completed: the verify command must pass, then its commit must exist (or
+    /// sticler makes it with auto_commit) and `commit_hash` is recorded.
+    fn completion_gate(&mut self, story: &str, iteration: u32, token: &str) -> Verdict {
+        let Some(paths) = self.stories.get(story).cloned() else { return Verdict::Stopped };
+        if let Some(verify) = self.config.verify.clone() {
+            if let Some(live) = self.live().stories.get_mut(story) {
+                live.state = StoryState::Verifying;
+            }
+            let spec = self.spawn_spec(story, &paths, iteration, format!("{token}verify/"), &verify);
+            let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
+            let exit = self.run_to_end(&spec, timeout);
+            if exit != ExitReason::Exited(0) {
+                let reason = format!("verify command {:?} failed: {exit}", spec.argv.join(" "));
+                let _ = append_log(&spec.log, &format!("sticler: {reason}; the story goes back to in_progress\n"));
+                self.reopen(story, &paths, &reason);
+                return Verdict::Progress;
+            }
+        }
+        let lock = self.daemon.git_lock(&self.project.root);
+        let _git = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut doc = match JsonDoc::read(&paths.status) {
+            Ok(doc) => doc,
+            Err(e) => return Verdict::Infra(e.to_string()),
+        };
+        let root = &self.project.root;
+        let found =
+            tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), self.started_unix));
+        let oid = match found {
+            Ok(Some(oid)) => oid,
+            Ok(None) if self.config.auto_commit => {
+                match tokio::task::block_in_place(|| git::commit_story(root, story, &doc, &paths.dir)) {
+                    Ok(oid) => oid,
+                    Err(e) => return Verdict::Rejected(format!("auto-commit failed: {e}")),
+                }
+            }
+            Ok(None) => {
+                return Verdict::Rejected(format!(
+                "no commit whose subject starts with [{story}] was made since the run started, and auto_commit is off"
+            ))
+            }
+            Err(e) => return Verdict::Rejected(e.to_string()),
+        };
+        if doc.commit_hash() != oid.to_string() {
+            doc.map.insert("commit_hash".into(), Value::String(oid.to_string()));
+            if let Err(e) = doc.write() {
+                return Verdict::Rejected(format!("cannot record commit_hash {oid}: {e}"));
+            }
+        }
+        Verdict::Completed
+    }
+
+    /// A claim of completion was turned back: `in_progress` again, with the reason.
+    fn reopen(&self, story: &str, paths: &StoryPaths, reason: &str) {
+        let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
+            doc.map.insert("status".into(), Value::String("in_progress".into()));
+            push_reason(&mut doc, reason);
+            doc.write()
+        });
+        if let Err(e) = result {
+            tracing::warn!(story_id = %story, "cannot reopen the story in status.json: {e}");
+        }
+    }
+
+    /// Runs a helper process (verify, git push) to its end, killing its group on timeout.
+    fn run_to_end(&self, spec: &SpawnSpec, timeout: Duration) -> ExitReason {
+        let (pid, exit) = match worker::spawn(&self.daemon.reaper, spec) {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = append_log(&spec.log, &format!("sticler: cannot start {:?}: {e}\n", spec.argv.join(" ")));
+                return ExitReason::Exited(127);
+            }
+        };
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let mut exit = exit;
+                match tokio::time::timeout(timeout, &mut exit).await {
+                    Ok(reason) => reason.unwrap_or(ExitReason::Signalled(Signal::SIGKILL as i32)),
+                    Err(_) => {
+                        worker::signal_story(Some(pid), std::slice::from_ref(&spec.token), Signal::SIGKILL);
+                        let _ = exit.await;
+                        ExitReason::TimedOut
+                    }
+                }
+            })
+        })
     }
 
     fn judge(&self, story: &str, run: &Running, exit: ExitReason) -> Verdict {
@@ -456,13 +558,7 @@ impl PhaseRun {
         let Some(paths) = self.stories.get(story) else { return };
         let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
             doc.map.insert("status".into(), Value::String("failed".into()));
-            let reasons = doc.map.entry("failed_reasons").or_insert_with(|| Value::Array(vec![]));
-            if !reasons.is_array() {
-                *reasons = Value::Array(vec![]);
-            }
-            if let Value::Array(list) = reasons {
-                list.push(Value::String(format!("sticler: {reason}")));
-            }
+            push_reason(&mut doc, reason);
             doc.write()
         });
         if let Err(e) = result {
@@ -489,6 +585,13 @@ impl PhaseRun {
         if let Err(e) = result {
             tracing::error!("cannot record the end of the run in {}: {e}", phase_config.display());
         }
+        let mut summary = summary;
+        if outcome == RunOutcome::Completed {
+            if let Some(warning) = self.close_phase(&summary) {
+                tracing::warn!("{warning}");
+                summary.push_str(&format!("; warning: {warning}"));
+            }
+        }
         {
             let mut live = self.live();
             live.ended = Some(outcome);
@@ -496,6 +599,53 @@ impl PhaseRun {
         }
         self.refresh_blocked();
         self.emit(EventKind::RunEnded { outcome, summary });
+    }
+
+    /// The phase commit, then the push when configured. Returns a warning on failure: neither
+    /// fails the phase.
+    fn close_phase(&self, summary: &str) -> Option<String> {
+        let root = &self.project.root;
+        let title = JsonDoc::read(&self.project.phase_dir(self.phase).join(crate::phase::PHASE_CONFIG))
+            .map(|d| d.str_field("title").to_string())
+            .unwrap_or_default();
+        let stories: Vec<(String, String)> = self
+            .stories
+            .iter()
+            .map(|(id, paths)| {
+                let title = JsonDoc::read(&paths.status).map(|d| d.title().to_string()).unwrap_or_default();
+                (id.clone(), title)
+            })
+            .collect();
+        {
+            let lock = self.daemon.git_lock(root);
+            let _git = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) =
+                tokio::task::block_in_place(|| git::commit_phase(root, self.phase, &title, &stories, summary))
+            {
+                return Some(format!("phase commit failed: {e}"));
+            }
+        }
+        if !self.config.push {
+            return None;
+        }
+        let branch = match git::push_target(root) {
+            Ok(Some(branch)) => branch,
+            Ok(None) => return None,
+            Err(e) => return Some(format!("push skipped: {e}")),
+        };
+        let spec = SpawnSpec {
+            argv: vec!["git".into(), "push".into(), "origin".into(), branch.clone()],
+            cwd: root.clone(),
+            env: vec![("GIT_TERMINAL_PROMPT".into(), "0".into())],
+            stdin: None,
+            log: self.logs_root.join(format!("phase_{}-push.log", self.phase)),
+            token: format!("{}/push/", self.nonce),
+            umask: self.daemon.user_umask,
+        };
+        match self.run_to_end(&spec, Duration::from_secs(120)) {
+            ExitReason::Exited(0) => None,
+            exit => Some(format!("git push origin {branch} failed ({exit}); see {}", spec.log.display())),
+        }
     }
 
     fn summary(&self, outcome: RunOutcome) -> String {
@@ -519,7 +669,30 @@ impl PhaseRun {
         if outcome == RunOutcome::Stopped {
             text.push_str("; stopped (start again to resume)");
         }
+        let commits: Vec<String> = self
+            .stories
+            .iter()
+            .filter_map(|(id, paths)| {
+                let doc = JsonDoc::read(&paths.status).ok()?;
+                let hash = doc.commit_hash();
+                (!hash.is_empty()).then(|| format!("{id} {}", &hash[..hash.len().min(7)]))
+            })
+            .collect();
+        if !commits.is_empty() {
+            text.push_str(&format!("; commits: {}", commits.join(", ")));
+        }
         text
+    }
+}
+
+/// Appends `sticler: <reason>` to `failed_reasons` (created if missing).
+fn push_reason(doc: &mut JsonDoc, reason: &str) {
+    let reasons = doc.map.entry("failed_reasons").or_insert_with(|| Value::Array(vec![]));
+    if !reasons.is_array() {
+        *reasons = Value::Array(vec![]);
+    }
+    if let Value::Array(list) = reasons {
+        list.push(Value::String(format!("sticler: {reason}")));
     }
 }
 

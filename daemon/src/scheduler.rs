@@ -31,6 +31,8 @@ pub enum Verdict {
     Infra(String),
     /// Ended by stop/kill; does not count.
     Stopped,
+    /// The claim of completion cannot be accepted (no commit, bogus commit_hash): the story fails.
+    Rejected(String),
 }
 
 impl Verdict {
@@ -42,6 +44,7 @@ impl Verdict {
             Verdict::NoChange => "no change".into(),
             Verdict::Infra(why) => format!("infrastructure failure: {why}"),
             Verdict::Stopped => "stopped".into(),
+            Verdict::Rejected(why) => format!("rejected: {why}"),
         }
     }
 }
@@ -271,6 +274,7 @@ impl Scheduler {
                 finish(node, StoryState::Pending);
                 None
             }
+            Verdict::Rejected(why) => Some(why.clone()),
             Verdict::Progress => {
                 node.infra_streak = 0;
                 node.same_streak = 0;

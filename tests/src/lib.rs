@@ -161,6 +161,15 @@ impl Daemon {
         self.phase_status(project, phase)
     }
 
+    /// Status of every phase of `project` and the end of the daemon log, for failure messages.
+    pub fn dump(&self, project: &Path) -> String {
+        let status = self.ctl(&["--json", "-C", &project.display().to_string(), "status"]);
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("status:\n{}\ndaemon log (end):\n{}", String::from_utf8_lossy(&status.stdout), tail.join("\n"))
+    }
+
     /// Live processes started under this daemon (they carry its test mark).
     pub fn marked_processes(&self) -> Vec<i32> {
         processes_with_env(&format!("STICLER_TEST_MARK={}", self.mark))
@@ -286,13 +295,13 @@ impl ProjectBuilder {
     }
 
     /// orchestrator.config.json: `extra` is merged over a config that runs the scripted worker
-    /// with auto_commit and push off.
+    /// with auto_commit on and push off.
     pub fn config(&self, extra: Value) {
         let mut config = json!({
             "max_parallel_workers": 3,
             "max_iterations_per_task": 10,
             "retry_limit": 3,
-            "auto_commit": false,
+            "auto_commit": true,
             "push": false,
             "worker": {"command": [bin("sticler-demo-worker").display().to_string()], "stdin": "spec",
                        "iteration_timeout_secs": 60, "env": {}},

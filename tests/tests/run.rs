@@ -26,7 +26,7 @@ fn max_running(dir: &std::path::Path) -> u32 {
 
 fn start_and_wait(daemon: &Daemon, p: &ProjectBuilder) -> i32 {
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
-    out.status.code().unwrap_or_else(|| panic!("start --wait crashed: {}", describe(&out)))
+    out.status.code().unwrap_or_else(|| panic!("start --wait crashed: {}\n{}", describe(&out), daemon.dump(p.path())))
 }
 
 #[test]
@@ -53,7 +53,8 @@ fn dependencies_are_respected_and_the_parallel_limit_is_never_exceeded() {
             s("US-P1-008", &["US-P1-006", "US-P1-007"]),
         ],
     );
-    assert_eq!(start_and_wait(&daemon, &p), 0);
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(max_running(&rec), 2, "the limit is reached and never exceeded");
     let events = record_events(&rec);
     let mut first_start: HashMap<String, u128> = HashMap::new();
@@ -111,7 +112,7 @@ fn the_daemon_wide_worker_cap_holds_across_phases() {
     }
     for p in &projects {
         let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
-        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
     }
     assert_eq!(max_running(rec.path()), 2);
 }

@@ -1,0 +1,259 @@
+//! Git work in a project, with git2: make sure a repository exists, find or make each story's
+//! `[US-PN-XXX]` commit, and make the phase commit. Callers serialise all git work of one
+//! project (parallel workers share one working tree).
+
+use std::path::Path;
+use std::time::Duration;
+
+use git2::{Commit, ErrorCode, IndexAddOption, Oid, Repository, Signature};
+
+use crate::project::{JsonDoc, StatusFields};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+    #[error("commit_hash {hash:?} recorded for {story} {why}")]
+    BogusHash { story: String, hash: String, why: String },
+    #[error("the index of {0} stayed locked (index.lock) for {1:?}; another git process is busy")]
+    Locked(String, Duration),
+}
+
+/// How long a worker's own `index.lock` is waited out; it is never deleted.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// A file that vanished between git's directory scan and its stat (a worker's temp file of an
+/// atomic write, renamed away), or changed while git read it (a log another worker appends to).
+/// Running workers share the tree, so scanning again is the answer.
+fn transient(e: &git2::Error) -> bool {
+    (e.code() == ErrorCode::NotFound && e.class() == git2::ErrorClass::Os) || e.class() == git2::ErrorClass::Filesystem
+}
+
+/// Retries `op` while git reports a locked index or a transient file race, for a bounded time.
+fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) -> Result<T, GitError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match op() {
+            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {}
+            Err(e) if e.code() == ErrorCode::Locked && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if e.code() == ErrorCode::Locked => {
+                return Err(GitError::Locked(root.display().to_string(), LOCK_WAIT));
+            }
+            other => return other.map_err(GitError::from),
+        }
+    }
+}
+
+/// The repository's user.name/user.email, else `sticler <sticler@localhost>`.
+fn signature(repo: &Repository) -> Result<Signature<'static>, GitError> {
+    Ok(repo.signature().or_else(|_| Signature::now("sticler", "sticler@localhost"))?)
+}
+
+fn head_commit(repo: &Repository) -> Option<Commit<'_>> {
+    repo.head().ok()?.peel_to_commit().ok()
+}
+
+/// Stages every change of the working tree (new, modified, deleted), honouring .gitignore.
+fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
+    retry_locked(root, || {
+        let mut index = repo.index()?;
+        index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
+        index.update_all(["*"], None)?;
+        index.write()?;
+        index.write_tree()
+    })
+}
+
+/// Makes sure `root` is a repository with at least one commit ("Initial commit - project
+/// setup", everything added). Returns the initial commit when one was made.
+pub fn ensure_repo(root: &Path) -> Result<Option<Oid>, GitError> {
+    let repo = match Repository::open(root) {
+        Ok(repo) => repo,
+        Err(_) => Repository::init(root)?,
+    };
+    if head_commit(&repo).is_some() {
+        return Ok(None);
+    }
+    let tree = repo.find_tree(stage_all(&repo, root)?)?;
+    let sig = signature(&repo)?;
+    let oid = repo.commit(Some("HEAD"), &sig, &sig, "Initial commit - project setup", &tree, &[])?;
+    Ok(Some(oid))
+}
+
+fn subject_marks(commit: &Commit<'_>, story: &str) -> bool {
+    commit.summary().is_some_and(|s| s.starts_with(&format!("[{story}]")))
+}
+
+/// The commit of `story`: the recorded `commit_hash` (which must exist and carry the story's
+/// subject), else a `[story]` commit made since `since_unix`.
+pub fn find_story_commit(root: &Path, story: &str, recorded: &str, since_unix: i64) -> Result<Option<Oid>, GitError> {
+    let repo = Repository::open(root)?;
+    if !recorded.trim().is_empty() {
+        let bogus = |why: String| GitError::BogusHash { story: story.into(), hash: recorded.into(), why };
+        let object =
+            repo.revparse_single(recorded.trim()).map_err(|_| bogus("does not exist in the repository".into()))?;
+        let commit = object.peel_to_commit().map_err(|_| bogus("is not a commit".into()))?;
+        if !subject_marks(&commit, story) {
+            let subject = commit.summary().unwrap_or("").to_string();
+            return Err(bogus(format!("has subject {subject:?}, which does not start with [{story}]")));
+        }
+        return Ok(Some(commit.id()));
+    }
+    let Some(head) = head_commit(&repo) else { return Ok(None) };
+    let mut walk = repo.revwalk()?;
+    walk.push(head.id())?;
+    for oid in walk {
+        let commit = repo.find_commit(oid?)?;
+        if commit.time().seconds() < since_unix {
+            break;
+        }
+        if subject_marks(&commit, story) {
+            return Ok(Some(commit.id()));
+        }
+    }
+    Ok(None)
+}
+
+/// Commits a completed story's changes with the seed's message format. When status.json lists
+/// `files_modified`, only those files and the story's own folder are staged; otherwise every
+/// change of the working tree.
+pub fn commit_story(root: &Path, story: &str, doc: &JsonDoc, story_dir: &Path) -> Result<Oid, GitError> {
+    let repo = Repository::open(root)?;
+    let files = files_modified(doc, root);
+    let tree_id = if files.is_empty() {
+        stage_all(&repo, root)?
+    } else {
+        let story_rel = story_dir.strip_prefix(root).unwrap_or(story_dir).to_path_buf();
+        retry_locked(root, || {
+            let mut index = repo.index()?;
+            for file in &files {
+                if root.join(file).exists() {
+                    index.add_path(Path::new(file))?;
+                } else {
+                    // Deleted by the worker; absent from the index is fine too.
+                    let _ = index.remove_path(Path::new(file));
+                }
+            }
+            let spec = story_rel.display().to_string();
+            index.add_all([spec.as_str()], IndexAddOption::DEFAULT, None)?;
+            index.update_all([spec.as_str()], None)?;
+            index.write()?;
+            index.write_tree()
+        })?
+    };
+    let tree = repo.find_tree(tree_id)?;
+    let parent = head_commit(&repo);
+    let changed = changed_files(&repo, parent.as_ref(), &tree)?;
+    let message = story_message(story, doc, &changed);
+    let sig = signature(&repo)?;
+    let parents: Vec<&Commit<'_>> = parent.iter().collect();
+    Ok(repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents)?)
+}
+
+/// `files_modified` as paths relative to the project (absolute ones inside it are made
+/// relative; anything outside the project, or with `..`, is ignored).
+fn files_modified(doc: &JsonDoc, root: &Path) -> Vec<String> {
+    let Some(serde_json::Value::Array(items)) = doc.map.get("files_modified") else { return vec![] };
+    items
+        .iter()
+        .filter_map(|v| v.as_str())
+        .filter_map(|f| {
+            let path = Path::new(f);
+            let rel = if path.is_absolute() { path.strip_prefix(root).ok()? } else { path };
+            let safe = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            (safe && !rel.as_os_str().is_empty()).then(|| rel.display().to_string())
+        })
+        .collect()
+}
+
+/// `A`/`M`/`D` (or `R`, `T`) and path of every file that differs between the parent and `tree`.
+fn changed_files(
+    repo: &Repository,
+    parent: Option<&Commit<'_>>,
+    tree: &git2::Tree<'_>,
+) -> Result<Vec<String>, GitError> {
+    let old = match parent {
+        Some(c) => Some(c.tree()?),
+        None => None,
+    };
+    let diff = repo.diff_tree_to_tree(old.as_ref(), Some(tree), None)?;
+    Ok(diff
+        .deltas()
+        .map(|d| {
+            let letter = match d.status() {
+                git2::Delta::Added => "A",
+                git2::Delta::Deleted => "D",
+                git2::Delta::Renamed => "R",
+                git2::Delta::Typechange => "T",
+                _ => "M",
+            };
+            let path = d.new_file().path().or(d.old_file().path()).map(|p| p.display().to_string()).unwrap_or_default();
+            format!("- {letter} {path}")
+        })
+        .collect())
+}
+
+/// The seed's story commit message.
+pub fn story_message(story: &str, doc: &JsonDoc, changed: &[String]) -> String {
+    let title = doc.title();
+    let mut implemented = Vec::new();
+    let mut met = Vec::new();
+    if let Some(serde_json::Value::Array(criteria)) = doc.map.get("criteria") {
+        for c in criteria {
+            let text = c.get("text").and_then(|t| t.as_str()).unwrap_or("");
+            let notes = c.get("notes").and_then(|t| t.as_str()).unwrap_or("").trim();
+            if !notes.is_empty() {
+                implemented.push(format!("- {text}: {notes}"));
+            }
+            if c.get("done").and_then(|d| d.as_bool()) == Some(true) {
+                met.push(format!("- [x] {text}"));
+            }
+        }
+    }
+    let notes = doc.str_field("worker_notes").trim();
+    if !notes.is_empty() {
+        implemented.push(format!("- {notes}"));
+    }
+    if implemented.is_empty() {
+        implemented.push(format!("- {title}"));
+    }
+    let changed = if changed.is_empty() { "- (no file changes)".to_string() } else { changed.join("\n") };
+    let met = if met.is_empty() { "- (none marked done)".to_string() } else { met.join("\n") };
+    format!(
+        "[{story}] {title}\n\n## What was implemented\n{}\n\n## Files changed\n{changed}\n\n## Acceptance criteria met\n{met}\n",
+        implemented.join("\n")
+    )
+}
+
+/// `[Phase N] <title> complete`, listing the stories, over every remaining change.
+pub fn commit_phase(
+    root: &Path,
+    phase: u32,
+    title: &str,
+    stories: &[(String, String)],
+    summary: &str,
+) -> Result<Oid, GitError> {
+    let repo = Repository::open(root)?;
+    let tree = repo.find_tree(stage_all(&repo, root)?)?;
+    let list: Vec<String> = stories.iter().map(|(id, t)| format!("- {id}: {t}")).collect();
+    let message = format!(
+        "[Phase {phase}] {title} complete\n\n## Stories completed\n{}\n\n## Summary\n{summary}\n",
+        list.join("\n")
+    );
+    let sig = signature(&repo)?;
+    let parent = head_commit(&repo);
+    let parents: Vec<&Commit<'_>> = parent.iter().collect();
+    Ok(repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents)?)
+}
+
+/// The current branch's name when `origin` exists (None: nothing to push to).
+pub fn push_target(root: &Path) -> Result<Option<String>, GitError> {
+    let repo = Repository::open(root)?;
+    if repo.find_remote("origin").is_err() {
+        return Ok(None);
+    }
+    let head = repo.head()?;
+    Ok(head.shorthand().map(str::to_string))
+}

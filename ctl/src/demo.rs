@@ -95,6 +95,12 @@ pub fn run(into: Option<PathBuf>) -> CmdResult {
             print!("{}", render::phase(view));
         }
     }
+    if let Ok(out) = Command::new("git").arg("-C").arg(&project).args(["log", "--oneline", "-n", "12"]).output() {
+        if out.status.success() {
+            println!("\nGit history of the demo project:");
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
     let _ = client.call(Request::Shutdown);
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline && matches!(daemon.child.try_wait(), Ok(None)) {

@@ -43,8 +43,11 @@ pub fn phase(view: &PhaseView) -> String {
         let _ = writeln!(out, "  last run: {summary}");
     }
     if !view.stories.is_empty() {
-        let _ =
-            writeln!(out, "  {:<11} {:<13} {:>4} {:>8}  {:<21} FOCUS", "ID", "STATE", "ITER", "CRITERIA", "DEPENDS ON");
+        let _ = writeln!(
+            out,
+            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {:<7}  FOCUS",
+            "ID", "STATE", "ITER", "CRITERIA", "DEPENDS ON", "COMMIT"
+        );
     }
     for s in &view.stories {
         let deps = if s.dependencies.is_empty() { "-".to_string() } else { s.dependencies.join(",") };

@@ -385,13 +385,7 @@ fn run(cli: Cli) -> CmdResult {
             client.send(Request::Watch { project, phase, since: *since })?;
             loop {
                 match client.next()? {
-                    ServerMessage::Event(event) => {
-                        if json {
-                            println!("{}", serde_json::to_string(&event).unwrap_or_default());
-                        } else {
-                            println!("{}", render::event(&event));
-                        }
-                    }
+                    ServerMessage::Event(event) => print_event(&event, json),
                     ServerMessage::Response(Response::WatchStarted { .. }) => {}
                     other => return Err(ClientError::Protocol(format!("unexpected {other:?}")).into()),
                 }
@@ -436,16 +430,21 @@ fn outcome_code(outcome: RunOutcome) -> u8 {
     }
 }
 
+/// One event: a JSON object per line with `--json`, else a line of text.
+fn print_event(event: &sticler_proto::Event, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(event).unwrap_or_default());
+    } else {
+        println!("{}", render::event(event));
+    }
+}
+
 /// Prints events of a watch until the run ends; returns the `wait` exit code.
 fn follow_until_end(watcher: &mut Client, json: bool) -> CmdResult {
     loop {
         match watcher.next()? {
             ServerMessage::Event(event) => {
-                if json {
-                    println!("{}", serde_json::to_string(&event).unwrap_or_default());
-                } else {
-                    println!("{}", render::event(&event));
-                }
+                print_event(&event, json);
                 if let EventKind::RunEnded { outcome, .. } = event.kind {
                     return Ok(outcome_code(outcome));
                 }

@@ -317,7 +317,7 @@ impl Daemon {
             ));
         }
         doc.map.insert("status".into(), Value::String("in_progress".into()));
-        doc.map.insert("started_at".into(), Value::String(crate::project::now_rfc3339()));
+        doc.map.insert("started_at".into(), Value::String(sticler_proto::time::now_rfc3339()));
         doc.write()?;
         let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
         let record = RunRecord {

@@ -578,7 +578,7 @@ impl PhaseRun {
         let result = JsonDoc::read(&phase_config).and_then(|mut doc| {
             doc.map.insert("status".into(), Value::String(outcome.as_str().into()));
             if outcome == RunOutcome::Completed {
-                doc.map.insert("completed_at".into(), Value::String(crate::project::now_rfc3339()));
+                doc.map.insert("completed_at".into(), Value::String(sticler_proto::time::now_rfc3339()));
             }
             doc.write()
         });

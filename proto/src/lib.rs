@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod message;
+pub mod time;
 pub mod view;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};

@@ -339,7 +339,7 @@ fn perform(
     match script.mode {
         Mode::Progress => progress(inv, script, story_id, status),
         Mode::SelfFail => {
-            let iteration = apply_self_fail(status, &rfc3339_utc(SystemTime::now()))
+            let iteration = apply_self_fail(status, &sticler_proto::time::now_rfc3339())
                 .map_err(|r| Failure::at(&inv.status_file, r))?;
             write_status(&inv.status_file, status)?;
             say!("=== Story FAILED (scripted) ===");
@@ -372,7 +372,7 @@ fn progress(inv: &Invocation, script: &Script, story_id: &str, status: &mut Valu
         story_id,
         complete_after: script.complete_after,
         files: &script.files,
-        now: &rfc3339_utc(SystemTime::now()),
+        now: &sticler_proto::time::now_rfc3339(),
     };
     let report = apply_progress(status, &input).map_err(|r| Failure::at(&inv.status_file, r))?;
     // Project files first, so files_modified never names a change that did not happen.
@@ -561,23 +561,6 @@ fn criteria_lines(status: &Value) -> Vec<(bool, String)> {
         .filter_map(Value::as_object)
         .map(|c| (c.get("done").and_then(Value::as_bool) == Some(true), criterion_text(c)))
         .collect()
-}
-
-/// `2026-01-28T10:00:00Z` (RFC 3339, UTC, whole seconds), without a date crate.
-fn rfc3339_utc(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -904,14 +887,5 @@ mod tests {
         assert!(Script::from_status(&json!({"script": {"mode": "dance"}})).is_err());
         assert!(Script::from_status(&json!({"script": {"sleep_ms": "1"}})).is_err());
         assert!(Script::from_status(&json!({"script": {"files": [1]}})).is_err());
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_769_594_400); // 2026-01-28T10:00:00Z
-        assert_eq!(rfc3339_utc(t), "2026-01-28T10:00:00Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400 + 86_399); // 2000-02-29
-        assert_eq!(rfc3339_utc(leap), "2000-02-29T23:59:59Z");
     }
 }

@@ -17,7 +17,7 @@ use crate::events::EventBus;
 use crate::phase::{PhaseFiles, StoryFiles};
 use crate::project::{DocCache, JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields};
 use crate::reaper::Reaper;
-use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg};
+use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg, RunStart};
 use crate::store::RunRecord;
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -144,13 +144,49 @@ impl Daemon {
     }
 
     /// Called by a run's task when it has ended.
-    pub fn run_finished(&self, project: &Path, phase: u32) {
+    /// Called by a run's task when it has ended. An interrupted run keeps its record, so the
+    /// next daemon resumes it.
+    pub fn run_finished(&self, project: &Path, phase: u32, interrupted: bool) {
         let key = (project.to_path_buf(), phase);
         if let Some(run) = lock(&self.runs).remove(&key) {
             lock(&self.finished).insert(key, run.live);
         }
+        if interrupted {
+            return;
+        }
         if let Err(e) = self.bus.store().remove_run(&run_key(project, phase)) {
             tracing::error!("cannot record the end of the run in the store: {e}");
+        }
+    }
+
+    /// Resumes every run that was active when the last daemon ended (crash or shutdown): its
+    /// leftover processes are killed first (found by their token, so a recycled pid is never
+    /// touched), then the run starts again from the files on disk.
+    pub fn recover(self: &Arc<Self>) {
+        let records = match self.bus.store().runs() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!("cannot read the runs to resume: {e}");
+                return;
+            }
+        };
+        for record in records {
+            let prefix = format!("{}/", record.nonce);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while crate::worker::signal_story(None, std::slice::from_ref(&prefix), nix::sys::signal::Signal::SIGKILL)
+                > 0
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let phase = PhaseRef { project: record.project.clone(), phase: record.phase };
+            match self.launch(&phase, Some(record.started_unix)) {
+                Ok(_) => tracing::info!(project = %record.project, phase = record.phase, "resumed the run"),
+                Err(e) => {
+                    tracing::error!(project = %record.project, phase = record.phase, "cannot resume the run: {}", e.message);
+                    let _ = self.bus.store().remove_run(&run_key(Path::new(&record.project), record.phase));
+                }
+            }
         }
     }
 
@@ -276,6 +312,28 @@ impl Daemon {
         }
         let project = Project::open(Path::new(&phase.project))?;
         let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
+        // A malformed phase_config.json is reported by the validation in `launch`.
+        if let Ok(doc) = &files.config {
+            let current = doc.str_field("status");
+            let resumable = ["decomposed", "in_progress", "failed", "stopped"];
+            if !force && !resumable.contains(&current) {
+                return Err(error(
+                    ErrorKind::Refused,
+                    format!(
+                        "phase {} is {current:?}; only a decomposed phase or one that is in_progress, failed or stopped can start (use --force to run it anyway)",
+                        phase.phase
+                    ),
+                ));
+            }
+        }
+        self.launch(phase, None)
+    }
+
+    /// Starts a validated phase: git prepared, phase_config `in_progress`, run recorded and
+    /// launched. `resume_since` is set when a restarted daemon recovers a run.
+    fn launch(self: &Arc<Self>, phase: &PhaseRef, resume_since: Option<i64>) -> Result<Response, ErrorReply> {
+        let project = Project::open(Path::new(&phase.project))?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
         let problems = files.validate(&project);
         if !problems.is_empty() {
             let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
@@ -286,21 +344,13 @@ impl Daemon {
         }
         let config = OrchestratorConfig::load(&project.root)?;
         let mut doc = files.config.as_ref().map_err(|e| error(ErrorKind::Invalid, e.to_string()))?.clone();
-        let current = doc.str_field("status").to_string();
-        let resumable = ["decomposed", "in_progress", "failed", "stopped"];
-        if !force && !resumable.contains(&current.as_str()) {
-            return Err(error(
-                ErrorKind::Refused,
-                format!(
-                    "phase {} is {current:?}; only a decomposed phase or one that is in_progress, failed or stopped can start (use --force to run it anyway)",
-                    phase.phase
-                ),
-            ));
-        }
         // Before the first story: a repository with at least one commit.
         {
             let git = self.git_lock(&project.root);
             let _git = lock(&git);
+            if resume_since.is_some() {
+                crate::git::clear_stale_locks(&project.root);
+            }
             crate::git::ensure_repo(&project.root).map_err(|e| {
                 error(
                     ErrorKind::Internal,
@@ -317,19 +367,29 @@ impl Daemon {
             ));
         }
         doc.map.insert("status".into(), Value::String("in_progress".into()));
-        doc.map.insert("started_at".into(), Value::String(sticler_proto::time::now_rfc3339()));
+        if resume_since.is_none() {
+            doc.map.insert("started_at".into(), Value::String(sticler_proto::time::now_rfc3339()));
+        }
         doc.write()?;
         let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
+        let now_ms = crate::events::now_ms();
+        let start = RunStart {
+            nonce: format!("{}.{now_ms}", std::process::id()),
+            started_unix: resume_since.unwrap_or((now_ms / 1000) as i64),
+            recovered: resume_since.is_some(),
+        };
         let record = RunRecord {
             project: project.root.display().to_string(),
             phase: phase.phase,
-            started_ms: crate::events::now_ms(),
+            started_unix: start.started_unix,
+            nonce: start.nonce.clone(),
         };
+        // Recorded (and flushed) before any worker exists, so a crash never loses track of one.
         self.bus
             .store()
             .put_run(&run_key(&project.root, phase.phase), &record)
             .map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
-        let handle = PhaseRun::launch(Arc::clone(self), project.clone(), &files, config);
+        let handle = PhaseRun::launch(Arc::clone(self), project.clone(), &files, config, start);
         runs.insert(key, handle);
         drop(runs);
         Ok(Response::Started(self.phase_view(&project, &files)))

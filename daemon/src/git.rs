@@ -26,7 +26,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// atomic write, renamed away), or changed while git read it (a log another worker appends to).
 /// Running workers share the tree, so scanning again is the answer.
 fn transient(e: &git2::Error) -> bool {
-    (e.code() == ErrorCode::NotFound && e.class() == git2::ErrorClass::Os) || e.class() == git2::ErrorClass::Filesystem
+    matches!(e.class(), git2::ErrorClass::Os | git2::ErrorClass::Filesystem)
 }
 
 /// Retries `op` while git reports a locked index or a transient file race, for a bounded time.
@@ -78,7 +78,8 @@ pub fn ensure_repo(root: &Path) -> Result<Option<Oid>, GitError> {
     }
     let tree = repo.find_tree(stage_all(&repo, root)?)?;
     let sig = signature(&repo)?;
-    let oid = repo.commit(Some("HEAD"), &sig, &sig, "Initial commit - project setup", &tree, &[])?;
+    let oid =
+        retry_locked(root, || repo.commit(Some("HEAD"), &sig, &sig, "Initial commit - project setup", &tree, &[]))?;
     Ok(Some(oid))
 }
 
@@ -149,7 +150,7 @@ pub fn commit_story(root: &Path, story: &str, doc: &JsonDoc, story_dir: &Path) -
     let message = story_message(story, doc, &changed);
     let sig = signature(&repo)?;
     let parents: Vec<&Commit<'_>> = parent.iter().collect();
-    Ok(repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents)?)
+    retry_locked(root, || repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents))
 }
 
 /// `files_modified` as paths relative to the project (absolute ones inside it are made
@@ -245,7 +246,41 @@ pub fn commit_phase(
     let sig = signature(&repo)?;
     let parent = head_commit(&repo);
     let parents: Vec<&Commit<'_>> = parent.iter().collect();
-    Ok(repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents)?)
+    retry_locked(root, || repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents))
+}
+
+/// Removes git lock files (`index.lock`, `HEAD.lock`, `refs/**.lock`, …) that no process has
+/// open: a daemon killed in the middle of a commit leaves them behind. A lock that some
+/// process holds (a worker's own git at work) is left alone. Returns how many were removed.
+pub fn clear_stale_locks(root: &Path) -> usize {
+    let git_dir = root.join(".git");
+    let mut locks = Vec::new();
+    let mut dirs = vec![git_dir.clone(), git_dir.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && path.starts_with(git_dir.join("refs")) {
+                dirs.push(path);
+            } else if !is_dir && path.extension().is_some_and(|e| e == "lock") {
+                locks.push(path);
+            }
+        }
+    }
+    if locks.is_empty() {
+        return 0;
+    }
+    let open = crate::worker::open_files();
+    let mut removed = 0;
+    for lock in locks {
+        let held = std::fs::canonicalize(&lock).is_ok_and(|p| open.contains(&p));
+        if !held && std::fs::remove_file(&lock).is_ok() {
+            tracing::warn!(path = %lock.display(), "removed a stale git lock that no process holds");
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// The current branch's name when `origin` exists (None: nothing to push to).

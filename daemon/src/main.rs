@@ -184,6 +184,7 @@ fn serve(
         };
         tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), pid = std::process::id(), "sticlerd {} ready", sticler_proto::VERSION);
         report(&mut ready, &format!("ready pid {}, socket {}\n", std::process::id(), socket.display()));
+        daemon.recover();
         let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("signal handlers")?;
         let shutdown_tx = daemon.shutdown.clone();
         tokio::spawn(async move {
@@ -213,10 +214,11 @@ fn lock_path(socket: &std::path::Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Stops every run gracefully and waits for them to end (grace period plus a margin).
+/// Stops every run gracefully, resumable by the next daemon, and waits for them to end
+/// (grace period plus a margin).
 async fn stop_all_runs(daemon: &Daemon) {
     for run in daemon.active_runs() {
-        let _ = run.tx.send(RunMsg::Stop { grace: DEFAULT_GRACE, kill: false });
+        let _ = run.tx.send(RunMsg::Interrupt { grace: DEFAULT_GRACE });
     }
     let deadline = Instant::now() + DEFAULT_GRACE + Duration::from_secs(5);
     while !daemon.active_runs().is_empty() && Instant::now() < deadline {

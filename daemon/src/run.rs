@@ -34,6 +34,10 @@ pub enum RunMsg {
         grace: Duration,
         kill: bool,
     },
+    /// The daemon is shutting down: stop gracefully but stay resumable by the next daemon.
+    Interrupt {
+        grace: Duration,
+    },
     /// The stop grace period is over: SIGKILL what is left.
     ForceKill,
     Retry {
@@ -101,18 +105,50 @@ pub struct PhaseRun {
     started: Instant,
     /// Commits made since this time count as the stories' commits.
     started_unix: i64,
+    /// Stopped by a daemon shutdown: the next daemon resumes the run.
+    interrupted: bool,
+}
+
+/// How a run begins: fresh from `start`, or recovered by a restarted daemon.
+pub struct RunStart {
+    pub nonce: String,
+    pub started_unix: i64,
+    pub recovered: bool,
 }
 
 impl PhaseRun {
     /// Builds the run from a validated phase and starts its task.
-    pub fn launch(daemon: Arc<Daemon>, project: Project, files: &PhaseFiles, config: OrchestratorConfig) -> RunHandle {
+    pub fn launch(
+        daemon: Arc<Daemon>,
+        project: Project,
+        files: &PhaseFiles,
+        config: OrchestratorConfig,
+        start: RunStart,
+    ) -> RunHandle {
         let mut inits = Vec::new();
         let mut stories = BTreeMap::new();
         let mut live = LiveRun::default();
         for story in &files.stories {
             let Ok(doc) = &story.status else { continue };
             let (deps, unmet_external) = split_dependencies(&project, files.number, &doc.dependencies());
-            let disk = doc.status();
+            let mut disk = doc.status();
+            if start.recovered && disk == "completed" && doc.commit_hash().is_empty() {
+                // The daemon died between the worker's claim and the commit step: do it now.
+                // Commits since the run's first start count, so it happens exactly once.
+                let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
+                if let Verdict::Rejected(why) = commit_step(
+                    &daemon,
+                    &project.root,
+                    story.id.as_str(),
+                    &paths,
+                    config.auto_commit,
+                    start.started_unix,
+                ) {
+                    tracing::warn!(story_id = %story.id, "{why}");
+                    let _ = fail_on_disk(story.id.as_str(), &paths, &why);
+                    disk = "failed";
+                }
+            }
             inits.push(StoryInit {
                 id: story.id.to_string(),
                 deps,
@@ -142,7 +178,6 @@ impl PhaseRun {
         let (tx, rx) = mpsc::unbounded_channel();
         let live = Arc::new(Mutex::new(live));
         let handle = RunHandle { tx: tx.clone(), live: Arc::clone(&live) };
-        let nonce = format!("{}.{}", std::process::id(), crate::events::now_ms());
         let logs_root = daemon.logs_root(&project.root);
         let run = PhaseRun {
             project_name: project.root.display().to_string(),
@@ -157,11 +192,13 @@ impl PhaseRun {
             permits: HashMap::new(),
             live,
             tx,
-            nonce,
+            nonce: start.nonce,
             started: Instant::now(),
-            started_unix: (crate::events::now_ms() / 1000) as i64,
+            started_unix: start.started_unix,
+            interrupted: false,
         };
-        tokio::spawn(run.drive(rx));
+        let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
+        tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
         handle
     }
 
@@ -174,8 +211,6 @@ impl PhaseRun {
     }
 
     async fn drive(mut self, mut rx: mpsc::UnboundedReceiver<RunMsg>) {
-        let span = tracing::info_span!("run", project = %self.project_name, phase = self.phase);
-        let _enter = span.enter();
         self.emit(EventKind::RunStarted { stories: self.stories.len() as u32 });
         let mut slots = self.daemon.slots.subscribe();
         let actions = self.sched.schedule(self.daemon.slots.free());
@@ -195,7 +230,7 @@ impl PhaseRun {
                 }
             }
         }
-        self.daemon.run_finished(&self.project.root, self.phase);
+        self.daemon.run_finished(&self.project.root, self.phase, self.interrupted);
     }
 
     fn handle(&mut self, msg: RunMsg) {
@@ -209,6 +244,10 @@ impl PhaseRun {
                 }
             }
             RunMsg::Stop { grace, kill } => self.stop(grace, kill),
+            RunMsg::Interrupt { grace } => {
+                self.interrupted = true;
+                self.stop(grace, false);
+            }
             RunMsg::ForceKill => {
                 for run in self.running.values() {
                     worker::signal_story(Some(run.pid), std::slice::from_ref(&run.token), Signal::SIGKILL);
@@ -457,37 +496,7 @@ impl PhaseRun {
                 return Verdict::Progress;
             }
         }
-        let lock = self.daemon.git_lock(&self.project.root);
-        let _git = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut doc = match JsonDoc::read(&paths.status) {
-            Ok(doc) => doc,
-            Err(e) => return Verdict::Infra(e.to_string()),
-        };
-        let root = &self.project.root;
-        let found =
-            tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), self.started_unix));
-        let oid = match found {
-            Ok(Some(oid)) => oid,
-            Ok(None) if self.config.auto_commit => {
-                match tokio::task::block_in_place(|| git::commit_story(root, story, &doc, &paths.dir)) {
-                    Ok(oid) => oid,
-                    Err(e) => return Verdict::Rejected(format!("auto-commit failed: {e}")),
-                }
-            }
-            Ok(None) => {
-                return Verdict::Rejected(format!(
-                "no commit whose subject starts with [{story}] was made since the run started, and auto_commit is off"
-            ))
-            }
-            Err(e) => return Verdict::Rejected(e.to_string()),
-        };
-        if doc.commit_hash() != oid.to_string() {
-            doc.map.insert("commit_hash".into(), Value::String(oid.to_string()));
-            if let Err(e) = doc.write() {
-                return Verdict::Rejected(format!("cannot record commit_hash {oid}: {e}"));
-            }
-        }
-        Verdict::Completed
+        commit_step(&self.daemon, &self.project.root, story, &paths, self.config.auto_commit, self.started_unix)
     }
 
     /// A claim of completion was turned back: `in_progress` again, with the reason.
@@ -556,14 +565,8 @@ impl PhaseRun {
     /// Writes sticler's verdict into status.json: `failed` and the reason, other fields kept.
     fn record_failure(&mut self, story: &str, reason: &str) {
         let Some(paths) = self.stories.get(story) else { return };
-        let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
-            doc.map.insert("status".into(), Value::String("failed".into()));
-            push_reason(&mut doc, reason);
-            doc.write()
-        });
-        if let Err(e) = result {
+        if let Err(e) = fail_on_disk(story, paths, reason) {
             // A malformed file is never replaced: the reason stays visible in status instead.
-            tracing::warn!(story_id = %story, "cannot record the failure in status.json: {e}");
             if let Some(live) = self.live().stories.get_mut(story) {
                 live.reason = Some(format!("{reason} (not written to status.json: {e})"));
             }
@@ -573,6 +576,16 @@ impl PhaseRun {
     fn end(&mut self, outcome: RunOutcome) {
         // Nothing of this run may outlive it.
         worker::signal_story(None, std::slice::from_ref(&format!("{}/", self.nonce)), Signal::SIGKILL);
+        if self.interrupted {
+            let summary = "interrupted by the sticlerd shutdown; it resumes when sticlerd starts again".to_string();
+            {
+                let mut live = self.live();
+                live.ended = Some(outcome);
+                live.summary = Some(summary.clone());
+            }
+            self.emit(EventKind::RunEnded { outcome, summary });
+            return;
+        }
         let summary = self.summary(outcome);
         let phase_config = self.project.phase_dir(self.phase).join(crate::phase::PHASE_CONFIG);
         let result = JsonDoc::read(&phase_config).and_then(|mut doc| {
@@ -683,6 +696,60 @@ impl PhaseRun {
         }
         text
     }
+}
+
+/// The commit check of a story that claims completed: its `[story]` commit (recorded, or made
+/// since `since_unix`), else one made now when `auto_commit` is on; `commit_hash` recorded.
+fn commit_step(
+    daemon: &Daemon,
+    root: &std::path::Path,
+    story: &str,
+    paths: &StoryPaths,
+    auto_commit: bool,
+    since_unix: i64,
+) -> Verdict {
+    let lock = daemon.git_lock(root);
+    let _git = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut doc = match JsonDoc::read(&paths.status) {
+        Ok(doc) => doc,
+        Err(e) => return Verdict::Infra(e.to_string()),
+    };
+    let found = tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since_unix));
+    let oid = match found {
+        Ok(Some(oid)) => oid,
+        Ok(None) if auto_commit => {
+            match tokio::task::block_in_place(|| git::commit_story(root, story, &doc, &paths.dir)) {
+                Ok(oid) => oid,
+                Err(e) => return Verdict::Rejected(format!("auto-commit failed: {e}")),
+            }
+        }
+        Ok(None) => {
+            return Verdict::Rejected(format!(
+                "no commit whose subject starts with [{story}] was made since the run started, and auto_commit is off"
+            ))
+        }
+        Err(e) => return Verdict::Rejected(e.to_string()),
+    };
+    if doc.commit_hash() != oid.to_string() {
+        doc.map.insert("commit_hash".into(), Value::String(oid.to_string()));
+        if let Err(e) = doc.write() {
+            return Verdict::Rejected(format!("cannot record commit_hash {oid}: {e}"));
+        }
+    }
+    Verdict::Completed
+}
+
+/// status.json gets `failed` and the reason, other fields kept; never replaces a malformed file.
+fn fail_on_disk(story: &str, paths: &StoryPaths, reason: &str) -> Result<(), crate::project::ProjectError> {
+    let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
+        doc.map.insert("status".into(), Value::String("failed".into()));
+        push_reason(&mut doc, reason);
+        doc.write()
+    });
+    if let Err(e) = &result {
+        tracing::warn!(story_id = %story, "cannot record the failure in status.json: {e}");
+    }
+    result
 }
 
 /// Appends `sticler: <reason>` to `failed_reasons` (created if missing).

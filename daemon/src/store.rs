@@ -30,7 +30,11 @@ pub enum StoreError {
 pub struct RunRecord {
     pub project: String,
     pub phase: u32,
-    pub started_ms: u64,
+    /// When the run first started; commits since then are the stories' commits, also after a
+    /// restart (so a commit made just before a crash is found, not made twice).
+    pub started_unix: i64,
+    /// Prefix of the worker tokens of the current daemon's processes for this run.
+    pub nonce: String,
 }
 
 pub struct Store {
@@ -83,6 +87,11 @@ impl Store {
         self.runs.insert(key, encode(run)?)?;
         self.runs.flush()?;
         Ok(())
+    }
+
+    /// Every run that was active when the store was last written.
+    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs.iter().map(|item| decode(&item?.1)).collect()
     }
 
     pub fn remove_run(&self, key: &str) -> Result<(), StoreError> {

@@ -100,6 +100,19 @@ pub fn processes_with_tokens(tokens: &[String]) -> Vec<i32> {
         .collect()
 }
 
+/// Every file some process has open (from /proc/*/fd), for telling a stale lock file from a
+/// held one.
+pub fn open_files() -> std::collections::HashSet<PathBuf> {
+    let Ok(procs) = fs::read_dir("/proc") else { return Default::default() };
+    procs
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| fs::read_dir(e.path().join("fd")).ok())
+        .flat_map(|fds| fds.filter_map(|fd| fd.ok()))
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .collect()
+}
+
 /// The per-iteration log file: `<state>/logs/<project-key>/<story>/<iteration>.log`.
 pub fn log_path(logs_root: &Path, story: &str, iteration: u32) -> PathBuf {
     logs_root.join(story).join(format!("{iteration}.log"))

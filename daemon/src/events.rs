@@ -8,23 +8,36 @@ use tokio::sync::broadcast;
 
 use crate::store::Store;
 
+/// Sequence numbers reserved (and flushed) at a time. Events themselves are not flushed one by
+/// one (that would cost an fsync each); after a crash the next daemon starts above the
+/// reservation, so a number a watcher saw is never handed out twice.
+const SEQ_BLOCK: u64 = 1024;
+
 pub struct EventBus {
     store: Arc<Store>,
-    /// Held while numbering and storing, so sequence order is broadcast order.
-    last_seq: Mutex<u64>,
+    /// Held while numbering and storing, so sequence order is broadcast order: (last handed
+    /// out, reserved up to).
+    last_seq: Mutex<(u64, u64)>,
     tx: broadcast::Sender<Event>,
 }
 
 impl EventBus {
     pub fn new(store: Arc<Store>) -> Result<EventBus, crate::store::StoreError> {
-        let last = store.last_seq()?;
+        let last = store.last_seq()?.max(store.seq_reserved()?);
         let (tx, _) = broadcast::channel(4096);
-        Ok(EventBus { store, last_seq: Mutex::new(last), tx })
+        Ok(EventBus { store, last_seq: Mutex::new((last, last)), tx })
     }
 
     pub fn emit(&self, project: &str, phase: u32, kind: EventKind) -> Event {
-        let mut last = self.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, reserved) = &mut *guard;
         *last += 1;
+        if *last > *reserved {
+            *reserved = *last + SEQ_BLOCK;
+            if let Err(e) = self.store.reserve_seq(*reserved) {
+                tracing::error!(error = %e, "could not reserve event sequence numbers");
+            }
+        }
         let event = Event { seq: *last, time_ms: now_ms(), project: project.to_string(), phase, kind };
         if let Err(e) = self.store.append_event(&event) {
             tracing::error!(error = %e, "could not store event {}", event.seq);

@@ -12,6 +12,8 @@ use sticler_proto::Event;
 /// refused with a clear message instead of being misread.
 pub const FORMAT_VERSION: u8 = 1;
 const META_FORMAT: &[u8] = b"format_version";
+/// Sequence numbers up to this value may have been handed out (see `EventBus`).
+const META_SEQ_RESERVED: &[u8] = b"seq_reserved";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +72,18 @@ impl Store {
             Some((key, _)) => seq_of(&key),
             None => 0,
         })
+    }
+
+    /// The highest sequence number reserved so far (0 when none).
+    pub fn seq_reserved(&self) -> Result<u64, StoreError> {
+        Ok(self.db.get(META_SEQ_RESERVED)?.map_or(0, |v| seq_of(&v)))
+    }
+
+    /// Durably reserves sequence numbers up to `upto`, before any of them is handed out.
+    pub fn reserve_seq(&self, upto: u64) -> Result<(), StoreError> {
+        self.db.insert(META_SEQ_RESERVED, &upto.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn append_event(&self, event: &Event) -> Result<(), StoreError> {

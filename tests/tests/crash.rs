@@ -61,15 +61,40 @@ fn kill_9_at_random_moments_loses_nothing_duplicates_nothing_orphans_nothing() {
     let p = ProjectBuilder::new();
     p.config(json!({"max_parallel_workers": 4}));
     p.phase(1, "decomposed", &phase_of(n));
+    // Each daemon incarnation has a live watcher; what it saw must never be numbered again.
+    let watches = tempfile::tempdir().unwrap();
+    let watch = |daemon: &Daemon, k: usize| {
+        let out = std::fs::File::create(watches.path().join(format!("{k}.jsonl"))).unwrap();
+        let child = daemon.ctl_command(&["--json", "watch"]).stdout(out).spawn().unwrap();
+        sticler_tests::wait_socket_connected(child.id());
+        child
+    };
+    let mut watchers = vec![watch(&daemon, 0)];
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
     assert!(out.status.success(), "{}", describe(&out));
-    for _ in 0..kills {
+    for k in 1..=kills {
         // Fault injection, not synchronisation: the moment of the kill is the random input.
         std::thread::sleep(Duration::from_millis(50 + rng.next(400)));
         daemon.signal_and_wait(Signal::SIGKILL);
         daemon.launch(&[]);
+        watchers.push(watch(&daemon, k));
     }
     assert_finished_cleanly(&daemon, &p, n);
+    for mut w in watchers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let mut seen_max = 0;
+    for k in 0..=kills {
+        let text = std::fs::read_to_string(watches.path().join(format!("{k}.jsonl"))).unwrap();
+        let seqs: Vec<u64> =
+            text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()?["seq"].as_u64()).collect();
+        if let Some(first) = seqs.first() {
+            assert!(*first > seen_max, "incarnation {k} reused event number {first} (seen up to {seen_max})");
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "incarnation {k}: numbers must only grow");
+        seen_max = seen_max.max(seqs.last().copied().unwrap_or(0));
+    }
 }
 
 #[test]

@@ -264,3 +264,44 @@ fn a_half_sent_frame_does_not_block_other_clients() {
     let out = daemon.ctl(&["ping"]);
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+#[test]
+fn without_foreground_the_daemon_forks_once_it_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("run/sticlerd.sock");
+    let state = tmp.path().join("state");
+    let start = |expect: i32| {
+        let out = Command::new(bin("sticlerd"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(expect), "{}", describe(&out));
+        out
+    };
+    let out = start(0);
+    let _guard = ShutdownOnDrop(socket.clone());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("sticlerd started: pid"), "{text}");
+    // The parent returned only once the socket serves: no waiting needed.
+    let ctl = |args: &[&str]| Command::new(bin("sticlerctl")).arg("--socket").arg(&socket).args(args).output().unwrap();
+    assert!(ctl(&["ping"]).status.success());
+    // A second one reports the first one's pid through the same pipe, and fails.
+    let out = start(1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another sticlerd"), "{}", describe(&out));
+    assert!(ctl(&["shutdown"]).status.success());
+    poll(Duration::from_secs(20), "socket removed", || (!socket.exists()).then_some(()));
+    assert!(state.join("sticlerd.log").exists(), "the background daemon logs to its state folder");
+}
+
+/// Asks a background daemon to stop even when the test fails half-way.
+struct ShutdownOnDrop(std::path::PathBuf);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("sticlerctl")).arg("--socket").arg(&self.0).arg("shutdown").output();
+    }
+}

@@ -170,6 +170,7 @@ impl Daemon {
                 return;
             }
         };
+        tracing::info!("{} run(s) to resume", records.len());
         for record in records {
             let prefix = format!("{}/", record.nonce);
             let deadline = std::time::Instant::now() + Duration::from_secs(5);

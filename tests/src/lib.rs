@@ -181,6 +181,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let Some(keep) = std::env::var_os("STICLER_KEEP_LOG") {
+            let _ = fs::copy(&self.log, keep);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

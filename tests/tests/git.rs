@@ -259,3 +259,27 @@ fn two_stories_completing_together_make_two_clean_commits() {
         assert_eq!(files, expected, "{id}");
     }
 }
+
+#[test]
+fn a_workers_index_lock_is_waited_out_never_deleted() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    // The worker leaves .git/index.lock behind when it claims completion (as a git of its own
+    // would while busy); the test plays that git and releases the lock a little later.
+    let script = "\"$0\" || exit $?; if grep -q '\"status\": \"completed\"' \"$STICLER_STATUS_FILE\"; then touch .git/index.lock; fi";
+    p.config(
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+    );
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    git(p.path(), &["init", "-q"]);
+    git(p.path(), &["add", "-A"]);
+    git(p.path(), &["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "base"]);
+    let mut wait = daemon.ctl_command(&["-C", &p.path_str(), "start", "1", "--wait"]).spawn().unwrap();
+    let lock = p.path().join(".git/index.lock");
+    sticler_tests::poll(std::time::Duration::from_secs(20), "the worker's index.lock", || lock.exists().then_some(()));
+    // Fault timing, not synchronisation: hold the lock a while, as a busy git would.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    std::fs::remove_file(&lock).expect("sticler must not have deleted the worker's lock");
+    assert_eq!(wait.wait().unwrap().code(), Some(0), "{}", daemon.dump(p.path()));
+    assert!(!commit_of(p.path(), "US-P1-001").is_empty());
+}

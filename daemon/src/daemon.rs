@@ -492,7 +492,7 @@ fn story_view(
         _ => disk_state,
     };
     let (criteria_done, criteria_total) = doc.map_or((0, 0), |d| d.criteria());
-    let mut failed_reasons = doc.map_or_else(Vec::new, |d| d.failed_reasons());
+    let mut failed_reasons = doc.map_or_else(Vec::new, |d| d.failed_reasons().to_vec());
     if let Some(reason) = live.and_then(|l| l.reason.clone()) {
         failed_reasons.push(reason);
     }
@@ -505,7 +505,7 @@ fn story_view(
         runs: live.map_or(0, |l| l.runs),
         criteria_done,
         criteria_total,
-        dependencies: doc.map_or_else(Vec::new, |d| d.dependencies()),
+        dependencies: doc.map_or_else(Vec::new, |d| d.dependencies().to_vec()),
         focus: doc.map_or_else(String::new, |d| d.focus().to_string()),
         failed_reasons,
         blocked_by: live.map_or_else(Vec::new, |l| l.blocked_by.clone()),

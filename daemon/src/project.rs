@@ -40,13 +40,21 @@ pub struct JsonDoc {
     pub path: PathBuf,
     pub raw: Vec<u8>,
     pub map: Map<String, Value>,
+    /// The status.json fields sticler reads, taken out of `map` once per read (and again after
+    /// `write`): `status` of a large phase then costs no map lookups.
+    fields: StatusSummary,
 }
 
 impl JsonDoc {
     pub fn read(path: &Path) -> Result<JsonDoc, ProjectError> {
         let raw = fs::read(path).map_err(|e| ProjectError::io(path, e))?;
         let map = parse_object(path, &raw)?;
-        Ok(JsonDoc { path: path.to_path_buf(), raw, map })
+        Ok(JsonDoc::new(path.to_path_buf(), raw, map))
+    }
+
+    pub fn new(path: PathBuf, raw: Vec<u8>, map: Map<String, Value>) -> JsonDoc {
+        let fields = StatusSummary::of(&map);
+        JsonDoc { path, raw, map, fields }
     }
 
     pub fn str_field(&self, key: &str) -> &str {
@@ -64,6 +72,7 @@ impl JsonDoc {
         bytes.push(b'\n');
         write_atomic(&self.path, &bytes)?;
         self.raw = bytes;
+        self.fields = StatusSummary::of(&self.map);
         Ok(())
     }
 }
@@ -94,7 +103,7 @@ impl Stamp {
 /// 1,000 stories then costs 1,000 `stat` calls instead of 1,000 reads and parses.
 #[derive(Default)]
 pub struct DocCache {
-    entries: std::sync::Mutex<std::collections::HashMap<PathBuf, (Stamp, std::sync::Arc<JsonDoc>)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<std::ffi::OsString, (Stamp, std::sync::Arc<JsonDoc>)>>,
 }
 
 /// Entries kept at most; beyond it the cache starts over (it is only a cache).
@@ -105,7 +114,8 @@ impl DocCache {
         let meta = fs::metadata(path).map_err(|e| ProjectError::io(path, e))?;
         let stamp = Stamp::of(&meta);
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((cached, doc)) = entries.get(path) {
+        // Keyed by the path's bytes: hashing a `Path` walks its components.
+        if let Some((cached, doc)) = entries.get(path.as_os_str()) {
             if *cached == stamp {
                 return Ok(std::sync::Arc::clone(doc));
             }
@@ -117,7 +127,7 @@ impl DocCache {
         if entries.len() >= DOC_CACHE_LIMIT {
             entries.clear();
         }
-        entries.insert(path.to_path_buf(), (stamp, std::sync::Arc::clone(&doc)));
+        entries.insert(path.as_os_str().to_owned(), (stamp, std::sync::Arc::clone(&doc)));
         Ok(doc)
     }
 }
@@ -343,42 +353,77 @@ impl std::fmt::Display for StoryId {
 }
 
 /// Accessors for the fields of status.json that sticler reads.
+/// The fields of status.json that sticler reads.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSummary {
+    status: String,
+    title: String,
+    focus: String,
+    commit_hash: String,
+    iteration: u32,
+    dependencies: Vec<String>,
+    failed_reasons: Vec<String>,
+    criteria: (u32, u32),
+}
+
+impl StatusSummary {
+    fn of(map: &Map<String, Value>) -> StatusSummary {
+        let text = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+        let iteration = map.get("iteration").and_then(Value::as_u64).unwrap_or(0);
+        let criteria = match map.get("criteria") {
+            Some(Value::Array(items)) => {
+                let done = items.iter().filter(|c| c.get("done").and_then(Value::as_bool) == Some(true));
+                (done.count() as u32, items.len() as u32)
+            }
+            _ => (0, 0),
+        };
+        StatusSummary {
+            status: text("status"),
+            title: text("title"),
+            focus: text("focus"),
+            commit_hash: text("commit_hash"),
+            iteration: u32::try_from(iteration).unwrap_or(u32::MAX),
+            dependencies: string_list(map.get("dependencies")),
+            failed_reasons: string_list(map.get("failed_reasons")),
+            criteria,
+        }
+    }
+}
+
+/// Accessors for the fields of status.json that sticler reads.
 pub trait StatusFields {
-    fn doc(&self) -> &JsonDoc;
+    fn summary(&self) -> &StatusSummary;
 
     fn status(&self) -> &str {
-        self.doc().str_field("status")
+        &self.summary().status
     }
     fn title(&self) -> &str {
-        self.doc().str_field("title")
+        &self.summary().title
     }
     fn focus(&self) -> &str {
-        self.doc().str_field("focus")
+        &self.summary().focus
     }
     fn commit_hash(&self) -> &str {
-        self.doc().str_field("commit_hash")
+        &self.summary().commit_hash
     }
     fn iteration(&self) -> u32 {
-        let value = self.doc().map.get("iteration").and_then(Value::as_u64).unwrap_or(0);
-        u32::try_from(value).unwrap_or(u32::MAX)
+        self.summary().iteration
     }
-    fn dependencies(&self) -> Vec<String> {
-        string_list(self.doc().map.get("dependencies"))
+    fn dependencies(&self) -> &[String] {
+        &self.summary().dependencies
     }
-    fn failed_reasons(&self) -> Vec<String> {
-        string_list(self.doc().map.get("failed_reasons"))
+    fn failed_reasons(&self) -> &[String] {
+        &self.summary().failed_reasons
     }
     /// (done, total) of the acceptance criteria.
     fn criteria(&self) -> (u32, u32) {
-        let Some(Value::Array(items)) = self.doc().map.get("criteria") else { return (0, 0) };
-        let done = items.iter().filter(|c| c.get("done").and_then(Value::as_bool) == Some(true));
-        (done.count() as u32, items.len() as u32)
+        self.summary().criteria
     }
 }
 
 impl StatusFields for JsonDoc {
-    fn doc(&self) -> &JsonDoc {
-        self
+    fn summary(&self) -> &StatusSummary {
+        &self.fields
     }
 }
 

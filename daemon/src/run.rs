@@ -550,7 +550,7 @@ impl PhaseRun {
             Err(e) => return Verdict::Infra(format!("cannot read {}: {e}", paths.status.display())),
         };
         let doc = match crate::project::parse_object(&paths.status, &after) {
-            Ok(map) => JsonDoc { path: paths.status.clone(), raw: after, map },
+            Ok(map) => JsonDoc::new(paths.status.clone(), after, map),
             Err(e) => return Verdict::Infra(format!("status.json left invalid: {e}")),
         };
         match doc.status() {

@@ -138,11 +138,11 @@ impl PhaseFiles {
             }
             let mut deps = Vec::new();
             for dep in doc.dependencies() {
-                match StoryId::parse(&dep) {
+                match StoryId::parse(dep) {
                     None => push(&mut problems, &story.status_path(), format!("dependency {dep:?} is not a story id")),
                     Some(dep_id) if dep_id.phase == self.number => {
                         if ids.contains(dep_id.as_str()) {
-                            deps.push(dep);
+                            deps.push(dep.clone());
                         } else {
                             push(
                                 &mut problems,

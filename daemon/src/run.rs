@@ -130,7 +130,7 @@ impl PhaseRun {
         let mut live = LiveRun::default();
         for story in &files.stories {
             let Ok(doc) = &story.status else { continue };
-            let (deps, unmet_external) = split_dependencies(&project, files.number, &doc.dependencies());
+            let (deps, unmet_external) = split_dependencies(&project, files.number, doc.dependencies());
             let mut disk = doc.status();
             if start.recovered && disk == "completed" && doc.commit_hash().is_empty() {
                 // The daemon died between the worker's claim and the commit step: do it now.

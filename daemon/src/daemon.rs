@@ -64,7 +64,7 @@ pub struct Daemon {
     /// Parsed status.json files, reused while unchanged.
     pub docs: DocCache,
     /// All git work of one project is serialised: its workers share one working tree.
-    git_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+    git_locks: Mutex<HashMap<PathBuf, Arc<Mutex<crate::git::StoryCommits>>>>,
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -123,7 +123,9 @@ impl Daemon {
         self.state_dir.join("logs").join(format!("{name}-{hash:016x}"))
     }
 
-    pub fn git_lock(&self, project: &Path) -> Arc<Mutex<()>> {
+    /// The lock that serialises the project's git work; it guards what is known of the
+    /// project's story commits.
+    pub fn git_lock(&self, project: &Path) -> Arc<Mutex<crate::git::StoryCommits>> {
         Arc::clone(lock(&self.git_locks).entry(project.to_path_buf()).or_default())
     }
 

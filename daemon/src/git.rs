@@ -55,15 +55,44 @@ fn head_commit(repo: &Repository) -> Option<Commit<'_>> {
     repo.head().ok()?.peel_to_commit().ok()
 }
 
-/// Stages every change of the working tree (new, modified, deleted), honouring .gitignore.
+/// Stages every change of the working tree (new, modified, deleted), honouring .gitignore,
+/// with one scan of the tree (`git add -A`).
 fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
+    use std::os::unix::ffi::OsStrExt;
     retry_locked(root, || {
+        let mut options = git2::StatusOptions::new();
+        options
+            .show(git2::StatusShow::Workdir)
+            .include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false)
+            .exclude_submodules(true);
+        let statuses = repo.statuses(Some(&mut options))?;
         let mut index = repo.index()?;
-        index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
-        index.update_all(["*"], None)?;
+        for entry in statuses.iter() {
+            let path = Path::new(std::ffi::OsStr::from_bytes(entry.path_bytes()));
+            let status = entry.status();
+            if status.contains(git2::Status::WT_DELETED) {
+                index.remove_path(path)?;
+            } else if status.intersects(
+                git2::Status::WT_NEW
+                    | git2::Status::WT_MODIFIED
+                    | git2::Status::WT_TYPECHANGE
+                    | git2::Status::WT_RENAMED,
+            ) {
+                index.add_path(path)?;
+            }
+        }
         index.write()?;
         index.write_tree()
     })
+}
+
+/// Process-wide git2 settings, once at start-up. libgit2 by default checks that every object a
+/// new tree refers to exists; sticler's trees come straight from an index it just wrote, and
+/// that check was most of the cost of a commit (a lookup per file of the tree).
+pub fn configure() {
+    git2::opts::strict_object_creation(false);
 }
 
 /// Makes sure `root` is a repository with at least one commit ("Initial commit - project
@@ -87,9 +116,61 @@ fn subject_marks(commit: &Commit<'_>, story: &str) -> bool {
     commit.summary().is_some_and(|s| s.starts_with(&format!("[{story}]")))
 }
 
+/// The `[US-..]` commits of a project's history, learnt incrementally: each look walks only
+/// the commits added since the previous one, so finding every story's commit in a phase costs
+/// one walk of the history in all, not one per story.
+#[derive(Default)]
+pub struct StoryCommits {
+    /// HEAD when the history was last walked, and how far back that walk went.
+    head: Option<Oid>,
+    since_unix: i64,
+    by_story: std::collections::HashMap<String, (Oid, i64)>,
+}
+
+impl StoryCommits {
+    fn refresh(&mut self, repo: &Repository, since_unix: i64) -> Result<(), GitError> {
+        if since_unix < self.since_unix {
+            // A run that started earlier than the last walk reached: walk again, further.
+            *self = StoryCommits::default();
+        }
+        let Some(head) = head_commit(repo) else { return Ok(()) };
+        if self.head == Some(head.id()) {
+            return Ok(());
+        }
+        let mut walk = repo.revwalk()?;
+        walk.push(head.id())?;
+        for oid in walk {
+            let oid = oid?;
+            if Some(oid) == self.head {
+                break;
+            }
+            let commit = repo.find_commit(oid)?;
+            let time = commit.time().seconds();
+            if time < since_unix {
+                break;
+            }
+            let story =
+                commit.summary().and_then(|s| s.strip_prefix('[')?.split_once(']').map(|(id, _)| id.to_string()));
+            if let Some(story) = story {
+                // The walk goes from new to old: keep the newest commit of each story.
+                self.by_story.entry(story).or_insert((oid, time));
+            }
+        }
+        self.head = Some(head.id());
+        self.since_unix = since_unix;
+        Ok(())
+    }
+}
+
 /// The commit of `story`: the recorded `commit_hash` (which must exist and carry the story's
 /// subject), else a `[story]` commit made since `since_unix`.
-pub fn find_story_commit(root: &Path, story: &str, recorded: &str, since_unix: i64) -> Result<Option<Oid>, GitError> {
+pub fn find_story_commit(
+    root: &Path,
+    story: &str,
+    recorded: &str,
+    since_unix: i64,
+    known: &mut StoryCommits,
+) -> Result<Option<Oid>, GitError> {
     let repo = Repository::open(root)?;
     if !recorded.trim().is_empty() {
         let bogus = |why: String| GitError::BogusHash { story: story.into(), hash: recorded.into(), why };
@@ -102,19 +183,12 @@ pub fn find_story_commit(root: &Path, story: &str, recorded: &str, since_unix: i
         }
         return Ok(Some(commit.id()));
     }
-    let Some(head) = head_commit(&repo) else { return Ok(None) };
-    let mut walk = repo.revwalk()?;
-    walk.push(head.id())?;
-    for oid in walk {
-        let commit = repo.find_commit(oid?)?;
-        if commit.time().seconds() < since_unix {
-            break;
-        }
-        if subject_marks(&commit, story) {
-            return Ok(Some(commit.id()));
-        }
-    }
-    Ok(None)
+    known.refresh(&repo, since_unix)?;
+    Ok(known
+        .by_story
+        .get(story)
+        .filter(|(oid, time)| *time >= since_unix && repo.find_commit(*oid).is_ok())
+        .map(|(oid, _)| *oid))
 }
 
 /// Commits a completed story's changes with the seed's message format. When status.json lists

@@ -158,6 +158,7 @@ fn serve(
         let socket_lock = paths::PidLock::acquire(&lock_path(socket))?;
         let store = Arc::new(store::Store::open(state_dir)?);
         let bus = events::EventBus::new(Arc::clone(&store))?;
+        git::configure();
         let reaper = reaper::Reaper::start().context("cannot become a child subreaper")?;
         let daemon = Arc::new(Daemon::new(bus, reaper, args.max_workers as usize, state_dir.to_path_buf(), user_umask));
         Ok((state_lock, socket_lock, store, daemon))

@@ -709,12 +709,13 @@ fn commit_step(
     since_unix: i64,
 ) -> Verdict {
     let lock = daemon.git_lock(root);
-    let _git = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut known = lock.lock().unwrap_or_else(|e| e.into_inner());
     let mut doc = match JsonDoc::read(&paths.status) {
         Ok(doc) => doc,
         Err(e) => return Verdict::Infra(e.to_string()),
     };
-    let found = tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since_unix));
+    let found =
+        tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since_unix, &mut known));
     let oid = match found {
         Ok(Some(oid)) => oid,
         Ok(None) if auto_commit => {

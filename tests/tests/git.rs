@@ -283,3 +283,23 @@ fn a_workers_index_lock_is_waited_out_never_deleted() {
     assert_eq!(wait.wait().unwrap().code(), Some(0), "{}", daemon.dump(p.path()));
     assert!(!commit_of(p.path(), "US-P1-001").is_empty());
 }
+
+#[test]
+fn auto_commit_without_files_modified_takes_deletions_and_honours_gitignore() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let script = "rm -f old.txt; echo secret > ignored.log; echo new > new.txt; exec \"$0\"";
+    p.config(
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+    );
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    p.write("old.txt", "to be deleted\n");
+    p.write(".gitignore", "*.log\n");
+    assert_eq!(run(&daemon, &p).status.code(), Some(0));
+    let hash = commit_of(p.path(), "US-P1-001");
+    let files = git(p.path(), &["show", "--name-status", "--format=", &hash]);
+    assert!(files.contains("D\told.txt") && files.contains("A\tnew.txt"), "{files}");
+    assert!(!files.contains("ignored.log"), "{files}");
+    let message = git(p.path(), &["log", "-1", "--format=%B", &hash]);
+    assert!(message.contains("- D old.txt") && message.contains("- A new.txt"), "{message}");
+}

@@ -22,6 +22,9 @@ use crate::store::RunRecord;
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
+/// Makes every run's token prefix unique, even for runs started in the same millisecond.
+static RUN_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The daemon-wide cap on running workers (`--max-workers`), shared by all runs.
 pub struct Slots {
     semaphore: Arc<Semaphore>,
@@ -183,6 +186,14 @@ impl Daemon {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let phase = PhaseRef { project: record.project.clone(), phase: record.phase };
+            // The daemon may have died after the run ended on disk but before the record went.
+            let config = Project::open(Path::new(&record.project))
+                .and_then(|p| JsonDoc::read(&p.phase_dir(record.phase).join(crate::phase::PHASE_CONFIG)));
+            if config.as_ref().map_or(true, |doc| doc.str_field("status") != "in_progress") {
+                tracing::info!(project = %record.project, phase = record.phase, "the run had ended; not resuming it");
+                let _ = self.bus.store().remove_run(&run_key(Path::new(&record.project), record.phase));
+                continue;
+            }
             match self.launch(&phase, Some(record.started_unix)) {
                 Ok(_) => tracing::info!(project = %record.project, phase = record.phase, "resumed the run"),
                 Err(e) => {
@@ -377,7 +388,11 @@ impl Daemon {
         let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
         let now_ms = crate::events::now_ms();
         let start = RunStart {
-            nonce: format!("{}.{now_ms}", std::process::id()),
+            nonce: format!(
+                "{}.{now_ms}.{}",
+                std::process::id(),
+                RUN_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             started_unix: resume_since.unwrap_or((now_ms / 1000) as i64),
             recovered: resume_since.is_some(),
         };
@@ -415,7 +430,9 @@ impl Daemon {
         let retryable = |story: &StoryFiles| {
             let disk_failed = story.status.as_ref().is_ok_and(|d| d.status() == "failed");
             let live_state = live.as_ref().and_then(|l| l.stories.get(story.id.as_str())).map(|s| s.state);
-            disk_failed || matches!(live_state, Some(StoryState::Failed | StoryState::Blocked))
+            // A worker still running owns its status.json, even if it just wrote `failed`.
+            let busy = matches!(live_state, Some(StoryState::Running | StoryState::Verifying));
+            !busy && (disk_failed || matches!(live_state, Some(StoryState::Failed | StoryState::Blocked)))
         };
         let targets: Vec<&StoryFiles> = if all_failed {
             files.stories.iter().filter(|s| retryable(s)).collect()

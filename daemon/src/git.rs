@@ -139,6 +139,8 @@ impl StoryCommits {
         }
         let mut walk = repo.revwalk()?;
         walk.push(head.id())?;
+        // Commits found now are newer than any found by an earlier walk: they replace them.
+        let mut found: std::collections::HashMap<String, (Oid, i64)> = std::collections::HashMap::new();
         for oid in walk {
             let oid = oid?;
             if Some(oid) == self.head {
@@ -153,9 +155,10 @@ impl StoryCommits {
                 commit.summary().and_then(|s| s.strip_prefix('[')?.split_once(']').map(|(id, _)| id.to_string()));
             if let Some(story) = story {
                 // The walk goes from new to old: keep the newest commit of each story.
-                self.by_story.entry(story).or_insert((oid, time));
+                found.entry(story).or_insert((oid, time));
             }
         }
+        self.by_story.extend(found);
         self.head = Some(head.id());
         self.since_unix = since_unix;
         Ok(())

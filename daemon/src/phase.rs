@@ -189,34 +189,36 @@ fn strip_path(e: &ProjectError) -> String {
 /// Finds one dependency cycle, iteratively (a 10,000-long chain must not overflow the stack).
 /// Returns it as `a -> b -> … -> a`.
 pub fn find_cycle(edges: &BTreeMap<&str, Vec<String>>) -> Option<Vec<String>> {
-    // Kahn's algorithm removes everything that is not on or behind a cycle.
-    let mut indegree: HashMap<&str, usize> = edges.keys().map(|k| (*k, 0)).collect();
-    for deps in edges.values() {
-        for dep in deps {
-            if let Some(n) = indegree.get_mut(dep.as_str()) {
-                *n += 1;
-            }
+    // Drop, again and again, the stories none of whose dependencies are left. Every story that
+    // remains then has a dependency that remains too, so following dependencies from any of
+    // them must come back round to a story already seen.
+    let inside = |d: &String| edges.contains_key(d.as_str());
+    let mut left: HashMap<&str, usize> =
+        edges.iter().map(|(k, deps)| (*k, deps.iter().filter(|d| inside(d)).count())).collect();
+    let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (story, deps) in edges {
+        for dep in deps.iter().filter(|d| inside(d)) {
+            dependents.entry(dep.as_str()).or_default().push(story);
         }
     }
-    let mut queue: Vec<&str> = indegree.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k).collect();
+    let mut queue: Vec<&str> = left.iter().filter(|(_, n)| **n == 0).map(|(k, _)| *k).collect();
     while let Some(node) = queue.pop() {
-        indegree.remove(node);
-        for dep in edges.get(node).into_iter().flatten() {
-            if let Some(n) = indegree.get_mut(dep.as_str()) {
+        left.remove(node);
+        for dependent in dependents.get(node).into_iter().flatten() {
+            if let Some(n) = left.get_mut(dependent) {
                 *n -= 1;
                 if *n == 0 {
-                    queue.push(dep.as_str());
+                    queue.push(dependent);
                 }
             }
         }
     }
-    // Every remaining node has an edge to another remaining node: walk until a repeat.
-    let start = indegree.keys().min()?;
+    let start = left.keys().min()?;
     let mut path: Vec<&str> = vec![start];
     let mut seen: HashMap<&str, usize> = HashMap::from([(*start, 0)]);
     loop {
         let current = path[path.len() - 1];
-        let next = edges.get(current)?.iter().map(String::as_str).filter(|d| indegree.contains_key(d)).min()?;
+        let next = edges.get(current)?.iter().map(String::as_str).filter(|d| left.contains_key(d)).min()?;
         if let Some(&at) = seen.get(next) {
             let mut cycle: Vec<String> = path[at..].iter().map(|s| s.to_string()).collect();
             cycle.push(next.to_string());
@@ -241,6 +243,9 @@ mod tests {
         assert_eq!(find_cycle(&e).unwrap(), ["a", "b", "c", "a"]);
         let e = edges(&[("a", &["a"])]);
         assert_eq!(find_cycle(&e).unwrap(), ["a", "a"]);
+        // A cycle whose members also depend on a story outside it.
+        let e = edges(&[("s1", &[]), ("s2", &["s3", "s1"]), ("s3", &["s2"])]);
+        assert_eq!(find_cycle(&e).unwrap(), ["s2", "s3", "s2"]);
     }
 
     #[test]

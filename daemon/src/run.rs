@@ -688,7 +688,7 @@ impl PhaseRun {
             .filter_map(|(id, paths)| {
                 let doc = JsonDoc::read(&paths.status).ok()?;
                 let hash = doc.commit_hash();
-                (!hash.is_empty()).then(|| format!("{id} {}", &hash[..hash.len().min(7)]))
+                (!hash.is_empty()).then(|| format!("{id} {}", hash.chars().take(7).collect::<String>()))
             })
             .collect();
         if !commits.is_empty() {

@@ -109,7 +109,12 @@ pub async fn wait(daemon: &Arc<Daemon>, conn: &mut Connection, phase: &PhaseRef)
     let project = Project::open(Path::new(&phase.project))?;
     let name = project.root.display().to_string();
     let mut rx = daemon.bus.subscribe();
-    let outcome = if daemon.run(&project.root, phase.phase).is_some() {
+    let active = daemon.run(&project.root, phase.phase);
+    // A run that announced its end just before we subscribed is still listed for a moment.
+    let ended = active.as_ref().and_then(|run| run.live.lock().ok()?.ended);
+    let outcome = if let Some(outcome) = ended {
+        outcome
+    } else if active.is_some() {
         loop {
             match rx.recv().await {
                 Ok(Event { kind: EventKind::RunEnded { outcome, .. }, project: p, phase: n, .. })
@@ -188,11 +193,13 @@ pub async fn logs(
     }
     let name = project.root.display().to_string();
     let mut tick = tokio::time::interval(FOLLOW_POLL);
+    // `logs -f` may be started before the phase: it follows until a run it saw has ended.
+    let mut seen_running = daemon.run(&project.root, phase.phase).is_some();
     loop {
         tokio::select! {
             event = rx.recv() => match event {
                 Ok(Event { kind: EventKind::IterationStarted { story: s, iteration: next, .. }, project: p, .. })
-                    if s == story && p == name && next != current =>
+                    if s == story && p == name && next > current =>
                 {
                     if current != 0 {
                         send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
@@ -214,6 +221,24 @@ pub async fn logs(
             _ = tick.tick() => {
                 if current != 0 {
                     offset = send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                }
+                // Also covers events missed by a lagging subscriber: move on to the next log,
+                // and end once the run that was seen has gone.
+                let next = worker::logged_iterations(&root, story).into_iter().find(|n| *n > current);
+                if let Some(next) = next {
+                    if current != 0 {
+                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                    }
+                    current = next;
+                    offset = send_new(conn, &worker::log_path(&root, story, current), current, 0).await?;
+                }
+                let running = daemon.run(&project.root, phase.phase).is_some();
+                seen_running |= running;
+                if seen_running && !running {
+                    if current != 0 {
+                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                    }
+                    return send(conn, ServerMessage::Response(Response::LogEnd)).await;
                 }
             }
         }

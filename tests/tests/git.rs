@@ -303,3 +303,19 @@ fn auto_commit_without_files_modified_takes_deletions_and_honours_gitignore() {
     let message = git(p.path(), &["log", "-1", "--format=%B", &hash]);
     assert!(message.contains("- D old.txt") && message.contains("- A new.txt"), "{message}");
 }
+
+#[test]
+fn a_commit_hash_that_is_not_ascii_fails_the_story_without_harming_the_daemon() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &[])]);
+    let rel = "phases/phase_1/stories/US-P1-001/status.json";
+    let mut status: Value = serde_json::from_str(&p.read(rel)).unwrap();
+    status["commit_hash"] = json!("ééééé");
+    p.write(rel, &status.to_string());
+    assert_eq!(run(&daemon, &p).status.code(), Some(4), "{}", daemon.dump(p.path()));
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!(phase["running"], false);
+    assert_eq!(phase["stories"][1]["state"], "completed");
+    assert!(daemon.ctl(&["ping"]).status.success());
+}

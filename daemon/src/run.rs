@@ -78,6 +78,8 @@ struct Running {
     before: Vec<u8>,
     timed_out: bool,
     stop_signalled: bool,
+    /// This process is the verify command of a story that claimed completion.
+    verifying: bool,
 }
 
 #[derive(Clone)]
@@ -363,25 +365,18 @@ impl PhaseRun {
         let before = fs::read(&paths.status).unwrap_or_default();
         match worker::spawn(&self.daemon.reaper, &spec) {
             Ok((pid, exit)) => {
-                let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
-                let tx = self.tx.clone();
-                let story_id = story.to_string();
-                tokio::spawn(async move {
-                    let mut exit = exit;
-                    let reason = tokio::select! {
-                        reason = &mut exit => reason,
-                        _ = tokio::time::sleep(timeout) => {
-                            let _ = tx.send(RunMsg::TimedOut { story: story_id.clone(), iteration });
-                            (&mut exit).await
-                        }
-                    };
-                    // A closed channel means the reaper is gone, which only happens at exit.
-                    let reason = reason.unwrap_or(ExitReason::Signalled(Signal::SIGKILL as i32));
-                    let _ = tx.send(RunMsg::Exited { story: story_id, iteration, reason });
-                });
+                self.watch_exit(story, iteration, exit);
                 self.running.insert(
                     story.to_string(),
-                    Running { pid, iteration, token, before, timed_out: false, stop_signalled: false },
+                    Running {
+                        pid,
+                        iteration,
+                        token,
+                        before,
+                        timed_out: false,
+                        stop_signalled: false,
+                        verifying: false,
+                    },
                 );
                 if let Some(live) = self.live().stories.get_mut(story) {
                     live.state = StoryState::Running;
@@ -406,6 +401,27 @@ impl PhaseRun {
                 Some(actions)
             }
         }
+    }
+
+    /// Reports the end of a process (worker or verify) of `story` to the run, and a timeout
+    /// after iteration_timeout_secs.
+    fn watch_exit(&self, story: &str, iteration: u32, exit: oneshot::Receiver<ExitReason>) {
+        let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
+        let tx = self.tx.clone();
+        let story = story.to_string();
+        tokio::spawn(async move {
+            let mut exit = exit;
+            let reason = tokio::select! {
+                reason = &mut exit => reason,
+                _ = tokio::time::sleep(timeout) => {
+                    let _ = tx.send(RunMsg::TimedOut { story: story.clone(), iteration });
+                    (&mut exit).await
+                }
+            };
+            // A closed channel means the reaper is gone, which only happens at exit.
+            let reason = reason.unwrap_or(ExitReason::Signalled(Signal::SIGKILL as i32));
+            let _ = tx.send(RunMsg::Exited { story, iteration, reason });
+        });
     }
 
     /// The command (worker or verify) of one iteration with its placeholders, environment,
@@ -455,10 +471,22 @@ impl PhaseRun {
         // Whatever the worker left behind in its group dies with the iteration.
         worker::signal_story(Some(run.pid), &[], Signal::SIGKILL);
         let exit = if run.timed_out { ExitReason::TimedOut } else { reason };
-        let mut verdict = self.judge(&story, &run, exit);
-        if verdict == Verdict::Completed {
-            verdict = self.completion_gate(&story, iteration, &run.token);
-        }
+        // Descendants that escaped into their own session are found by their token; the /proc
+        // scan runs off the run's task so it never delays the next dispatch.
+        let token = run.token.clone();
+        tokio::task::spawn_blocking(move || worker::signal_story(None, &[token], Signal::SIGKILL));
+        let verdict = if run.verifying {
+            self.verified(&story, &run, exit)
+        } else {
+            match self.judge(&story, &run, exit) {
+                Verdict::Completed if self.config.verify.is_some() => match self.start_verify(&story, &run) {
+                    Some(verdict) => verdict,
+                    None => return,
+                },
+                Verdict::Completed => self.commit_step(&story),
+                verdict => verdict,
+            }
+        };
         self.emit(EventKind::IterationEnded { story: story.clone(), iteration, exit, verdict: verdict.label() });
         let mut actions = self.sched.iteration_ended(&story, verdict);
         if self.sched.state(&story) != Some(StoryState::Running) {
@@ -472,31 +500,70 @@ impl PhaseRun {
         }
         actions.extend(self.sched.schedule(self.daemon.slots.free()));
         self.apply(actions);
-        // Descendants that escaped into their own session are found by their token; the /proc
-        // scan runs off the run's task so it never delays the next dispatch.
-        let token = run.token;
-        tokio::task::spawn_blocking(move || worker::signal_story(None, &[token], Signal::SIGKILL));
     }
 
-    /// A story claims completed: the verify command must pass, then its commit must exist (or
-    /// sticler makes it with auto_commit) and `commit_hash` is recorded.
-    fn completion_gate(&mut self, story: &str, iteration: u32, token: &str) -> Verdict {
-        let Some(paths) = self.stories.get(story).cloned() else { return Verdict::Stopped };
-        if let Some(verify) = self.config.verify.clone() {
-            if let Some(live) = self.live().stories.get_mut(story) {
-                live.state = StoryState::Verifying;
+    /// A story claims completed and a verify command is configured: start it (its output goes
+    /// to the iteration's log); its end comes back as `Exited` like a worker's. Returns `None`
+    /// when it started, else the verdict of the claim (stopping, or the command cannot start).
+    fn start_verify(&mut self, story: &str, worker: &Running) -> Option<Verdict> {
+        if self.sched.is_stopping() || worker.stop_signalled {
+            return Some(Verdict::Stopped);
+        }
+        let (Some(paths), Some(verify)) = (self.stories.get(story).cloned(), self.config.verify.clone()) else {
+            return Some(Verdict::Stopped);
+        };
+        // Not under the worker's token, whose stray sweep must not reach the verify command.
+        let token = format!("{}-verify/", worker.token.trim_end_matches('/'));
+        let spec =
+            SpawnSpec { stdin: None, ..self.spawn_spec(story, &paths, worker.iteration, token.clone(), &verify) };
+        match worker::spawn(&self.daemon.reaper, &spec) {
+            Ok((pid, exit)) => {
+                self.watch_exit(story, worker.iteration, exit);
+                let running = Running {
+                    pid,
+                    iteration: worker.iteration,
+                    token,
+                    before: worker.before.clone(),
+                    timed_out: false,
+                    stop_signalled: false,
+                    verifying: true,
+                };
+                self.running.insert(story.to_string(), running);
+                if let Some(live) = self.live().stories.get_mut(story) {
+                    live.state = StoryState::Verifying;
+                }
+                None
             }
-            let spec = self.spawn_spec(story, &paths, iteration, format!("{token}verify/"), &verify);
-            let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
-            let exit = self.run_to_end(&spec, timeout);
-            if exit != ExitReason::Exited(0) {
-                let reason = format!("verify command {:?} failed: {exit}", spec.argv.join(" "));
-                let _ = append_log(&spec.log, &format!("sticler: {reason}; the story goes back to in_progress\n"));
+            Err(e) => {
+                let reason = format!("cannot start the verify command {:?}: {e}", spec.argv.join(" "));
+                let _ = append_log(&spec.log, &format!("sticler: {reason}\n"));
                 self.reopen(story, &paths, &reason);
-                return Verdict::Progress;
+                Some(Verdict::Progress)
             }
         }
-        commit_step(&self.daemon, &self.project.root, story, &paths, self.config.auto_commit, self.started_unix)
+    }
+
+    /// The verify command ended: accept the claim (then the commit step), or turn it back.
+    fn verified(&mut self, story: &str, verify: &Running, exit: ExitReason) -> Verdict {
+        if verify.stop_signalled && exit != ExitReason::Exited(0) {
+            return Verdict::Stopped;
+        }
+        let Some(paths) = self.stories.get(story).cloned() else { return Verdict::Stopped };
+        if exit == ExitReason::Exited(0) {
+            return self.commit_step(story);
+        }
+        let command = self.config.verify.as_ref().map(|v| v.argv().join(" ")).unwrap_or_default();
+        let reason = format!("verify command {command:?} failed: {exit}");
+        let log = worker::log_path(&self.logs_root, story, verify.iteration);
+        let _ = append_log(&log, &format!("sticler: {reason}; the story goes back to in_progress\n"));
+        self.reopen(story, &paths, &reason);
+        Verdict::Progress
+    }
+
+    /// The commit check of a story whose claim of completion is accepted.
+    fn commit_step(&self, story: &str) -> Verdict {
+        let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
+        commit_step(&self.daemon, &self.project.root, story, paths, self.config.auto_commit, self.started_unix)
     }
 
     /// A claim of completion was turned back: `in_progress` again, with the reason.

@@ -70,7 +70,8 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Rec
 /// Signals a worker's whole process group and every process carrying one of `tokens`.
 /// Returns how many processes still carry one of the tokens (before this signal lands).
 pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usize {
-    if let Some(pgid) = pgid {
+    // Never 0 or 1: killpg(0) would be the daemon's own group.
+    if let Some(pgid) = pgid.filter(|p| *p > 1) {
         let _ = killpg(Pid::from_raw(pgid), signal);
     }
     let marked = processes_with_tokens(tokens);

@@ -319,3 +319,22 @@ fn a_commit_hash_that_is_not_ascii_fails_the_story_without_harming_the_daemon() 
     assert_eq!(phase["stories"][1]["state"], "completed");
     assert!(daemon.ctl(&["ping"]).status.success());
 }
+
+#[test]
+fn stop_is_heard_while_a_verify_command_runs() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let marker = p.path().join("verify-started");
+    let verify = format!("touch {}; exec sleep 600", marker.display());
+    p.config(json!({"verify": ["/bin/sh", "-c", verify]}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    sticler_tests::poll(std::time::Duration::from_secs(20), "the verify command", || marker.exists().then_some(()));
+    assert_eq!(daemon.phase_status(p.path(), 1)["stories"][0]["state"], "verifying");
+    assert!(daemon.ctl(&["-C", &p.path_str(), "stop", "1", "--grace", "1"]).status.success());
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    sticler_tests::poll(std::time::Duration::from_secs(10), "no process left", || {
+        daemon.marked_processes().is_empty().then_some(())
+    });
+}

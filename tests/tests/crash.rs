@@ -129,3 +129,30 @@ fn a_run_stopped_by_the_user_stays_stopped_after_a_restart() {
     assert_eq!(phase["running"], false);
     assert_eq!(phase["status"], "stopped");
 }
+
+#[test]
+fn status_json_replaced_by_a_folder_mid_run_fails_the_story_safely() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.config(json!({"retry_limit": 2}));
+    p.phase(
+        1,
+        "decomposed",
+        &[story("US-P1-001", &[]).criteria(20).script(json!({"sleep_ms": 100})), story("US-P1-002", &["US-P1-001"])],
+    );
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    let status = p.path().join("phases/phase_1/stories/US-P1-001/status.json");
+    poll(Duration::from_secs(20), "a first iteration", || {
+        (daemon.phase_status(p.path(), 1)["stories"][0]["iteration"].as_u64() >= Some(1)).then_some(())
+    });
+    std::fs::remove_file(&status).unwrap();
+    std::fs::create_dir(&status).unwrap();
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    assert!(status.is_dir(), "sticler never replaces what it cannot read");
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!(phase["stories"][1]["state"], "blocked");
+    let problems = phase["problems"].to_string();
+    assert!(problems.contains("US-P1-001/status.json") && problems.contains("directory"), "{problems}");
+    assert!(daemon.ctl(&["ping"]).status.success());
+}

@@ -77,6 +77,17 @@ pub fn private_dir(dir: &Path) -> Result<(), PathError> {
     Ok(())
 }
 
+/// How long a lock whose recorded owner is dead may linger (held by that owner's children).
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// True when `pid` is a live, non-zombie process.
+pub fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).map(|s| s != "Z" && s != "X"))
+        .unwrap_or(false)
+}
+
 /// An exclusive `flock` held for the daemon's lifetime. The kernel drops it when the process
 /// dies, even by SIGKILL, so a crashed daemon never leaves a lock behind.
 #[derive(Debug)]
@@ -94,14 +105,26 @@ impl PidLock {
             .mode(0o600)
             .open(path)
             .map_err(io_err(path))?;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => locked,
-            Err((mut file, _)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim().to_string();
-                let pid = if pid.is_empty() { "unknown".into() } else { pid };
-                return Err(PathError::Busy { path: path.to_path_buf(), pid });
+        // A daemon killed while it was starting a worker leaves the lock to that child for the
+        // moment until its exec closes the file: wait that out while the recorded pid is dead.
+        let deadline = std::time::Instant::now() + LINGER;
+        let mut file = file;
+        let mut file = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => break locked,
+                Err((mut unlocked, _)) => {
+                    let mut pid = String::new();
+                    let _ = unlocked.read_to_string(&mut pid);
+                    let _ = unlocked.rewind();
+                    let pid = pid.trim().to_string();
+                    let holder_alive = pid.parse::<i32>().is_ok_and(alive);
+                    if holder_alive || std::time::Instant::now() >= deadline {
+                        let pid = if pid.is_empty() { "unknown".into() } else { pid };
+                        return Err(PathError::Busy { path: path.to_path_buf(), pid });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    file = unlocked;
+                }
             }
         };
         file.set_len(0).map_err(io_err(path))?;

@@ -48,11 +48,20 @@ pub struct Store {
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(8 * 1024 * 1024)
-            .open()
-            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        // The daemon's pid lock is held already; a store lock still taken is a dead daemon's,
+        // lingering in a child that has not exec'd yet (or sled's own closing threads).
+        let deadline = std::time::Instant::now() + crate::paths::LINGER;
+        let db = loop {
+            match sled::Config::new().path(&path).cache_capacity(8 * 1024 * 1024).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => return Err(StoreError::Open { path: path.clone(), source }),
+            }
+        };
         match db.get(META_FORMAT)? {
             None => {
                 db.insert(META_FORMAT, &[FORMAT_VERSION])?;

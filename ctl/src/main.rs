@@ -219,10 +219,18 @@ fn story_phase(story: &str) -> Result<u32, CliError> {
         .ok_or_else(|| CliError::Usage(format!("{story:?} is not a story id like US-P1-003")))
 }
 
+/// Pretty for a person at a terminal; one compact line for a script, written straight to
+/// stdout (a 1,000-story status is half a megabyte pretty-printed).
 fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("sticlerctl: cannot encode JSON: {e}"),
+    use std::io::{IsTerminal, Write};
+    let stdout = std::io::stdout();
+    let pretty = stdout.is_terminal();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let written =
+        if pretty { serde_json::to_writer_pretty(&mut out, value) } else { serde_json::to_writer(&mut out, value) };
+    let result = written.map_err(std::io::Error::from).and_then(|()| writeln!(out)).and_then(|()| out.flush());
+    if let Err(e) = result {
+        eprintln!("sticlerctl: cannot write JSON: {e}");
     }
 }
 

@@ -14,8 +14,9 @@ use sticler_proto::{
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::events::EventBus;
+use crate::listing::Listings;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{DocCache, JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields};
+use crate::project::{JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields};
 use crate::reaper::Reaper;
 use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg, RunStart};
 use crate::store::RunRecord;
@@ -65,7 +66,7 @@ pub struct Daemon {
     finished: Mutex<HashMap<RunKey, Arc<Mutex<LiveRun>>>>,
     pub shutdown: watch::Sender<bool>,
     /// Parsed status.json files, reused while unchanged.
-    pub docs: DocCache,
+    pub listings: Listings,
     /// All git work of one project is serialised: its workers share one working tree.
     git_locks: Mutex<HashMap<PathBuf, Arc<Mutex<crate::git::StoryCommits>>>>,
 }
@@ -107,7 +108,7 @@ impl Daemon {
             runs: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
-            docs: DocCache::default(),
+            listings: Listings::default(),
             git_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -239,7 +240,7 @@ impl Daemon {
         };
         let mut phases = Vec::with_capacity(numbers.len());
         for n in numbers {
-            let files = PhaseFiles::load(&project, n, &self.docs)?;
+            let files = PhaseFiles::load(&project, n, &self.listings)?;
             let mut view = self.phase_view(&project, &files);
             if let Some(story) = story {
                 view.stories.retain(|s| s.id == story);
@@ -304,7 +305,7 @@ impl Daemon {
 
     fn validate(&self, phase: &PhaseRef) -> Result<Response, ErrorReply> {
         let project = Project::open(Path::new(&phase.project))?;
-        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.listings)?;
         let mut problems = files.validate(&project);
         if let Err(e) = OrchestratorConfig::load(&project.root) {
             problems.push(Problem {
@@ -325,7 +326,7 @@ impl Daemon {
             return Err(error(ErrorKind::Refused, "sticlerd is shutting down"));
         }
         let project = Project::open(Path::new(&phase.project))?;
-        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.listings)?;
         // A malformed phase_config.json is reported by the validation in `launch`.
         if let Ok(doc) = &files.config {
             let current = doc.str_field("status");
@@ -347,7 +348,7 @@ impl Daemon {
     /// launched. `resume_since` is set when a restarted daemon recovers a run.
     fn launch(self: &Arc<Self>, phase: &PhaseRef, resume_since: Option<i64>) -> Result<Response, ErrorReply> {
         let project = Project::open(Path::new(&phase.project))?;
-        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.listings)?;
         let problems = files.validate(&project);
         if !problems.is_empty() {
             let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
@@ -385,7 +386,7 @@ impl Daemon {
             doc.map.insert("started_at".into(), Value::String(sticler_proto::time::now_rfc3339()));
         }
         doc.write()?;
-        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.listings)?;
         let now_ms = crate::events::now_ms();
         let start = RunStart {
             nonce: format!(
@@ -425,7 +426,7 @@ impl Daemon {
 
     async fn retry(&self, phase: &PhaseRef, stories: Vec<String>, all_failed: bool) -> Result<Response, ErrorReply> {
         let project = Project::open(Path::new(&phase.project))?;
-        let files = PhaseFiles::load(&project, phase.phase, &self.docs)?;
+        let files = PhaseFiles::load(&project, phase.phase, &self.listings)?;
         let live = self.last_run(&project.root, phase.phase).map(|l| lock(&l).clone());
         let retryable = |story: &StoryFiles| {
             let disk_failed = story.status.as_ref().is_ok_and(|d| d.status() == "failed");

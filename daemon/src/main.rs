@@ -4,6 +4,7 @@ mod connection;
 mod daemon;
 mod events;
 mod git;
+mod listing;
 mod paths;
 mod phase;
 mod project;

@@ -1,14 +1,14 @@
 //! Reading a whole phase from disk and checking it before anything runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
 use std::path::PathBuf;
 
 use sticler_proto::Problem;
 
 use std::sync::Arc;
 
-use crate::project::{DocCache, JsonDoc, Project, ProjectError, StatusFields, StoryId};
+use crate::listing::{Listings, Stories};
+use crate::project::{JsonDoc, Project, ProjectError, StatusFields, StoryId};
 
 pub const PHASE_CONFIG: &str = "phase_config.json";
 pub const STATUS_FILE: &str = "status.json";
@@ -44,55 +44,13 @@ pub struct PhaseFiles {
 }
 
 impl PhaseFiles {
-    pub fn load(project: &Project, number: u32, cache: &DocCache) -> Result<PhaseFiles, ProjectError> {
+    pub fn load(project: &Project, number: u32, listings: &Listings) -> Result<PhaseFiles, ProjectError> {
         let dir = project.phase_dir(number);
         if !dir.is_dir() {
             return Err(ProjectError::NoPhase { project: project.root.clone(), phase: number });
         }
         let config = JsonDoc::read(&dir.join(PHASE_CONFIG));
-        let mut stories = Vec::new();
-        let mut problems = Vec::new();
-        let stories_dir = dir.join("stories");
-        let entries = match fs::read_dir(&stories_dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(PhaseFiles { number, dir, config, stories, problems })
-            }
-            Err(e) => return Err(ProjectError::io(&stories_dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| ProjectError::io(&stories_dir, e))?;
-            let path = entry.path();
-            let problem = |message: String| Problem { path: path.display().to_string(), message };
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                problems.push(problem("story folder name is not valid UTF-8".into()));
-                continue;
-            };
-            let file_type = entry.file_type().map_err(|e| ProjectError::io(&path, e))?;
-            if file_type.is_symlink() {
-                // A symlink could lead sticler (and the worker) outside the project.
-                problems.push(problem("story folder is a symlink; sticler only uses real folders".into()));
-                continue;
-            }
-            if !file_type.is_dir() {
-                continue;
-            }
-            let Some(id) = StoryId::parse(&name) else {
-                problems
-                    .push(problem(format!("folder name {name:?} is not a story id of the form US-P{number}-<digits>")));
-                continue;
-            };
-            if id.phase != number {
-                problems.push(problem(format!(
-                    "story {id} belongs to phase {}, but its folder is in phase {number}",
-                    id.phase
-                )));
-                continue;
-            }
-            let status = cache.read(&path.join(STATUS_FILE));
-            stories.push(StoryFiles { id, dir: path, status });
-        }
-        stories.sort_by(|a, b| a.id.cmp(&b.id));
+        let Stories { stories, problems } = listings.stories(&dir.join("stories"), number)?;
         Ok(PhaseFiles { number, dir, config, stories, problems })
     }
 

@@ -68,7 +68,7 @@ pub struct Daemon {
     /// Parsed status.json files, reused while unchanged.
     pub listings: Listings,
     /// All git work of one project is serialised: its workers share one working tree.
-    git_locks: Mutex<HashMap<PathBuf, Arc<Mutex<crate::git::StoryCommits>>>>,
+    git_locks: Mutex<HashMap<PathBuf, Arc<Mutex<crate::git::ProjectGit>>>>,
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -129,7 +129,7 @@ impl Daemon {
 
     /// The lock that serialises the project's git work; it guards what is known of the
     /// project's story commits.
-    pub fn git_lock(&self, project: &Path) -> Arc<Mutex<crate::git::StoryCommits>> {
+    pub fn git_lock(&self, project: &Path) -> Arc<Mutex<crate::git::ProjectGit>> {
         Arc::clone(lock(&self.git_locks).entry(project.to_path_buf()).or_default())
     }
 
@@ -180,8 +180,7 @@ impl Daemon {
         for record in records {
             let prefix = format!("{}/", record.nonce);
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while crate::worker::signal_story(None, std::slice::from_ref(&prefix), nix::sys::signal::Signal::SIGKILL)
-                > 0
+            while crate::worker::signal_everywhere(std::slice::from_ref(&prefix), nix::sys::signal::Signal::SIGKILL) > 0
                 && std::time::Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(20));

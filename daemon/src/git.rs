@@ -60,6 +60,7 @@ fn head_commit(repo: &Repository) -> Option<Commit<'_>> {
 fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
     use std::os::unix::ffi::OsStrExt;
     retry_locked(root, || {
+        repo.index()?.read(false)?;
         let mut options = git2::StatusOptions::new();
         options
             .show(git2::StatusShow::Workdir)
@@ -165,6 +166,38 @@ impl StoryCommits {
     }
 }
 
+/// One project's repository, kept open between story commits (opening it reads its config and
+/// index again, a good part of a commit's cost), with the story commits learnt so far. Held
+/// under the project's git lock. Work done on the repository meanwhile (a worker's own commit,
+/// the phase commit) is seen: HEAD is read from disk each time and the index is reloaded when
+/// its file changed.
+#[derive(Default)]
+pub struct ProjectGit {
+    /// The repository and the device and inode of its `.git`: a repository removed and made
+    /// again is opened again.
+    open: Option<(Repository, (u64, u64))>,
+    commits: StoryCommits,
+}
+
+/// The open repository of `root`, opened again when `.git` is not the one it was.
+fn reopen<'a>(
+    open: &'a mut Option<(Repository, (u64, u64))>,
+    commits: &mut StoryCommits,
+    root: &Path,
+) -> Result<&'a Repository, GitError> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = std::fs::metadata(root.join(".git")).map(|m| (m.dev(), m.ino())).ok();
+    let reuse = matches!((&*open, identity), (Some((_, was)), Some(now)) if *was == now);
+    if !reuse {
+        *commits = StoryCommits::default();
+        *open = Some((Repository::open(root)?, identity.unwrap_or_default()));
+    }
+    match open {
+        Some((repo, _)) => Ok(repo),
+        None => Err(GitError::Git(git2::Error::from_str("repository not open"))),
+    }
+}
+
 /// The commit of `story`: the recorded `commit_hash` (which must exist and carry the story's
 /// subject), else a `[story]` commit made since `since_unix`.
 pub fn find_story_commit(
@@ -172,9 +205,10 @@ pub fn find_story_commit(
     story: &str,
     recorded: &str,
     since_unix: i64,
-    known: &mut StoryCommits,
+    git: &mut ProjectGit,
 ) -> Result<Option<Oid>, GitError> {
-    let repo = Repository::open(root)?;
+    let ProjectGit { open, commits: known } = git;
+    let repo = reopen(open, known, root)?;
     if !recorded.trim().is_empty() {
         let bogus = |why: String| GitError::BogusHash { story: story.into(), hash: recorded.into(), why };
         let object =
@@ -186,7 +220,7 @@ pub fn find_story_commit(
         }
         return Ok(Some(commit.id()));
     }
-    known.refresh(&repo, since_unix)?;
+    known.refresh(repo, since_unix)?;
     Ok(known
         .by_story
         .get(story)
@@ -197,15 +231,23 @@ pub fn find_story_commit(
 /// Commits a completed story's changes with the seed's message format. When status.json lists
 /// `files_modified`, only those files and the story's own folder are staged; otherwise every
 /// change of the working tree.
-pub fn commit_story(root: &Path, story: &str, doc: &JsonDoc, story_dir: &Path) -> Result<Oid, GitError> {
-    let repo = Repository::open(root)?;
+pub fn commit_story(
+    root: &Path,
+    story: &str,
+    doc: &JsonDoc,
+    story_dir: &Path,
+    git: &mut ProjectGit,
+) -> Result<Oid, GitError> {
+    let ProjectGit { open, commits } = git;
+    let repo = reopen(open, commits, root)?;
     let files = files_modified(doc, root);
     let tree_id = if files.is_empty() {
-        stage_all(&repo, root)?
+        stage_all(repo, root)?
     } else {
         let story_rel = story_dir.strip_prefix(root).unwrap_or(story_dir).to_path_buf();
         retry_locked(root, || {
             let mut index = repo.index()?;
+            index.read(false)?;
             for file in &files {
                 if root.join(file).exists() {
                     index.add_path(Path::new(file))?;
@@ -222,10 +264,10 @@ pub fn commit_story(root: &Path, story: &str, doc: &JsonDoc, story_dir: &Path) -
         })?
     };
     let tree = repo.find_tree(tree_id)?;
-    let parent = head_commit(&repo);
-    let changed = changed_files(&repo, parent.as_ref(), &tree)?;
+    let parent = head_commit(repo);
+    let changed = changed_files(repo, parent.as_ref(), &tree)?;
     let message = story_message(story, doc, &changed);
-    let sig = signature(&repo)?;
+    let sig = signature(repo)?;
     let parents: Vec<&Commit<'_>> = parent.iter().collect();
     retry_locked(root, || repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents))
 }

@@ -109,6 +109,9 @@ pub struct PhaseRun {
     started_unix: i64,
     /// Stopped by a daemon shutdown: the next daemon resumes the run.
     interrupted: bool,
+    /// `commit_hash` writes still going: each is two fsyncs, which would otherwise delay the
+    /// dependents' start. All are awaited before the run ends.
+    hash_writes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// How a run begins: fresh from `start`, or recovered by a restarted daemon.
@@ -138,14 +141,16 @@ impl PhaseRun {
                 // The daemon died between the worker's claim and the commit step: do it now.
                 // Commits since the run's first start count, so it happens exactly once.
                 let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
-                if let Verdict::Rejected(why) = commit_step(
+                let checked = commit_step(
                     &daemon,
                     &project.root,
                     story.id.as_str(),
                     &paths,
                     config.auto_commit,
                     start.started_unix,
-                ) {
+                )
+                .and_then(|oid| oid.map_or(Ok(()), |oid| record_hash(&paths.status, oid)));
+                if let Err(why) = checked {
                     tracing::warn!(story_id = %story.id, "{why}");
                     let _ = fail_on_disk(story.id.as_str(), &paths, &why);
                     disk = "failed";
@@ -198,6 +203,7 @@ impl PhaseRun {
             started: Instant::now(),
             started_unix: start.started_unix,
             interrupted: false,
+            hash_writes: Vec::new(),
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
         tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
@@ -560,10 +566,26 @@ impl PhaseRun {
         Verdict::Progress
     }
 
-    /// The commit check of a story whose claim of completion is accepted.
-    fn commit_step(&self, story: &str) -> Verdict {
+    /// The commit check of a story whose claim of completion is accepted. The commit is made
+    /// before the story counts as completed (a dependent's changes must not end up in it); the
+    /// `commit_hash` record in status.json is written meanwhile, off the way of the dependents.
+    fn commit_step(&mut self, story: &str) -> Verdict {
         let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
-        commit_step(&self.daemon, &self.project.root, story, paths, self.config.auto_commit, self.started_unix)
+        match commit_step(&self.daemon, &self.project.root, story, paths, self.config.auto_commit, self.started_unix) {
+            Ok(None) => Verdict::Completed,
+            Ok(Some(oid)) => {
+                let (story, status) = (story.to_string(), paths.status.clone());
+                self.hash_writes.retain(|w| !w.is_finished());
+                self.hash_writes.push(tokio::task::spawn_blocking(move || {
+                    if let Err(why) = record_hash(&status, oid) {
+                        // The commit exists and carries the story's subject: it is found again.
+                        tracing::warn!(story_id = %story, "{why}");
+                    }
+                }));
+                Verdict::Completed
+            }
+            Err(why) => Verdict::Rejected(why),
+        }
     }
 
     /// A claim of completion was turned back: `in_progress` again, with the reason.
@@ -643,6 +665,14 @@ impl PhaseRun {
     fn end(&mut self, outcome: RunOutcome) {
         // Nothing of this run may outlive it.
         worker::signal_story(None, std::slice::from_ref(&format!("{}/", self.nonce)), Signal::SIGKILL);
+        let writes = std::mem::take(&mut self.hash_writes);
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                for write in writes {
+                    let _ = write.await;
+                }
+            })
+        });
         if self.interrupted {
             let summary = "interrupted by the sticlerd shutdown; it resumes when sticlerd starts again".to_string();
             {
@@ -766,7 +796,8 @@ impl PhaseRun {
 }
 
 /// The commit check of a story that claims completed: its `[story]` commit (recorded, or made
-/// since `since_unix`), else one made now when `auto_commit` is on; `commit_hash` recorded.
+/// since `since_unix`), else one made now when `auto_commit` is on. Returns the commit when
+/// status.json does not record it yet, or why the claim is turned back.
 fn commit_step(
     daemon: &Daemon,
     root: &std::path::Path,
@@ -774,37 +805,37 @@ fn commit_step(
     paths: &StoryPaths,
     auto_commit: bool,
     since_unix: i64,
-) -> Verdict {
+) -> Result<Option<git2::Oid>, String> {
     let lock = daemon.git_lock(root);
     let mut known = lock.lock().unwrap_or_else(|e| e.into_inner());
-    let mut doc = match JsonDoc::read(&paths.status) {
-        Ok(doc) => doc,
-        Err(e) => return Verdict::Infra(e.to_string()),
-    };
+    let doc = JsonDoc::read(&paths.status).map_err(|e| e.to_string())?;
     let found =
         tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since_unix, &mut known));
     let oid = match found {
         Ok(Some(oid)) => oid,
         Ok(None) if auto_commit => {
-            match tokio::task::block_in_place(|| git::commit_story(root, story, &doc, &paths.dir)) {
-                Ok(oid) => oid,
-                Err(e) => return Verdict::Rejected(format!("auto-commit failed: {e}")),
-            }
+            tokio::task::block_in_place(|| git::commit_story(root, story, &doc, &paths.dir, &mut known))
+                .map_err(|e| format!("auto-commit failed: {e}"))?
         }
         Ok(None) => {
-            return Verdict::Rejected(format!(
+            return Err(format!(
                 "no commit whose subject starts with [{story}] was made since the run started, and auto_commit is off"
             ))
         }
-        Err(e) => return Verdict::Rejected(e.to_string()),
+        Err(e) => return Err(e.to_string()),
     };
-    if doc.commit_hash() != oid.to_string() {
-        doc.map.insert("commit_hash".into(), Value::String(oid.to_string()));
-        if let Err(e) = doc.write() {
-            return Verdict::Rejected(format!("cannot record commit_hash {oid}: {e}"));
-        }
+    Ok((doc.commit_hash() != oid.to_string()).then_some(oid))
+}
+
+/// Records `commit_hash` in status.json, read afresh so that nothing written since the commit
+/// check is lost.
+fn record_hash(status: &std::path::Path, oid: git2::Oid) -> Result<(), String> {
+    let mut doc = JsonDoc::read(status).map_err(|e| format!("cannot record commit_hash {oid}: {e}"))?;
+    if doc.commit_hash() == oid.to_string() {
+        return Ok(());
     }
-    Verdict::Completed
+    doc.map.insert("commit_hash".into(), Value::String(oid.to_string()));
+    doc.write().map_err(|e| format!("cannot record commit_hash {oid}: {e}"))
 }
 
 /// status.json gets `failed` and the reason, other fields kept; never replaces a malformed file.

@@ -67,38 +67,81 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Rec
     reaper.spawn(&mut command)
 }
 
-/// Signals a worker's whole process group and every process carrying one of `tokens`.
-/// Returns how many processes still carry one of the tokens (before this signal lands).
+/// Signals a worker's whole process group and every process of this daemon's tree carrying one
+/// of `tokens`. Returns how many processes still carry one of the tokens (before this signal
+/// lands). Every descendant of a worker stays in that tree: the daemon is a child subreaper, so a
+/// process that double-forks out of its group is reparented to the daemon.
 pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usize {
     // Never 0 or 1: killpg(0) would be the daemon's own group.
     if let Some(pgid) = pgid.filter(|p| *p > 1) {
         let _ = killpg(Pid::from_raw(pgid), signal);
     }
-    let marked = processes_with_tokens(tokens);
+    let candidates = descendants().unwrap_or_else(all_pids);
+    signal_marked(candidates, tokens, signal)
+}
+
+/// Signals every process on the machine carrying one of `tokens`: the workers of an earlier
+/// daemon, which were reparented elsewhere when it died.
+pub fn signal_everywhere(tokens: &[String], signal: Signal) -> usize {
+    signal_marked(all_pids(), tokens, signal)
+}
+
+fn signal_marked(candidates: Vec<i32>, tokens: &[String], signal: Signal) -> usize {
+    let marked = processes_with_tokens(candidates, tokens);
     for pid in &marked {
         let _ = kill(Pid::from_raw(*pid), signal);
     }
     marked.len()
 }
 
-/// Pids of live processes whose environment carries a token starting with one of `tokens`
-/// (an iteration's token, or a run's prefix for all of its iterations). Zombies have an empty
+/// Those of `candidates` whose environment carries a token starting with one of `tokens` (an
+/// iteration's token, or a run's prefix for all of its iterations). Zombies have an empty
 /// environ, so they never match.
-pub fn processes_with_tokens(tokens: &[String]) -> Vec<i32> {
+pub fn processes_with_tokens(candidates: Vec<i32>, tokens: &[String]) -> Vec<i32> {
     if tokens.is_empty() {
         return Vec::new();
     }
     let needles: Vec<Vec<u8>> = tokens.iter().map(|t| format!("{TOKEN_VAR}={t}").into_bytes()).collect();
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     let me = std::process::id() as i32;
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    candidates
+        .into_iter()
         .filter(|pid| *pid != me)
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|env| env.split(|b| *b == 0).any(|var| needles.iter().any(|n| var.starts_with(n))))
         })
         .collect()
+}
+
+fn all_pids() -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect()
+}
+
+/// Every process below this daemon, from /proc/<pid>/task/<tid>/children: a walk of the
+/// daemon's own tree instead of a read of every process on the machine. None when the kernel
+/// does not offer those files (CONFIG_PROC_CHILDREN).
+fn descendants() -> Option<Vec<i32>> {
+    let mut found = Vec::new();
+    let mut queue = vec![std::process::id() as i32];
+    let mut first = true;
+    while let Some(pid) = queue.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.filter_map(Result::ok) {
+            match fs::read_to_string(task.path().join("children")) {
+                Ok(children) => {
+                    for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                        found.push(child);
+                        queue.push(child);
+                    }
+                }
+                Err(e) if first && e.kind() == io::ErrorKind::NotFound => return None,
+                Err(_) => {}
+            }
+            first = false;
+        }
+    }
+    Some(found)
 }
 
 /// Every file some process has open (from /proc/*/fd), for telling a stale lock file from a

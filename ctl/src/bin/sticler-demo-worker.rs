@@ -18,6 +18,9 @@
 //! - `files` ([path]): project files (relative to the project dir) each progress iteration appends to.
 //! - `pids_file` (path): every run appends its pid to it (`ignore_term_fork` also its descendants).
 //! - `record_dir` (path): concurrency record (`running`, `max`, `events.log`) under a flock.
+//! - `commit` (bool): on completion the worker commits its story folder and `files` itself with the
+//!   git CLI (subject `[<story id>] <title>`), as agents do when sticler's `auto_commit` is off.
+//!   Commits of workers running side by side are serialised by a flock in the git folder.
 //!
 //! Relative `pids_file` / `record_dir` paths are resolved against the project dir.
 
@@ -201,11 +204,12 @@ struct Script {
     files: Vec<String>,
     pids_file: Option<String>,
     record_dir: Option<String>,
+    commit: bool,
 }
 
 impl Script {
-    const FIELDS: [&'static str; 7] =
-        ["mode", "complete_after", "crash_first", "sleep_ms", "files", "pids_file", "record_dir"];
+    const FIELDS: [&'static str; 8] =
+        ["mode", "complete_after", "crash_first", "sleep_ms", "files", "pids_file", "record_dir", "commit"];
 
     fn from_status(status: &Value) -> std::result::Result<Script, String> {
         let object = match status.get("script") {
@@ -243,6 +247,11 @@ impl Script {
             files,
             pids_file: script_string(object, "pids_file")?,
             record_dir: script_string(object, "record_dir")?,
+            commit: match object.get("commit") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(commit)) => *commit,
+                Some(_) => return Err("field `script.commit` is not a boolean".to_string()),
+            },
         })
     }
 }
@@ -397,6 +406,9 @@ fn progress(inv: &Invocation, script: &Script, story_id: &str, status: &mut Valu
             say!("  - {file}");
         }
     }
+    if report.completed && script.commit {
+        commit_story(inv, script, story_id, status)?;
+    }
     if report.completed {
         say!(
             "=== Story Complete ===\nStory: {story_id} - {}\nTotal Iterations: {}",
@@ -408,6 +420,48 @@ fn progress(inv: &Invocation, script: &Script, story_id: &str, status: &mut Valu
         say!("Next: {}", report.focus);
     }
     Ok(0)
+}
+
+/// `git add` of the story folder and `files`, then `git commit`, under a lock that keeps workers
+/// running side by side from colliding on git's index lock.
+fn commit_story(inv: &Invocation, script: &Script, story_id: &str, status: &Value) -> Result<()> {
+    let lock_path = inv.project_dir.join(".git").join("sticler-demo-worker.lock");
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Failure::io(&lock_path, "open lock file", e))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| Failure::at(&lock_path, format!("cannot lock: {errno}")))?;
+    let title = status.get("title").and_then(Value::as_str).unwrap_or("");
+    let mut add = Command::new("git");
+    add.current_dir(&inv.project_dir).args(["add", "--"]).arg(&inv.story_dir);
+    add.args(script.files.iter().map(|f| inv.resolve(f)));
+    let subject = format!("[{story_id}] {title}");
+    let mut commit = Command::new("git");
+    commit.current_dir(&inv.project_dir);
+    let has_identity = Command::new("git")
+        .current_dir(&inv.project_dir)
+        .args(["config", "user.email"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_identity {
+        commit.args(["-c", "user.name=sticler-demo-worker", "-c", "user.email=demo-worker@localhost"]);
+    }
+    commit.args(["commit", "--quiet", "--allow-empty", "-m", &subject]);
+    for mut git in [add, commit] {
+        let out = git.stderr(Stdio::piped()).output().map_err(|e| Failure::io(&inv.project_dir, "run git", e))?;
+        if !out.status.success() {
+            return Err(Failure::at(
+                &inv.project_dir,
+                format!("git failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            ));
+        }
+    }
+    say!("Committed: {subject}");
+    Ok(())
 }
 
 fn crash_first(inv: &Invocation) -> Result<u8> {

@@ -80,15 +80,19 @@ fn dag(stories: usize, width: usize) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-fn bench_dag(stories: usize, width: usize) {
+/// The DAG under sticler, `make -j` and the serial floor. With `auto_commit`, each make recipe
+/// also commits its story (serialised by flock, as parallel `git commit`s would collide); without
+/// it the workers commit their own stories, under both. Both sides do the same work.
+fn bench_dag(stories: usize, width: usize, auto_commit: bool) {
     let graph = dag(stories, width);
     let rec = tempfile::tempdir().expect("tempdir");
     // Under sticler.
     let daemon = Daemon::start_with(&["--max-workers", &width.to_string()]);
     let idle_rss = rss_kib(daemon.pid());
     let p = ProjectBuilder::new();
-    p.config(json!({"max_parallel_workers": width}));
-    let script = json!({"record_dir": rec.path().display().to_string()});
+    p.config(json!({"max_parallel_workers": width, "auto_commit": auto_commit}));
+    // Without auto_commit the workers commit their own stories, under sticler and under make.
+    let script = json!({"record_dir": rec.path().display().to_string(), "commit": !auto_commit});
     let list: Vec<StorySpec> = graph
         .iter()
         .map(|(id, deps)| {
@@ -108,10 +112,16 @@ fn bench_dag(stories: usize, width: usize) {
 
     // Under make -j, the same worker on a fresh copy of the same stories.
     let make_rec = tempfile::tempdir().expect("tempdir");
-    let make_script = json!({"record_dir": make_rec.path().display().to_string()});
+    let make_script = json!({"record_dir": make_rec.path().display().to_string(), "commit": !auto_commit});
     let make_list: Vec<StorySpec> = list.iter().cloned().map(|s| s.script(make_script.clone())).collect();
     let m = ProjectBuilder::new();
     m.phase(1, "decomposed", &make_list);
+    git_init(m.path());
+    let commit = if auto_commit {
+        " && flock .git/bench.lock sh -c 'git add phases/phase_1/stories/$@ && git -c user.name=bench -c user.email=bench@localhost commit --allow-empty -qm \"[$@] done\"'"
+    } else {
+        ""
+    };
     let worker = bin("sticler-demo-worker");
     let mut makefile = String::from("all:");
     for (id, _) in &graph {
@@ -121,7 +131,7 @@ fn bench_dag(stories: usize, width: usize) {
     for (id, deps) in &graph {
         let status = m.path().join(m.story_rel(id)).join("status.json");
         makefile.push_str(&format!(
-            "{id}: {}\n\t@STICLER_STATUS_FILE={} STICLER_PROJECT_DIR={} STICLER_STORY_ID={id} {} > /dev/null\n",
+            "{id}: {}\n\t@STICLER_STATUS_FILE={} STICLER_PROJECT_DIR={} STICLER_STORY_ID={id} {} > /dev/null{commit}\n",
             deps.join(" "),
             status.display(),
             m.path().display(),
@@ -143,6 +153,7 @@ fn bench_dag(stories: usize, width: usize) {
     // The floor: the same worker processes, back to back, with no orchestration at all.
     let f = ProjectBuilder::new();
     f.phase(1, "decomposed", &list);
+    git_init(f.path());
     let start = Instant::now();
     for (id, _) in &graph {
         let status = f.path().join(f.story_rel(id)).join("status.json");
@@ -156,7 +167,12 @@ fn bench_dag(stories: usize, width: usize) {
     let serial = start.elapsed();
 
     let secs = |d: Duration| d.as_secs_f64();
-    println!("dag: {stories} stories, width {width}, 1 iteration each, {width} workers at once");
+    let git = if auto_commit {
+        "auto_commit on (make commits each story too)"
+    } else {
+        "auto_commit off (workers commit their stories)"
+    };
+    println!("dag: {stories} stories, width {width}, 1 iteration each, {width} workers at once, {git}");
     println!("  sticler            {:>7.3} s   (daemon CPU {cpu} ms)", secs(sticler));
     println!("  make -j{width:<2}          {:>7.3} s", secs(make));
     println!("  serial floor       {:>7.3} s   (same processes back to back, no parallelism)", secs(serial));
@@ -173,6 +189,17 @@ fn bench_dag(stories: usize, width: usize) {
         percentile(make_latencies, 0.99)
     );
     println!("  daemon RSS: idle {idle_rss} KiB, after the run {after_rss} KiB");
+}
+
+/// A repository with everything committed, as sticler makes before the first story.
+fn git_init(dir: &std::path::Path) {
+    let git = |args: &[&str]| {
+        let ok = Command::new("git").args(args).current_dir(dir).output().expect("git").status.success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "init"]);
 }
 
 fn cpu_ms(pid: u32) -> u64 {
@@ -218,13 +245,24 @@ fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     match what.as_str() {
         "status" => bench_status(1000),
-        "dag" => bench_dag(200, 8),
+        "dag" => {
+            bench_dag(200, 8, false);
+            bench_dag(200, 8, true);
+        }
+        // A chain: one worker at a time, so the latency is sticler's own, not a queue for the CPU.
+        "chain" => {
+            bench_dag(50, 1, false);
+            bench_dag(50, 1, true);
+        }
         "all" => {
             bench_status(1000);
-            bench_dag(200, 8);
+            bench_dag(200, 8, false);
+            bench_dag(200, 8, true);
+            bench_dag(50, 1, false);
+            bench_dag(50, 1, true);
         }
         other => {
-            eprintln!("usage: sticler-bench [status|dag|all] (got {other:?})");
+            eprintln!("usage: sticler-bench [status|dag|chain|all] (got {other:?})");
             std::process::exit(2);
         }
     }

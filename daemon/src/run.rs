@@ -112,6 +112,9 @@ pub struct PhaseRun {
     /// `commit_hash` writes still going: each is two fsyncs, which would otherwise delay the
     /// dependents' start. All are awaited before the run ends.
     hash_writes: Vec<tokio::task::JoinHandle<()>>,
+    /// The daemon was told this run ended (before the event saying so goes out: whoever waits
+    /// for it may start the phase again at once).
+    finished: bool,
 }
 
 /// How a run begins: fresh from `start`, or recovered by a restarted daemon.
@@ -204,6 +207,7 @@ impl PhaseRun {
             started_unix: start.started_unix,
             interrupted: false,
             hash_writes: Vec::new(),
+            finished: false,
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
         tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
@@ -238,7 +242,10 @@ impl PhaseRun {
                 }
             }
         }
-        self.daemon.run_finished(&self.project.root, self.phase, self.interrupted);
+        if !self.finished {
+            // The task ends without the run's end (the daemon is going away).
+            self.daemon.run_finished(&self.project.root, self.phase, self.interrupted);
+        }
     }
 
     fn handle(&mut self, msg: RunMsg) {
@@ -680,6 +687,7 @@ impl PhaseRun {
                 live.ended = Some(outcome);
                 live.summary = Some(summary.clone());
             }
+            self.finish();
             self.emit(EventKind::RunEnded { outcome, summary });
             return;
         }
@@ -708,7 +716,13 @@ impl PhaseRun {
             live.summary = Some(summary.clone());
         }
         self.refresh_blocked();
+        self.finish();
         self.emit(EventKind::RunEnded { outcome, summary });
+    }
+
+    fn finish(&mut self) {
+        self.daemon.run_finished(&self.project.root, self.phase, self.interrupted);
+        self.finished = true;
     }
 
     /// The phase commit, then the push when configured. Returns a warning on failure: neither

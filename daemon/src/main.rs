@@ -214,7 +214,8 @@ fn serve(
         }
         let _ = shutdown.wait_for(|down| *down).await;
         if let Some(notifier) = &notifier {
-            notifier.send("STOPPING=1\nSTATUS=stopping: workers get SIGTERM, then SIGKILL after the grace period");
+            // keep_informed goes on feeding the watchdog while the workers are stopped.
+            notifier.stopping();
         }
         stop_all_runs(&daemon).await;
         server.abort();

@@ -3,7 +3,7 @@
 //! linking libsystemd.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -18,6 +18,9 @@ pub struct Notifier {
     addr: SocketAddr,
     /// Half of `WATCHDOG_USEC`, as sd_watchdog_enabled(3) recommends; None when no watchdog.
     pub watchdog: Option<Duration>,
+    /// Set once STOPPING=1 is sent; held while sending STATUS so that no update of the
+    /// running counts can overwrite the stopping status.
+    stopping: Mutex<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +48,26 @@ impl Notifier {
         let addr = address(&path)?;
         let socket = UnixDatagram::unbound().map_err(|source| NotifyError::Io { path: path.clone(), source })?;
         let watchdog = watchdog_usec.filter(|u| *u > 0 && for_us).map(|u| Duration::from_micros(u / 2));
-        Ok(Some(Notifier { socket, addr, watchdog }))
+        Ok(Some(Notifier { socket, addr, watchdog, stopping: Mutex::new(false) }))
     }
 
-    /// Sends one message (`READY=1`, `STATUS=...`). Failures are logged, never fatal: a
+    /// `STATUS=text`, unless the daemon is stopping.
+    pub fn status(&self, text: &str) {
+        let stopping = self.stopping.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !*stopping {
+            self.send(&format!("STATUS={text}"));
+        }
+    }
+
+    /// `STOPPING=1` with a status saying so; later `status` calls are ignored. Sent from the
+    /// shutdown path itself (not a task) so it is out before the daemon exits.
+    pub fn stopping(&self) {
+        let mut stopping = self.stopping.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *stopping = true;
+        self.send("STOPPING=1\nSTATUS=stopping: workers get SIGTERM, then SIGKILL after the grace period");
+    }
+
+    /// Sends one message (`READY=1`, `WATCHDOG=1`). Failures are logged, never fatal: a
     /// daemon that cannot talk to systemd still serves its clients.
     pub fn send(&self, message: &str) {
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {
@@ -82,32 +101,37 @@ pub fn status_line(daemon: &Daemon) -> String {
     format!("{runs}, {stories} running")
 }
 
-/// Keeps systemd informed until shutdown: `WATCHDOG=1` every half watchdog interval (from the
-/// runtime, so a wedged runtime stops feeding it and systemd restarts us) and `STATUS=` after
-/// each event, at most once a second and only when the text changed.
+/// Keeps systemd informed for the daemon's whole life: `WATCHDOG=1` every half watchdog
+/// interval (from the runtime, so a wedged runtime stops feeding it and systemd restarts us;
+/// it goes on while workers are being stopped) and, until shutdown begins, `STATUS=` after
+/// events, at most once a second and only when the text changed.
 pub async fn keep_informed(notifier: Arc<Notifier>, daemon: Arc<Daemon>) {
     const MIN_GAP: Duration = Duration::from_secs(1);
     let mut events = daemon.bus.subscribe();
     let mut shutdown = daemon.shutdown.subscribe();
+    let mut stopping = false;
+    // READY=1 went out with this status.
     let mut last_status = status_line(&daemon);
-    notifier.send(&format!("STATUS={last_status}"));
     let mut last_sent = Instant::now();
     // An event arrived and its STATUS is not sent yet (waiting for MIN_GAP to pass).
     let mut pending = false;
     let far = Duration::from_secs(3600);
     let mut next_watchdog = Instant::now() + notifier.watchdog.unwrap_or(far);
     loop {
+        if stopping && notifier.watchdog.is_none() {
+            return;
+        }
         let status_due = if pending { last_sent + MIN_GAP } else { Instant::now() + far };
         tokio::select! {
-            event = events.recv() => match event {
+            event = events.recv(), if !stopping => match event {
                 Ok(_) | Err(RecvError::Lagged(_)) => pending = true,
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => stopping = true,
             },
-            _ = tokio::time::sleep_until(status_due) => {
+            _ = tokio::time::sleep_until(status_due), if !stopping => {
                 pending = false;
                 let status = status_line(&daemon);
                 if status != last_status {
-                    notifier.send(&format!("STATUS={status}"));
+                    notifier.status(&status);
                     last_status = status;
                     last_sent = Instant::now();
                 }
@@ -116,7 +140,7 @@ pub async fn keep_informed(notifier: Arc<Notifier>, daemon: Arc<Daemon>) {
                 notifier.send("WATCHDOG=1");
                 next_watchdog = Instant::now() + notifier.watchdog.unwrap_or(far);
             }
-            _ = shutdown.wait_for(|down| *down) => return,
+            _ = shutdown.wait_for(|down| *down), if !stopping => stopping = true,
         }
     }
 }
@@ -142,6 +166,7 @@ mod tests {
             socket: UnixDatagram::unbound().unwrap(),
             addr: address(&format!("@{name}")).unwrap(),
             watchdog: None,
+            stopping: Mutex::new(false),
         };
         notifier.send("READY=1");
         let mut buf = [0u8; 64];

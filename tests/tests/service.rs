@@ -108,7 +108,7 @@ fn sd_notify_reports_ready_status_watchdog_and_stopping() {
 }
 
 #[test]
-fn sd_notify_reaches_an_abstract_socket() {
+fn sd_notify_reaches_an_abstract_socket_and_an_idle_daemon_says_stopping() {
     let mut daemon = Daemon::unstarted();
     let name = format!("sticler-test-notify-{}", std::process::id());
     use std::os::linux::net::SocketAddrExt;
@@ -119,6 +119,10 @@ fn sd_notify_reaches_an_abstract_socket() {
     daemon.spawn(command);
     listener.wait_line("READY=1 on @name", |l| l == "READY=1");
     assert!(!listener.lines().iter().any(|l| l == "WATCHDOG=1"), "WATCHDOG=1 sent though systemd set no WATCHDOG_USEC");
+    // With nothing to stop the daemon exits at once; STOPPING=1 must still be out first.
+    let status = daemon.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "sticlerd exit {status}:\n{}", daemon.log_text());
+    listener.wait_line("STOPPING=1", |l| l == "STOPPING=1");
 }
 
 fn log_file(daemon: &Daemon) -> fs::File {

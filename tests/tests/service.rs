@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sticler_tests::{describe, poll, story, Daemon, ProjectBuilder};
+use sticler_tests::{bin, describe, poll, story, Daemon, ProjectBuilder};
 
 /// Every datagram that arrives on a notify socket, in order, collected by a thread.
 struct NotifyListener {
@@ -231,4 +231,51 @@ fn logs_go_to_a_real_journald_with_story_fields() {
     assert!(!first.is_empty(), "no entry for US-P1-001");
     // Under journald nothing is written to stderr as text lines (no double logging).
     assert!(!daemon.log_text().contains("US-P1-003 completed"), "logged to stderr too:\n{}", daemon.log_text());
+}
+
+#[test]
+fn a_journal_stream_that_is_not_our_stderr_keeps_logs_on_stderr() {
+    // A process started by a service inherits JOURNAL_STREAM even when its stderr goes
+    // elsewhere (here: the harness's log file); such a daemon must keep writing lines there,
+    // even though a journald is listening.
+    if !Path::new(JOURNALD).is_file() {
+        println!("SKIPPED: {JOURNALD} is not installed (apt-get install systemd; .ci/run does it)");
+        return;
+    }
+    let mut daemon = Daemon::unstarted();
+    let journal_dir = daemon.tmp.path().join("journal");
+    fs::create_dir_all(&journal_dir).unwrap();
+    let mut command = daemon.command(&["--log-level", "info"]);
+    command.env("JOURNAL_STREAM", "8:12345").env_remove("RUST_LOG");
+    daemon.spawn(in_private_journal(&command, &journal_dir, log_file(&daemon)));
+    daemon.wait_ready();
+    poll(Duration::from_secs(10), "the ready line on stderr", || daemon.log_text().contains(" ready").then_some(()));
+}
+
+#[test]
+fn forcing_journald_without_one_fails_and_says_what_to_do() {
+    // A private, empty /run: certainly no /run/systemd/journal/socket.
+    let daemon = Daemon::unstarted();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /run && exec \"$@\"",
+            "sh",
+        ])
+        .arg(bin("sticlerd"))
+        .args(["--foreground", "--log-target", "journald", "--socket"])
+        .arg(&daemon.socket)
+        .arg("--state-dir")
+        .arg(&daemon.state_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach journald") && stderr.contains("--log-target stderr"), "{stderr}");
+    assert!(!daemon.socket.exists(), "it served anyway");
 }

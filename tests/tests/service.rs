@@ -279,3 +279,18 @@ fn forcing_journald_without_one_fails_and_says_what_to_do() {
     assert!(stderr.contains("cannot reach journald") && stderr.contains("--log-target stderr"), "{stderr}");
     assert!(!daemon.socket.exists(), "it served anyway");
 }
+
+#[test]
+fn a_bad_notify_socket_is_logged_and_the_daemon_serves_anyway() {
+    let mut daemon = Daemon::unstarted();
+    let mut command = daemon.command(&[]);
+    command.env("NOTIFY_SOCKET", "not/absolute");
+    daemon.spawn(command);
+    daemon.wait_ready();
+    assert!(daemon.running(), "sticlerd exited:\n{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("neither an absolute path nor an abstract name") && log.contains("not notifying systemd"),
+        "{log}"
+    );
+}

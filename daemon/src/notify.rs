@@ -103,38 +103,46 @@ pub fn status_line(daemon: &Daemon) -> String {
 
 /// Keeps systemd informed for the daemon's whole life: `WATCHDOG=1` every half watchdog
 /// interval (from the runtime, so a wedged runtime stops feeding it and systemd restarts us;
-/// it goes on while workers are being stopped) and, until shutdown begins, `STATUS=` after
-/// events, at most once a second and only when the text changed.
+/// it goes on while workers are being stopped) and, until shutdown begins, `STATUS=` when the
+/// text changes, at most once a second.
+///
+/// The status is read a moment after each event and every few seconds anyway: an event may be
+/// emitted just before the run's live state that the status reads is updated (a run ending is
+/// removed from the active runs after its last event), and the recheck makes such a status
+/// right shortly after, without any event.
 pub async fn keep_informed(notifier: Arc<Notifier>, daemon: Arc<Daemon>) {
     const MIN_GAP: Duration = Duration::from_secs(1);
+    const SETTLE: Duration = Duration::from_millis(50);
+    const RECHECK: Duration = Duration::from_secs(2);
     let mut events = daemon.bus.subscribe();
     let mut shutdown = daemon.shutdown.subscribe();
     let mut stopping = false;
     // READY=1 went out with this status.
     let mut last_status = status_line(&daemon);
     let mut last_sent = Instant::now();
-    // An event arrived and its STATUS is not sent yet (waiting for MIN_GAP to pass).
-    let mut pending = false;
+    let mut next_check = Instant::now() + RECHECK;
     let far = Duration::from_secs(3600);
     let mut next_watchdog = Instant::now() + notifier.watchdog.unwrap_or(far);
     loop {
         if stopping && notifier.watchdog.is_none() {
             return;
         }
-        let status_due = if pending { last_sent + MIN_GAP } else { Instant::now() + far };
         tokio::select! {
             event = events.recv(), if !stopping => match event {
-                Ok(_) | Err(RecvError::Lagged(_)) => pending = true,
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    let soon = (last_sent + MIN_GAP).max(Instant::now() + SETTLE);
+                    next_check = next_check.min(soon);
+                }
                 Err(RecvError::Closed) => stopping = true,
             },
-            _ = tokio::time::sleep_until(status_due), if !stopping => {
-                pending = false;
+            _ = tokio::time::sleep_until(next_check), if !stopping => {
                 let status = status_line(&daemon);
                 if status != last_status {
                     notifier.status(&status);
                     last_status = status;
                     last_sent = Instant::now();
                 }
+                next_check = Instant::now() + RECHECK;
             }
             _ = tokio::time::sleep_until(next_watchdog), if notifier.watchdog.is_some() => {
                 notifier.send("WATCHDOG=1");

@@ -95,6 +95,15 @@ fn sd_notify_reports_ready_status_watchdog_and_stopping() {
         );
     }
 
+    // The run ends: the status goes back to idle, though no event follows the run's end.
+    let out = daemon.ctl(&["-C", &p.path_str(), "kill", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    poll(Duration::from_secs(20), "STATUS idle again after the run", || {
+        let lines = listener.lines();
+        let running = lines.iter().position(|l| l == "STATUS=1 run, 2 stories running")?;
+        lines[running..].iter().any(|l| l == "STATUS=idle, no run active").then_some(())
+    });
+
     // Shutdown: STOPPING=1 before the daemon exits (successfully).
     let status = daemon.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "sticlerd exit {status}:\n{}", daemon.log_text());

@@ -7,22 +7,28 @@ use std::time::Duration;
 use serde_json::json;
 use sticler_tests::{bin, describe, story, Daemon, ProjectBuilder};
 
-/// A private tmux server (its own socket name) running one command in a 150x40 pane; killed
-/// on drop.
+/// A private tmux server (its own socket name) with a shell in a 150x40 pane, where the test
+/// types commands like a user; killed on drop.
 struct Tmux {
     server: String,
 }
 
 impl Tmux {
-    fn run(name: &str, shell_command: &str) -> Tmux {
+    fn shell(name: &str) -> Tmux {
         let tmux = Tmux { server: format!("sticler-test-{}-{name}", std::process::id()) };
         let out = tmux
             .cmd()
-            .args(["new-session", "-d", "-x", "150", "-y", "40", "-s", "t", shell_command])
+            .args(["new-session", "-d", "-x", "150", "-y", "40", "-s", "t", "sh"])
             .output()
             .expect("run tmux (apt-get install tmux; .ci/run does it)");
         assert!(out.status.success(), "tmux new-session: {}", describe(&out));
         tmux
+    }
+
+    /// Types `keys` into the pane (`Enter`, `C-c` are key names).
+    fn send_keys(&self, keys: &[&str]) {
+        let out = self.cmd().args(["send-keys", "-t", "t"]).args(keys).output().expect("tmux send-keys");
+        assert!(out.status.success(), "tmux send-keys: {}", describe(&out));
     }
 
     fn cmd(&self) -> Command {
@@ -70,11 +76,11 @@ fn poll_or<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option
     }
 }
 
-/// The shell command running sticlerctl against `daemon` in `project`, then showing its exit
-/// code and staying open so the final screen can be read.
+/// The command line a user types: sticlerctl against `daemon` in `project`, then its exit
+/// code as `[sticlerctl exit=N]` (typed as two words, so the typed line itself never matches).
 fn ctl_line(daemon: &Daemon, project: &ProjectBuilder, env: &str, args: &str) -> String {
     format!(
-        "env -u NO_COLOR {env} {} --socket {} -C {} {args}; echo \"[sticlerctl exited with $?]\"; sleep 600",
+        "env -u NO_COLOR {env} {} --socket {} -C {} {args}; echo \"[sticlerctl\" \"exit=$?]\"",
         bin("sticlerctl").display(),
         daemon.socket.display(),
         project.path_str()
@@ -94,7 +100,8 @@ fn slow_phase() -> ProjectBuilder {
 fn start_wait_in_a_terminal_shows_running_stories_and_an_overall_bar() {
     let daemon = Daemon::start();
     let p = slow_phase();
-    let tmux = Tmux::run("wait", &ctl_line(&daemon, &p, "", "start 1 --wait"));
+    let tmux = Tmux::shell("wait");
+    tmux.send_keys(&[&ctl_line(&daemon, &p, "", "start 1 --wait"), "Enter"]);
 
     // One line per running story: id, state, iteration, criteria done/total, and the bar.
     let screen = tmux.wait_screen("two running story lines", |s| {
@@ -108,8 +115,8 @@ fn start_wait_in_a_terminal_shows_running_stories_and_an_overall_bar() {
     // Events scroll above the bars.
     tmux.wait_screen("an event line", |s| s.contains("US-P1-001 iteration 1 started"));
 
-    let screen = tmux.wait_screen("sticlerctl's exit", |s| s.contains("[sticlerctl exited with"));
-    assert!(screen.contains("[sticlerctl exited with 0]"), "{screen}\n{}", daemon.dump(p.path()));
+    let screen = tmux.wait_screen("sticlerctl's exit", |s| s.contains("[sticlerctl exit="));
+    assert!(screen.contains("[sticlerctl exit=0]"), "{screen}\n{}", daemon.dump(p.path()));
     assert!(screen.contains("3/3 stories completed"), "{screen}");
     assert!(screen.contains("phase completed"), "{screen}");
     // Story lines are gone at the end: nothing is shown as running any more.
@@ -123,7 +130,10 @@ fn start_wait_in_a_terminal_shows_running_stories_and_an_overall_bar() {
 fn watch_follows_no_color_and_plain_output_when_piped() {
     let daemon = Daemon::start();
     let p = slow_phase();
-    let tmux = Tmux::run("watch", &ctl_line(&daemon, &p, "NO_COLOR=1", "watch 1"));
+    let tmux = Tmux::shell("watch");
+    tmux.send_keys(&[&ctl_line(&daemon, &p, "NO_COLOR=1", "watch 1"), "Enter"]);
+    // The typed command runs (its first refresh draws the phase bar) before the phase starts.
+    tmux.wait_screen("the phase bar", |s| s.contains("0/3 stories completed"));
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
     assert!(out.status.success(), "{}", describe(&out));
     tmux.wait_screen("a running story line", |s| s.lines().any(|l| l.contains("US-P1-00") && l.contains("criteria")));
@@ -131,6 +141,11 @@ fn watch_follows_no_color_and_plain_output_when_piped() {
     // NO_COLOR: no colour or bold codes at all (cursor movement is not colour).
     let screen = tmux.screen(true);
     assert!(!screen.contains("\u{1b}[3") && !screen.contains("\u{1b}[1m"), "colours despite NO_COLOR:\n{screen:?}");
+    // Ctrl-C ends watch like any other tool and gives the shell back (130: ended by SIGINT;
+    // the shell drops the rest of the typed line, so the code is asked for afterwards).
+    tmux.send_keys(&["C-c"]);
+    tmux.send_keys(&["echo \"[after\" \"ctrl-c=$?]\"", "Enter"]);
+    tmux.wait_screen("watch ended by Ctrl-C", |s| s.contains("[after ctrl-c=130]"));
 
     // Not a terminal: the plain line-per-event output, no bars, no escape codes.
     // (`watch` never ends by itself, so the piped form is checked with `start --wait`.)

@@ -23,11 +23,14 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::Unreachable { socket, reason } => write!(
                 f,
-                "sticlerd is not running at {} ({reason}).\nStart it with `sticlerd` (or `systemctl --user start sticlerd`), or point to it with --socket / STICLER_SOCKET.",
+                "sticlerd is not running at {} ({reason}).\nStart it with `sticlerd` (or `systemctl --user start sticlerd`), or point to it with --socket / STICLER_SOCKET\n(the system unit listens on /run/sticler/sticlerd.sock; `journalctl -u sticlerd` tells why it stopped).",
                 socket.display()
             ),
             ClientError::Refused(e) => f.write_str(&e.message),
-            ClientError::Protocol(why) => write!(f, "talking to sticlerd failed: {why}"),
+            ClientError::Protocol(why) => write!(
+                f,
+                "talking to sticlerd failed: {why}.\nCheck that it still runs (`sticlerctl ping`) and that both are the same version (`sticlerctl version`); its log says more."
+            ),
         }
     }
 }

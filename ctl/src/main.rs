@@ -2,13 +2,14 @@
 
 mod client;
 mod demo;
+mod progress;
 mod render;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sticler_proto::{EventKind, PhaseRef, Request, Response, RunOutcome, ServerMessage};
 
 use crate::client::{Client, ClientError};
@@ -125,6 +126,19 @@ enum Command {
     /// Ask the daemon to stop (workers are stopped gracefully; runs resume on restart)
     #[command(after_help = "Example:\n  sticlerctl shutdown")]
     Shutdown,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Examples:\n  sticlerctl completions bash > ~/.local/share/bash-completion/completions/sticlerctl\n  sticlerctl completions zsh > ~/.zfunc/_sticlerctl     # with fpath+=~/.zfunc in ~/.zshrc\n  sticlerctl completions fish > ~/.config/fish/completions/sticlerctl.fish"
+    )]
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of sticlerctl
+    #[command(
+        after_help = "Examples:\n  sticlerctl man > ~/.local/share/man/man1/sticlerctl.1 && man sticlerctl\n  sticlerctl man | man -l -"
+    )]
+    Man,
     /// Run the bundled example project with a scripted worker on a private daemon
     #[command(after_help = "Example:\n  sticlerctl demo")]
     Demo {
@@ -156,6 +170,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let json = cli.json;
+    render::init_colours(std::io::stdout().is_terminal());
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(CliError::Usage(why)) => {
@@ -234,7 +249,27 @@ fn print_json<T: serde::Serialize>(value: &T) {
     }
 }
 
+/// Completions and the man page come from the same clap definitions as the parser, so they
+/// never drift from the CLI. Neither needs the daemon.
+fn generate(command: &Command) -> Option<CmdResult> {
+    let mut cli = Cli::command();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "sticlerctl", &mut std::io::stdout());
+            Some(Ok(0))
+        }
+        Command::Man => Some(match clap_mangen::Man::new(cli).render(&mut std::io::stdout()) {
+            Ok(()) => Ok(0),
+            Err(e) => Err(CliError::Usage(format!("cannot write the man page: {e}"))),
+        }),
+        _ => None,
+    }
+}
+
 fn run(cli: Cli) -> CmdResult {
+    if let Some(result) = generate(&cli.command) {
+        return result;
+    }
     let socket = client::socket_path(cli.socket.clone()).ok_or_else(|| {
         CliError::Usage("cannot choose a socket path: set STICLER_SOCKET or XDG_RUNTIME_DIR, or pass --socket".into())
     })?;
@@ -245,6 +280,8 @@ fn run(cli: Cli) -> CmdResult {
     };
     match &cli.command {
         Command::Demo { into } => return demo::run(into.clone()),
+        // Answered by `generate` above, before a socket is needed.
+        Command::Completions { .. } | Command::Man => {}
         Command::Ping => {
             let mut client = Client::connect(&socket)?;
             let start = std::time::Instant::now();
@@ -321,6 +358,11 @@ fn run(cli: Cli) -> CmdResult {
                 if !json {
                     println!("started phase {} of {}", phase.phase, phase.project);
                 }
+                if !json && std::io::stdout().is_terminal() {
+                    let outcome = progress::follow(watcher, &socket, Some((phase.project, phase.phase)), true)?;
+                    println!("phase {}", outcome.as_str());
+                    return Ok(outcome_code(outcome));
+                }
                 return follow_until_end(&mut watcher, json);
             }
             if let Response::Started(view) = client.call(Request::Start { phase: phase.clone(), force: *force })? {
@@ -390,7 +432,12 @@ fn run(cli: Cli) -> CmdResult {
                 None => (cli.dir.as_ref().map(|_| project_dir(dir)).transpose()?, None),
             };
             let mut client = Client::connect(&socket)?;
-            client.send(Request::Watch { project, phase, since: *since })?;
+            client.send(Request::Watch { project: project.clone(), phase, since: *since })?;
+            if !json && std::io::stdout().is_terminal() {
+                let start = project.zip(phase);
+                progress::follow(client, &socket, start, false)?;
+                return Ok(0);
+            }
             loop {
                 match client.next()? {
                     ServerMessage::Event(event) => print_event(&event, json),

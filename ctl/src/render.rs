@@ -2,9 +2,29 @@
 
 use std::fmt::Write;
 
-use sticler_proto::{Event, PhaseView, StoryState, StoryView, ValidationReport};
+use sticler_proto::{Event, EventKind, PhaseView, RunOutcome, StoryState, StoryView, ValidationReport};
 
-fn cut(text: &str, width: usize) -> String {
+/// Whether output gets colours: only on a terminal, and never when NO_COLOR is set to
+/// anything non-empty (https://no-color.org). Decided once in `main`.
+pub fn init_colours(stdout_is_terminal: bool) {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    console::set_colors_enabled(stdout_is_terminal && !no_color && !dumb);
+}
+
+/// `text` in the colour of a story state (plain when colours are off).
+pub fn paint_state(state: StoryState, text: &str) -> String {
+    let style = match state {
+        StoryState::Completed => console::Style::new().green(),
+        StoryState::Failed | StoryState::Invalid => console::Style::new().red().bold(),
+        StoryState::Blocked => console::Style::new().yellow(),
+        StoryState::Running | StoryState::Verifying => console::Style::new().cyan(),
+        StoryState::Pending | StoryState::Ready => console::Style::new().dim(),
+    };
+    style.apply_to(text).to_string()
+}
+
+pub fn cut(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
     }
@@ -61,9 +81,9 @@ pub fn phase(view: &PhaseView) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {:<7}  {}",
+            "  {:<11} {} {:>4} {:>8}  {:<21} {:<7}  {}",
             s.id,
-            state_label(s),
+            paint_state(s.state, &format!("{:<13}", state_label(s))),
             s.iteration,
             format!("{}/{}", s.criteria_done, s.criteria_total),
             cut(&deps, 21),
@@ -112,5 +132,18 @@ pub fn validation(report: &ValidationReport) -> String {
 pub fn event(event: &Event) -> String {
     let secs = event.time_ms / 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    format!("{h:02}:{m:02}:{s:02} #{:<5} phase {} {}", event.seq, event.phase, event.kind.describe())
+    let text = event.kind.describe();
+    let text = match &event.kind {
+        EventKind::StoryCompleted { .. } | EventKind::RunEnded { outcome: RunOutcome::Completed, .. } => {
+            paint_state(StoryState::Completed, &text)
+        }
+        EventKind::StoryFailed { .. } | EventKind::RunEnded { outcome: RunOutcome::Failed, .. } => {
+            paint_state(StoryState::Failed, &text)
+        }
+        EventKind::StoryBlocked { .. } | EventKind::RunStopping { .. } | EventKind::RunEnded { .. } => {
+            paint_state(StoryState::Blocked, &text)
+        }
+        _ => text,
+    };
+    format!("{h:02}:{m:02}:{s:02} #{:<5} phase {} {text}", event.seq, event.phase)
 }

@@ -56,16 +56,22 @@ impl EventBus {
     }
 }
 
+/// Logs an event with the fields journald indexes: PROJECT, PHASE, and STORY_ID and ITERATION
+/// only when the event is about a story or an iteration (so `STORY_ID=` never matches "").
 fn log_event(event: &Event) {
-    let story = event.kind.story().unwrap_or("");
-    tracing::info!(
-        seq = event.seq,
-        project = %event.project,
-        phase = event.phase,
-        story_id = story,
-        "{}",
-        event.kind.describe()
-    );
+    let text = event.kind.describe();
+    let (project, phase, seq) = (&event.project, event.phase, event.seq);
+    let iteration = match &event.kind {
+        EventKind::IterationStarted { iteration, .. } | EventKind::IterationEnded { iteration, .. } => Some(*iteration),
+        _ => None,
+    };
+    match (event.kind.story(), iteration) {
+        (Some(story), Some(iteration)) => {
+            tracing::info!(seq, project = %project, phase, story_id = story, iteration, "{text}")
+        }
+        (Some(story), None) => tracing::info!(seq, project = %project, phase, story_id = story, "{text}"),
+        _ => tracing::info!(seq, project = %project, phase, "{text}"),
+    }
 }
 
 pub fn now_ms() -> u64 {

@@ -5,6 +5,8 @@ mod daemon;
 mod events;
 mod git;
 mod listing;
+mod logging;
+mod notify;
 mod paths;
 mod phase;
 mod project;
@@ -57,6 +59,9 @@ struct Args {
     /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace)
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
+    /// Where logs go; `auto` picks journald when systemd connected stderr to the journal
+    #[arg(long, value_name = "TARGET", value_enum, default_value_t = logging::LogTarget::Auto)]
+    log_target: logging::LogTarget,
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,20 +76,25 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
-        .context("bad --log-level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    logging::init(args.log_target, &args.log_level)?;
+    // Under systemd (Type=notify) the service manager tracks this very process: never fork.
+    let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    // Read (and take out of the environment, so workers do not inherit it) before any thread
+    // exists. A bad NOTIFY_SOCKET is logged but does not stop the daemon from serving.
+    let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}; not notifying systemd");
+        None
+    });
 
     // Everything the daemon creates (store, logs, socket) is private whatever the umask it was
     // started with; workers get the original umask back.
     let user_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let socket = paths::socket_path(args.socket.clone())?;
     let state_dir = paths::state_dir(args.state_dir.clone())?;
-    let background = !args.foreground && std::env::var_os("NOTIFY_SOCKET").is_none();
+    let background = !args.foreground && !under_systemd;
     // Forking must happen before any thread exists (the runtime, the reaper).
     let ready = if background { Some(daemonize(&state_dir)?) } else { None };
-    let result = serve(&args, &socket, &state_dir, ready, user_umask);
+    let result = serve(&args, &socket, &state_dir, ready, notifier.map(Arc::new), user_umask);
     if let Err(e) = &result {
         tracing::error!("{e:#}");
     }
@@ -147,6 +157,7 @@ fn serve(
     socket: &std::path::Path,
     state_dir: &std::path::Path,
     mut ready: Option<OwnedFd>,
+    notifier: Option<Arc<notify::Notifier>>,
     user_umask: nix::sys::stat::Mode,
 ) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<_> {
@@ -197,7 +208,16 @@ fn serve(
         });
         let mut shutdown = daemon.shutdown.subscribe();
         let server = tokio::spawn(server::serve(listener, Arc::clone(&daemon), daemon.shutdown.subscribe()));
+        if let Some(notifier) = &notifier {
+            // The listener is bound and its accept loop spawned: clients are served from now on.
+            notifier.send(&format!("READY=1\nSTATUS={}", notify::status_line(&daemon)));
+            tokio::spawn(notify::keep_informed(Arc::clone(notifier), Arc::clone(&daemon)));
+        }
         let _ = shutdown.wait_for(|down| *down).await;
+        if let Some(notifier) = &notifier {
+            // keep_informed goes on feeding the watchdog while the workers are stopped.
+            notifier.stopping();
+        }
         stop_all_runs(&daemon).await;
         server.abort();
         Ok(())

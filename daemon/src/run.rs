@@ -70,6 +70,15 @@ pub struct RunHandle {
     pub live: Arc<Mutex<LiveRun>>,
 }
 
+impl RunHandle {
+    /// Stories of this run with a worker or a verify command running now.
+    pub fn running_stories(&self) -> usize {
+        // A poisoned lock still holds a readable snapshot; a status line must not panic.
+        let live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        live.stories.values().filter(|s| matches!(s.state, StoryState::Running | StoryState::Verifying)).count()
+    }
+}
+
 struct Running {
     pid: i32,
     iteration: u32,

@@ -52,26 +52,43 @@ impl Daemon {
     }
 
     pub fn start_with(args: &[&str]) -> Daemon {
+        let mut daemon = Daemon::unstarted();
+        daemon.launch(args);
+        daemon
+    }
+
+    /// A daemon's folders without its process, for tests that start it their own way
+    /// (`command` + `spawn`).
+    pub fn unstarted() -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let socket = tmp.path().join("run").join("sticlerd.sock");
         let state_dir = tmp.path().join("state");
-        let mut daemon = Daemon {
+        Daemon {
             child: None,
             socket,
             state_dir,
             log: tmp.path().join("sticlerd.log"),
             mark: format!("{}", tmp.path().display()),
             tmp,
-        };
-        daemon.launch(args);
-        daemon
+        }
     }
 
     /// Starts (or restarts) the daemon process on the same socket and state folder.
     pub fn launch(&mut self, args: &[&str]) {
-        let child = self.command(args).spawn().expect("spawn sticlerd");
-        self.child = Some(child);
+        self.spawn(self.command(args));
         self.wait_ready();
+    }
+
+    /// Spawns `command` (normally from `command`) as this harness's daemon process, without
+    /// waiting for it to serve. Whatever it spawns inherits the test mark and is killed on drop.
+    pub fn spawn(&mut self, mut command: Command) {
+        command.env("STICLER_TEST_MARK", &self.mark);
+        self.child = Some(command.spawn().expect("spawn sticlerd"));
+    }
+
+    /// True while the daemon process has not exited.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The sticlerd command this harness would run, for tests that want to run it themselves.

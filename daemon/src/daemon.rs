@@ -178,6 +178,15 @@ impl Daemon {
         };
         tracing::info!("{} run(s) to resume", records.len());
         for record in records {
+            let key = run_key(Path::new(&record.project), record.phase);
+            // The last workers by their recorded pid, when it still is them.
+            for (story, worker) in self.bus.store().stories(&key).unwrap_or_default() {
+                if let (Some(pid), Some(start_time)) = (worker.pid, worker.start_time) {
+                    if !crate::worker::kill_recorded(pid, start_time) {
+                        tracing::info!(story_id = %story, pid, "recorded worker is gone (or its pid was reused); not touched");
+                    }
+                }
+            }
             let prefix = format!("{}/", record.nonce);
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while crate::worker::signal_everywhere(std::slice::from_ref(&prefix), nix::sys::signal::Signal::SIGKILL) > 0
@@ -482,7 +491,7 @@ impl Daemon {
     }
 }
 
-fn run_key(project: &Path, phase: u32) -> String {
+pub fn run_key(project: &Path, phase: u32) -> String {
     format!("{}\0{phase}", project.display())
 }
 

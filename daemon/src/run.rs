@@ -100,6 +100,8 @@ struct StoryPaths {
 
 pub struct PhaseRun {
     daemon: Arc<Daemon>,
+    /// This run's key in the store.
+    run_key: String,
     project: Project,
     project_name: String,
     phase: u32,
@@ -198,7 +200,9 @@ impl PhaseRun {
         let live = Arc::new(Mutex::new(live));
         let handle = RunHandle { tx: tx.clone(), live: Arc::clone(&live) };
         let logs_root = daemon.logs_root(&project.root);
-        let run = PhaseRun {
+        let run_key = crate::daemon::run_key(&project.root, files.number);
+        let mut run = PhaseRun {
+            run_key,
             project_name: project.root.display().to_string(),
             logs_root,
             daemon,
@@ -218,6 +222,17 @@ impl PhaseRun {
             hash_writes: Vec::new(),
             finished: false,
         };
+        if start.recovered {
+            match run.daemon.bus.store().stories(&run.run_key) {
+                Ok(records) => {
+                    for (story, record) in records {
+                        tracing::info!(story_id = %story, iterations = record.iterations, infra_streak = record.infra_streak, "counts continued from the last daemon");
+                        run.sched.restore_counts(&story, record.iterations, record.infra_streak);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read the story records; counts start over: {e}"),
+            }
+        }
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
         tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
         handle
@@ -405,6 +420,7 @@ impl PhaseRun {
                     live.runs += 1;
                     live.iteration_started = Some(Instant::now());
                 }
+                self.record_story(story, Some((pid, &spec.log)), None);
                 self.emit(EventKind::IterationStarted { story: story.to_string(), iteration, pid: pid as u32 });
                 None
             }
@@ -511,6 +527,7 @@ impl PhaseRun {
         };
         self.emit(EventKind::IterationEnded { story: story.clone(), iteration, exit, verdict: verdict.label() });
         let mut actions = self.sched.iteration_ended(&story, verdict);
+        self.record_story(&story, None, Some(exit.to_string()));
         if self.sched.state(&story) != Some(StoryState::Running) {
             if let Some(live) = self.live().stories.get_mut(&story) {
                 live.state = self.sched.state(&story).unwrap_or(StoryState::Pending);
@@ -727,6 +744,26 @@ impl PhaseRun {
         self.refresh_blocked();
         self.finish();
         self.emit(EventKind::RunEnded { outcome, summary });
+    }
+
+    /// Stores the story's state and counts, and its worker while one runs.
+    fn record_story(&self, story: &str, worker: Option<(i32, &std::path::Path)>, last_exit: Option<String>) {
+        let (iterations, infra_streak) = self.sched.counts(story);
+        let record = crate::store::StoryRecord {
+            state: self.sched.state(story).map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default(),
+            iterations,
+            infra_streak,
+            pid: worker.map(|(pid, _)| pid),
+            start_time: worker.and_then(|(pid, _)| worker::start_time(pid)),
+            last_exit,
+            log: worker.map(|(_, log)| log.display().to_string()),
+        };
+        // A failure streak is flushed before the next iteration starts, so that a daemon that
+        // keeps dying cannot reset it; progress is written lazily (see Store::put_story).
+        let flush = worker.is_none() && infra_streak > 0;
+        if let Err(e) = self.daemon.bus.store().put_story(&self.run_key, story, &record, flush) {
+            tracing::warn!(story_id = %story, "cannot record the story in the store: {e}");
+        }
     }
 
     fn finish(&mut self) {

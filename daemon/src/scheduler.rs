@@ -130,9 +130,22 @@ impl Scheduler {
         self.nodes.get(story).map(|n| n.state)
     }
 
+    /// Iterations judged and consecutive infrastructure failures of `story`.
+    pub fn counts(&self, story: &str) -> (u32, u32) {
+        self.nodes.get(story).map_or((0, 0), |n| (n.iterations, n.infra_streak))
+    }
+
+    /// Continues the counts of a story from a run the daemon was running when it died.
+    pub fn restore_counts(&mut self, story: &str, iterations: u32, infra_streak: u32) {
+        if let Some(node) = self.nodes.get_mut(story) {
+            node.iterations = iterations;
+            node.infra_streak = infra_streak;
+        }
+    }
+
     #[cfg(test)]
     pub fn iterations(&self, story: &str) -> u32 {
-        self.nodes.get(story).map_or(0, |n| n.iterations)
+        self.counts(story).0
     }
 
     pub fn blocked_by(&self, story: &str) -> &[String] {

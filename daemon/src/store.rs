@@ -1,6 +1,6 @@
 //! The daemon's own state in sled. Files on disk are the truth for what the worker owns; the
-//! store keeps what only the daemon knows: the event history (with its sequence numbers) and
-//! which runs were active.
+//! store keeps what only the daemon knows: the event history (with its sequence numbers), which
+//! runs were active, and each running story's counters and processes.
 
 use std::path::{Path, PathBuf};
 
@@ -39,10 +39,29 @@ pub struct RunRecord {
     pub nonce: String,
 }
 
+/// What the daemon knows of one story of an active run: a restarted daemon continues its
+/// counts (the interrupted iteration is not counted) and kills its last worker's group, after
+/// checking that the pid still is that worker (same start time) and was not recycled.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoryRecord {
+    pub state: String,
+    /// Iterations judged so far in this run.
+    pub iterations: u32,
+    /// Consecutive infrastructure failures.
+    pub infra_streak: u32,
+    /// The last worker: pid (also its process group: workers lead their own session) and its
+    /// start time in clock ticks since boot (/proc/<pid>/stat field 22).
+    pub pid: Option<i32>,
+    pub start_time: Option<u64>,
+    pub last_exit: Option<String>,
+    pub log: Option<String>,
+}
+
 pub struct Store {
     db: sled::Db,
     events: sled::Tree,
     runs: sled::Tree,
+    stories: sled::Tree,
 }
 
 impl Store {
@@ -72,7 +91,8 @@ impl Store {
         }
         let events = db.open_tree("events")?;
         let runs = db.open_tree("runs")?;
-        Ok(Store { db, events, runs })
+        let stories = db.open_tree("stories")?;
+        Ok(Store { db, events, runs, stories })
     }
 
     /// The highest event sequence number stored (0 when none).
@@ -118,15 +138,47 @@ impl Store {
     }
 
     pub fn remove_run(&self, key: &str) -> Result<(), StoreError> {
+        for item in self.stories.scan_prefix(story_prefix(key)).keys() {
+            self.stories.remove(item?)?;
+        }
         self.runs.remove(key)?;
-        self.runs.flush()?;
+        self.db.flush()?;
         Ok(())
+    }
+
+    /// Records a story's transition, flushed at once when `flush`. Otherwise sled writes it out
+    /// within half a second: what a lost record would leave behind (a worker) is still found by
+    /// its token, whose run record is flushed before any worker starts.
+    pub fn put_story(&self, run: &str, story: &str, record: &StoryRecord, flush: bool) -> Result<(), StoreError> {
+        self.stories.insert(format!("{}{story}", story_prefix(run)), encode(record)?)?;
+        if flush {
+            self.stories.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The story records of run `run`, by story id.
+    pub fn stories(&self, run: &str) -> Result<Vec<(String, StoryRecord)>, StoreError> {
+        let prefix = story_prefix(run);
+        self.stories
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                let story = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                Ok((story, decode(&value)?))
+            })
+            .collect()
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Run keys hold no NUL after the phase number, so this prefix never matches another run.
+fn story_prefix(run: &str) -> String {
+    format!("{run}\0")
 }
 
 fn seq_of(key: &[u8]) -> u64 {
@@ -175,6 +227,22 @@ mod tests {
         assert_eq!(store.last_seq().unwrap(), 3);
         let after: Vec<u64> = store.events_after(1, 10).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(after, [2, 3]);
+    }
+
+    #[test]
+    fn story_records_belong_to_their_run_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let record = |n| StoryRecord { iterations: n, pid: Some(100 + n as i32), ..Default::default() };
+        store.put_story("/p\u{0}1", "US-P1-001", &record(1), false).unwrap();
+        store.put_story("/p\u{0}1", "US-P1-002", &record(2), false).unwrap();
+        store.put_story("/p\u{0}12", "US-P12-001", &record(3), true).unwrap();
+        store.put_story("/p\u{0}1", "US-P1-001", &record(4), false).unwrap();
+        let ids = |run| store.stories(run).unwrap().into_iter().map(|(id, r)| (id, r.iterations)).collect::<Vec<_>>();
+        assert_eq!(ids("/p\u{0}1"), [("US-P1-001".to_string(), 4), ("US-P1-002".to_string(), 2)]);
+        store.remove_run("/p\u{0}1").unwrap();
+        assert!(ids("/p\u{0}1").is_empty());
+        assert_eq!(ids("/p\u{0}12"), [("US-P12-001".to_string(), 3)]);
     }
 
     #[test]

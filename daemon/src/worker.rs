@@ -80,6 +80,27 @@ pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usi
     signal_marked(candidates, tokens, signal)
 }
 
+/// Start time of process `pid` in clock ticks since boot (/proc/<pid>/stat field 22), None
+/// when there is no such process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// SIGKILL to the process group led by `pid`, only when `pid` still is the process that started
+/// at `start_time`: a pid the kernel gave to an unrelated process since is never touched.
+/// Returns whether it signalled.
+pub fn kill_recorded(pid: i32, start_time: u64) -> bool {
+    if pid <= 1 || self::start_time(pid) != Some(start_time) {
+        return false;
+    }
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    true
+}
+
 /// Signals every process on the machine carrying one of `tokens`: the workers of an earlier
 /// daemon, which were reparented elsewhere when it died.
 pub fn signal_everywhere(tokens: &[String], signal: Signal) -> usize {
@@ -169,4 +190,24 @@ pub fn logged_iterations(logs_root: &Path, story: &str) -> Vec<u32> {
         entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok()).collect();
     numbers.sort_unstable();
     numbers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process with the recorded pid but another start time stands for a recycled pid.
+    #[test]
+    fn a_recycled_pid_is_never_killed() {
+        let mut child = Command::new("sleep").arg("30").process_group(0).spawn().expect("spawn sleep");
+        let pid = child.id() as i32;
+        let started = start_time(pid).expect("a live process has a start time");
+        assert!(!kill_recorded(pid, started + 1), "another start time: not the recorded worker");
+        assert!(!kill_recorded(pid, started.saturating_sub(1)));
+        assert!(child.try_wait().expect("try_wait").is_none(), "the unrelated process is still alive");
+        assert!(kill_recorded(pid, started), "the recorded worker itself");
+        let status = child.wait().expect("wait");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(Signal::SIGKILL as i32));
+        assert_eq!(start_time(pid), None, "reaped");
+    }
 }

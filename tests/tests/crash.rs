@@ -156,3 +156,29 @@ fn status_json_replaced_by_a_folder_mid_run_fails_the_story_safely() {
     assert!(problems.contains("US-P1-001/status.json") && problems.contains("directory"), "{problems}");
     assert!(daemon.ctl(&["ping"]).status.success());
 }
+
+/// The counts of a story survive a crash: a worker that keeps failing is not given a fresh
+/// retry_limit by each restart of the daemon.
+#[test]
+fn a_failure_streak_survives_a_kill_9() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.config(json!({"retry_limit": 3}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(json!({"mode": "crash", "sleep_ms": 300}))]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    let has_log = |daemon: &Daemon, n: &str| {
+        daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001", "--iteration", n]).status.success()
+    };
+    // Two failed iterations judged, the third running.
+    poll(Duration::from_secs(20), "a third iteration", || has_log(&daemon, "3").then_some(()));
+    daemon.signal_and_wait(Signal::SIGKILL);
+    daemon.launch(&[]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    let status = p.status_json("US-P1-001");
+    let reasons = status["failed_reasons"].to_string();
+    assert!(reasons.contains("3 consecutive infrastructure failures"), "{reasons}");
+    // The interrupted third iteration does not count; one more failure ends the streak.
+    assert!(has_log(&daemon, "4"), "a fresh iteration after the restart");
+    assert!(!has_log(&daemon, "5"), "no more than retry_limit failures in all:\n{}", daemon.dump(p.path()));
+}

@@ -389,6 +389,17 @@ impl Daemon {
                 format!("phase {} of {} is already running", phase.phase, project.root.display()),
             ));
         }
+        if resume_since.is_none() {
+            // Workers of this phase while this daemon runs none: left by a daemon whose store
+            // was lost (moved aside, or another state dir). They would race the new run.
+            let killed = crate::worker::kill_phase_workers(&project.root, phase.phase);
+            if killed > 0 {
+                tracing::warn!(project = %project.root.display(), phase = phase.phase, "killed {killed} leftover worker process(es) of an earlier daemon");
+                let git = self.git_lock(&project.root);
+                let _git = lock(&git);
+                crate::git::clear_stale_locks(&project.root);
+            }
+        }
         doc.map.insert("status".into(), Value::String("in_progress".into()));
         if resume_since.is_none() {
             doc.map.insert("started_at".into(), Value::String(sticler_proto::time::now_rfc3339()));

@@ -151,23 +151,27 @@ impl PhaseRun {
             let Ok(doc) = &story.status else { continue };
             let (deps, unmet_external) = split_dependencies(&project, files.number, doc.dependencies());
             let mut disk = doc.status();
-            if start.recovered && disk == "completed" && doc.commit_hash().is_empty() {
-                // The daemon died between the worker's claim and the commit step: do it now.
-                // Commits since the run's first start count, so it happens exactly once.
+            if disk == "completed" && doc.commit_hash().is_empty() {
+                // Completed without a recorded commit: the daemon died (or the run was stopped)
+                // between the worker's claim and the commit step, or the story was completed
+                // outside sticler. Its commit step happens now. A resumed run counts commits
+                // since its first start, so it happens exactly once; a new run accepts any
+                // `[story]` commit of the history.
                 let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
-                let checked = commit_step(
-                    &daemon,
-                    &project.root,
-                    story.id.as_str(),
-                    &paths,
-                    config.auto_commit,
-                    start.started_unix,
-                )
-                .and_then(|oid| oid.map_or(Ok(()), |oid| record_hash(&paths.status, oid)));
-                if let Err(why) = checked {
-                    tracing::warn!(story_id = %story.id, "{why}");
-                    let _ = fail_on_disk(story.id.as_str(), &paths, &why);
-                    disk = "failed";
+                let since = if start.recovered { start.started_unix } else { 0 };
+                let checked = commit_step(&daemon, &project.root, story.id.as_str(), &paths, config.auto_commit, since)
+                    .and_then(|oid| oid.map_or(Ok(()), |oid| record_hash(&paths.status, oid)));
+                match checked {
+                    Ok(()) => {}
+                    // The user says it is done and sticler may not commit: leave it so.
+                    Err(why) if !start.recovered && !config.auto_commit => {
+                        tracing::warn!(story_id = %story.id, "completed without a commit, left as it is: {why}");
+                    }
+                    Err(why) => {
+                        tracing::warn!(story_id = %story.id, "{why}");
+                        let _ = fail_on_disk(story.id.as_str(), &paths, &why);
+                        disk = "failed";
+                    }
                 }
             }
             inits.push(StoryInit {

@@ -107,6 +107,40 @@ pub fn signal_everywhere(tokens: &[String], signal: Signal) -> usize {
     signal_marked(all_pids(), tokens, signal)
 }
 
+/// SIGKILLs every sticler worker (any daemon's: it carries a token) of phase `phase` of the
+/// project at `root`, waiting up to 5 s for them to go. Returns how many there were.
+pub fn kill_phase_workers(root: &Path, phase: u32) -> usize {
+    let project = format!("STICLER_PROJECT_DIR={}", root.display()).into_bytes();
+    let phase = format!("STICLER_PHASE={phase}").into_bytes();
+    let token = format!("{TOKEN_VAR}=").into_bytes();
+    let me = std::process::id() as i32;
+    let find = || -> Vec<i32> {
+        all_pids()
+            .into_iter()
+            .filter(|pid| *pid != me)
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+                    vars.contains(&project.as_slice())
+                        && vars.contains(&phase.as_slice())
+                        && vars.iter().any(|v| v.starts_with(&token))
+                })
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let first = find();
+    let mut left = first.clone();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        for pid in &left {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        left = find();
+    }
+    first.len()
+}
+
 fn signal_marked(candidates: Vec<i32>, tokens: &[String], signal: Signal) -> usize {
     let marked = processes_with_tokens(candidates, tokens);
     for pid in &marked {

@@ -182,3 +182,61 @@ fn a_failure_streak_survives_a_kill_9() {
     assert!(has_log(&daemon, "4"), "a fresh iteration after the restart");
     assert!(!has_log(&daemon, "5"), "no more than retry_limit failures in all:\n{}", daemon.dump(p.path()));
 }
+
+/// A store sticlerd cannot open is named with what to do; once it is moved aside, starting the
+/// phase again resumes from the files on disk, each story still with exactly one commit.
+#[test]
+fn an_unreadable_store_is_named_and_moving_it_aside_resumes_from_disk() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &phase_of(6));
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    poll(Duration::from_secs(20), "a first story completed", || {
+        (daemon.phase_status(p.path(), 1)["counts"]["completed"].as_u64() >= Some(1)).then_some(())
+    });
+    daemon.signal_and_wait(Signal::SIGKILL);
+
+    let store = daemon.state_dir.join("store");
+    let aside = daemon.tmp.path().join("store.damaged");
+    std::fs::rename(&store, &aside).unwrap();
+    std::fs::write(&store, b"not a sled store").unwrap();
+    let mut child = daemon.command(&[]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let status = poll(Duration::from_secs(20), "sticlerd to refuse the store", || child.try_wait().unwrap());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&store.display().to_string()) && stderr.contains("move it aside"), "{stderr}");
+    assert!(p.path().join("phases/phase_1/phase_config.json").exists());
+
+    std::fs::remove_file(&store).unwrap();
+    daemon.launch(&[]);
+    // A fresh store knows no run; the phase on disk is still in_progress and starts again.
+    assert_eq!(daemon.phase_status(p.path(), 1)["running"], false);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    assert_finished_cleanly(&daemon, &p, 6);
+}
+
+/// Workers of a daemon whose store is lost are not left to race a new run of their phase.
+#[test]
+fn a_new_run_kills_workers_left_by_a_daemon_whose_store_was_lost() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let pids_file = p.path().join("pids");
+    let slow = json!({"sleep_ms": 600_000, "pids_file": pids_file.display().to_string()});
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(slow)]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    let old: i32 = poll(Duration::from_secs(20), "the worker's pid", || {
+        std::fs::read_to_string(&pids_file).ok()?.lines().next()?.trim().parse().ok()
+    });
+    daemon.signal_and_wait(Signal::SIGKILL);
+    assert!(sticler_tests::process_alive(old), "the worker outlives its daemon");
+    std::fs::remove_dir_all(daemon.state_dir.join("store")).unwrap();
+    let mut status = p.status_json("US-P1-001");
+    status["script"] = json!({});
+    p.write(&format!("{}/status.json", p.story_rel("US-P1-001")), &status.to_string());
+
+    daemon.launch(&[]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    poll(Duration::from_secs(10), "the old worker killed", || (!sticler_tests::process_alive(old)).then_some(()));
+    assert_finished_cleanly(&daemon, &p, 1);
+}

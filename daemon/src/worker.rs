@@ -76,6 +76,9 @@ pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usi
     if let Some(pgid) = pgid.filter(|p| *p > 1) {
         let _ = killpg(Pid::from_raw(pgid), signal);
     }
+    if tokens.is_empty() {
+        return 0;
+    }
     let candidates = descendants().unwrap_or_else(all_pids);
     signal_marked(candidates, tokens, signal)
 }

@@ -438,7 +438,7 @@ impl Daemon {
         let handle = PhaseRun::launch(Arc::clone(self), project.clone(), &files, config, start);
         runs.insert(key, handle);
         drop(runs);
-        Ok(Response::Started(self.phase_view(&project, &files)))
+        Ok(Response::Started(Box::new(self.phase_view(&project, &files))))
     }
 
     fn stop(&self, phase: &PhaseRef, grace: Duration, kill: bool) -> Result<Response, ErrorReply> {

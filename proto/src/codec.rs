@@ -230,7 +230,7 @@ mod tests {
             Response::Version { daemon_version: "1".into(), protocol_version: 1, pid: 1 },
             Response::Status(StatusReport { project: "/p".into(), phases: vec![view.clone()] }),
             Response::Validated(ValidationReport { project: "/p".into(), phase: 1, stories: 2, problems: vec![] }),
-            Response::Started(view),
+            Response::Started(Box::new(view)),
             Response::Done { message: "ok".into() },
             Response::LogChunk { iteration: 2, data: vec![0, 159, 255] },
             Response::LogEnd,

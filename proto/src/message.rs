@@ -102,7 +102,8 @@ pub enum Response {
     },
     Status(StatusReport),
     Validated(ValidationReport),
-    Started(PhaseView),
+    /// Boxed: a phase view is much larger than the other replies (serde encodes a Box as its content).
+    Started(Box<PhaseView>),
     /// A request that changes state was accepted; the text says what happened.
     Done {
         message: String,

@@ -103,9 +103,11 @@ pub const PRESETS: &[Preset] = &[
         summary: "any command: worker.command as given (the default when no preset is named)",
         argv: &["claude", "-p", "/phase-worker {story_id}", "--dangerously-skip-permissions"],
         stdin: "spec",
-        output: OutputFormat::Text,
+        // Any command may be Claude Code with --output-format stream-json (or a wrapper of it):
+        // its events are read when they appear, other lines are text.
+        output: OutputFormat::ClaudeStreamJson,
         limit_patterns: CLAUDE_LIMITS,
-        note: "argv shown is the default worker.command; Claude's plain-text limit messages are recognised",
+        note: "argv shown is the default worker.command; Claude's stream-json events and plain-text limit messages are read when the command prints them",
     },
 ];
 

@@ -164,6 +164,8 @@ fn stop_works_during_the_wait_and_a_limit_without_a_time_backs_off() {
     let out = daemon.ctl(&["-C", &p.path_str(), "stop", "1"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(wait_code(&daemon, &p), Some(5), "stopped at once: {}", daemon.dump(p.path()));
+    let s = story_view(&daemon.phase_status(p.path(), 1), "US-P1-001").clone();
+    assert_eq!((s["runs"].as_u64(), s["disk_status"].as_str()), (Some(1), Some("pending")), "nothing ran: {s}");
 }
 
 #[test]

@@ -196,18 +196,40 @@ fn cost_and_tokens_are_read_per_iteration_and_shown_per_story_and_phase() {
 }
 
 #[test]
-fn a_story_that_spends_its_budget_fails_with_that_reason() {
+fn a_story_that_would_exceed_its_budget_fails_with_that_reason() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
     p.config(json!({"max_cost_usd_per_story": 0.5}));
-    let script = json!({"agent_output": "claude", "cost_usd": 0.3, "complete_after": 5});
-    p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(5).script(script)]);
+    // $0.2 per iteration: after two ($0.40) a third would exceed $0.50. $0.7 at once: spent.
+    let cheap = json!({"agent_output": "claude", "cost_usd": 0.2, "complete_after": 5});
+    let dear = json!({"agent_output": "claude", "cost_usd": 0.7, "complete_after": 5});
+    let within = json!({"agent_output": "claude", "cost_usd": 0.2, "complete_after": 2});
+    p.phase(
+        1,
+        "decomposed",
+        &[
+            story("US-P1-001", &[]).criteria(5).script(cheap),
+            story("US-P1-002", &[]).criteria(5).script(dear),
+            story("US-P1-003", &[]).criteria(2).script(within),
+        ],
+    );
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(4));
     let phase = daemon.phase_status(p.path(), 1);
-    let s = story_view(&phase, "US-P1-001");
-    assert_eq!((s["state"].as_str(), s["runs"].as_u64()), (Some("failed"), Some(2)), "{s}");
+    let runs_and_state = |id: &str| {
+        let s = story_view(&phase, id);
+        (s["runs"].as_u64().unwrap(), s["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(runs_and_state("US-P1-001"), (2, "failed".to_string()));
+    assert_eq!(runs_and_state("US-P1-002"), (1, "failed".to_string()));
+    assert_eq!(runs_and_state("US-P1-003"), (2, "completed".to_string()), "a story within its budget completes");
     let reasons = p.status_json("US-P1-001")["failed_reasons"].to_string();
-    assert!(reasons.contains("reached max_cost_usd_per_story $0.50"), "{reasons}");
+    assert!(
+        reasons
+            .contains("cost $0.40; another iteration like the last ($0.20) would exceed max_cost_usd_per_story $0.50"),
+        "{reasons}"
+    );
+    let reasons = p.status_json("US-P1-002")["failed_reasons"].to_string();
+    assert!(reasons.contains("cost $0.70 reached max_cost_usd_per_story $0.50"), "{reasons}");
 }
 
 #[test]

@@ -72,7 +72,7 @@ impl PhaseRun {
         } else if let Some(hit) = &report.limit {
             self.limit_hit(story, hit);
             Verdict::Limited
-        } else if let Some(why) = self.story_over_budget(&usage) {
+        } else if let Some(why) = self.story_over_budget(&usage, report.usage.cost_usd) {
             Verdict::Fail(why)
         } else if let Some(why) = self.same_error(story, &report) {
             Verdict::Fail(why)
@@ -133,11 +133,19 @@ impl PhaseRun {
         }
     }
 
-    fn story_over_budget(&self, usage: &crate::ledger::StoryLedger) -> Option<String> {
+    /// The story's budget is spent, or the next iteration would exceed it if it cost what the
+    /// last one did (the best guess there is: iterations of one story tend to cost alike).
+    fn story_over_budget(&self, usage: &crate::ledger::StoryLedger, last: Option<f64>) -> Option<String> {
         let budget = self.config.max_cost_usd_per_story?;
         let spent = usage.budget_spent_usd();
-        (spent >= budget).then(|| {
-            format!("cost ${spent:.2} reached max_cost_usd_per_story ${budget:.2}; another iteration would exceed it")
+        if spent >= budget {
+            return Some(format!("cost ${spent:.2} reached max_cost_usd_per_story ${budget:.2}"));
+        }
+        let last = last.unwrap_or(0.0);
+        (spent + last > budget).then(|| {
+            format!(
+                "cost ${spent:.2}; another iteration like the last (${last:.2}) would exceed max_cost_usd_per_story ${budget:.2}"
+            )
         })
     }
 

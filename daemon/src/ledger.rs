@@ -46,8 +46,11 @@ impl StoryLedger {
     }
 }
 
+/// Per project, per story: looked up without allocating, as `status` does for every story.
+type Projects = HashMap<String, HashMap<String, StoryLedger>>;
+
 pub struct Ledger {
-    stories: Mutex<HashMap<String, StoryLedger>>,
+    projects: Mutex<Projects>,
 }
 
 fn key(project: &str, story: &str) -> String {
@@ -56,18 +59,22 @@ fn key(project: &str, story: &str) -> String {
 
 impl Ledger {
     pub fn load(store: &Store) -> Ledger {
-        let stories = match store.agent_all::<StoryLedger>(AgentTree::Usage) {
-            Ok(all) => all.into_iter().collect(),
-            Err(e) => {
-                tracing::error!("cannot read the agents' usage from the store: {e}");
-                HashMap::new()
+        let mut projects = Projects::new();
+        match store.agent_all::<StoryLedger>(AgentTree::Usage) {
+            Ok(all) => {
+                for (key, ledger) in all {
+                    if let Some((project, story)) = key.split_once('\0') {
+                        projects.entry(project.to_string()).or_default().insert(story.to_string(), ledger);
+                    }
+                }
             }
-        };
-        Ledger { stories: Mutex::new(stories) }
+            Err(e) => tracing::error!("cannot read the agents' usage from the store: {e}"),
+        }
+        Ledger { projects: Mutex::new(projects) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoryLedger>> {
-        self.stories.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Projects> {
+        self.projects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records one iteration's usage (when it reported any) and returns the story's ledger.
@@ -79,21 +86,22 @@ impl Ledger {
         iteration: u32,
         usage: IterationUsage,
     ) -> StoryLedger {
-        let key = key(project, story);
-        let mut stories = self.lock();
-        let ledger = stories.entry(key.clone()).or_default();
-        if usage != IterationUsage::default() {
-            ledger.iterations.retain(|i| i.iteration != iteration);
-            ledger.iterations.push(IterationRecord { iteration, usage });
-            if let Err(e) = store.agent_put(AgentTree::Usage, &key, &*ledger, false) {
-                tracing::error!(story_id = story, "cannot store the iteration's usage: {e}");
-            }
+        let mut projects = self.lock();
+        if usage == IterationUsage::default() {
+            // Nothing reported (not an agent that says): nothing kept, not even an empty entry.
+            return projects.get(project).and_then(|p| p.get(story)).cloned().unwrap_or_default();
+        }
+        let ledger = projects.entry(project.to_string()).or_default().entry(story.to_string()).or_default();
+        ledger.iterations.retain(|i| i.iteration != iteration);
+        ledger.iterations.push(IterationRecord { iteration, usage });
+        if let Err(e) = store.agent_put(AgentTree::Usage, &key(project, story), &*ledger, false) {
+            tracing::error!(story_id = story, "cannot store the iteration's usage: {e}");
         }
         ledger.clone()
     }
 
     pub fn story(&self, project: &str, story: &str) -> Option<StoryLedger> {
-        self.lock().get(&key(project, story)).cloned()
+        self.lock().get(project)?.get(story).cloned()
     }
 
     /// Cost and tokens of these stories together (None: none reported any).
@@ -102,10 +110,11 @@ impl Ledger {
         project: &str,
         stories: impl Iterator<Item = &'a str>,
     ) -> (Option<f64>, Option<TokenUsage>) {
-        let map = self.lock();
+        let projects = self.lock();
         let (mut cost, mut tokens): (Option<f64>, Option<TokenUsage>) = (None, None);
+        let Some(map) = projects.get(project) else { return (cost, tokens) };
         for story in stories {
-            let Some(ledger) = map.get(&key(project, story)) else { continue };
+            let Some(ledger) = map.get(story) else { continue };
             if let Some(c) = ledger.cost_usd() {
                 *cost.get_or_insert(0.0) += c;
             }
@@ -119,8 +128,8 @@ impl Ledger {
     /// The story is retried: its budget starts again from what it cost so far.
     pub fn retried(&self, store: &Store, project: &str, story: &str) {
         let key = key(project, story);
-        let mut stories = self.lock();
-        let Some(ledger) = stories.get_mut(&key) else { return };
+        let mut projects = self.lock();
+        let Some(ledger) = projects.get_mut(project).and_then(|p| p.get_mut(story)) else { return };
         ledger.retried_at_usd = ledger.cost_usd().unwrap_or(0.0);
         if let Err(e) = store.agent_put(AgentTree::Usage, &key, &*ledger, true) {
             tracing::error!(story_id = story, "cannot store the retried budget: {e}");

@@ -15,21 +15,26 @@ fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// Every stored event of the project's phase 1 up to its last `run_ended`: (kind, event).
+/// Every stored event of the project's phase 1 up to its first `run_ended`: (kind, event).
 fn events(daemon: &Daemon, p: &ProjectBuilder) -> Vec<(String, Value)> {
-    let mut watch = daemon
-        .ctl_command(&["--json", "-C", &p.path_str(), "watch", "1", "--since", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    project_events(daemon, p, &["watch", "1", "--since", "0"], 1)
+}
+
+/// Stored events of `watch_args` until `runs` runs ended: (kind, event).
+fn project_events(daemon: &Daemon, p: &ProjectBuilder, watch_args: &[&str], runs: usize) -> Vec<(String, Value)> {
+    let dir = p.path_str();
+    let mut args = vec!["--json", "-C", &dir];
+    args.extend_from_slice(watch_args);
+    let mut watch = daemon.ctl_command(&args).stdout(Stdio::piped()).spawn().unwrap();
     let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
     let mut all = vec![];
+    let mut ended = 0;
     for line in lines {
         let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
         let kind = event["kind"].as_object().unwrap().keys().next().unwrap().clone();
-        let end = kind == "run_ended";
+        ended += usize::from(kind == "run_ended");
         all.push((kind, event));
-        if end {
+        if ended == runs {
             break;
         }
     }
@@ -114,6 +119,42 @@ fn a_usage_limit_pauses_the_whole_project_without_counting_then_resumes_after_th
     }
     // The other story's iterations were held too: it ran, and waited like everybody else.
     assert_eq!(story_view(&phase, "US-P1-002")["state"], "completed");
+}
+
+#[test]
+fn a_limit_in_one_phase_holds_every_phase_of_the_project() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.config(json!({"usage_limit": {"margin_secs": 1}}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(json!({"limit_first": 1, "limit_reset_secs": 2}))]);
+    // Phase 2's story needs three iterations of 300 ms: they would start during the wait, whether
+    // phase 2 starts before the limit is hit or after.
+    p.phase(2, "decomposed", &[story("US-P2-001", &[]).criteria(3).script(json!({"sleep_ms": 300}))]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "2"]).status.success());
+    let until = wait_for_pause(&daemon, &p);
+    let phase_2 = daemon.phase_status(p.path(), 2);
+    assert_eq!(phase_2["paused_until"].as_i64(), Some(until), "phase 2 waits too: {phase_2}");
+    for phase in ["1", "2"] {
+        assert_eq!(
+            daemon.ctl(&["-C", &p.path_str(), "wait", phase]).status.code(),
+            Some(0),
+            "{}",
+            daemon.dump(p.path())
+        );
+    }
+    let events = project_events(&daemon, &p, &["watch", "--since", "0"], 2);
+    let wait = events.iter().find(|(k, _)| k == "usage_limit_wait").map(|(_, e)| e["time_ms"].as_i64().unwrap());
+    let resumed = events.iter().find(|(k, _)| k == "usage_limit_resumed").map(|(_, e)| e["time_ms"].as_i64().unwrap());
+    let (wait, resumed) = (wait.expect("a wait"), resumed.expect("its end"));
+    assert!(resumed >= until * 1000, "the wait lasted until the reset plus the margin");
+    let held: Vec<&Value> = events
+        .iter()
+        .filter(|(k, e)| k == "iteration_started" && (wait..resumed).contains(&e["time_ms"].as_i64().unwrap()))
+        .map(|(_, e)| e)
+        .collect();
+    assert!(held.is_empty(), "no iteration of any phase starts during the wait: {held:?}");
+    assert_eq!(story_view(&daemon.phase_status(p.path(), 2), "US-P2-001")["runs"], 3);
 }
 
 #[test]

@@ -383,6 +383,9 @@ impl PhaseRun {
     /// Starts the next iteration of `story`. On failure to start, returns what the scheduler
     /// decides about that failed iteration.
     fn start_iteration(&mut self, story: &str) -> Option<Vec<Action>> {
+        if self.pause_holds(story) {
+            return None;
+        }
         if !self.permits.contains_key(story) {
             match self.daemon.slots.try_take() {
                 Some(permit) => {

@@ -148,9 +148,11 @@ fn a_limit_in_one_phase_holds_every_phase_of_the_project() {
     let resumed = events.iter().find(|(k, _)| k == "usage_limit_resumed").map(|(_, e)| e["time_ms"].as_i64().unwrap());
     let (wait, resumed) = (wait.expect("a wait"), resumed.expect("its end"));
     assert!(resumed >= until * 1000, "the wait lasted until the reset plus the margin");
+    // An iteration whose start was decided by phase 2 just as phase 1 began the wait may be
+    // announced a moment after it; later ones (every 300 ms without the hold) may not.
     let held: Vec<&Value> = events
         .iter()
-        .filter(|(k, e)| k == "iteration_started" && (wait..resumed).contains(&e["time_ms"].as_i64().unwrap()))
+        .filter(|(k, e)| k == "iteration_started" && (wait + 200..resumed).contains(&e["time_ms"].as_i64().unwrap()))
         .map(|(_, e)| e)
         .collect();
     assert!(held.is_empty(), "no iteration of any phase starts during the wait: {held:?}");

@@ -135,6 +135,17 @@ impl PhaseRun {
 
     /// The story's budget is spent, or the next iteration would exceed it if it cost what the
     /// last one did (the best guess there is: iterations of one story tend to cost alike).
+    /// Checked before every start: a wait that another run of the project began may not have
+    /// reached this run's loop yet. The story goes back to pending until the wait ends.
+    pub(super) fn pause_holds(&mut self, story: &str) -> bool {
+        let Some((until, _)) = self.daemon.pauses.until(&self.project_name, now_unix()) else { return false };
+        self.agent.paused_until = Some(until);
+        self.sched.hold(Some(Hold::Paused));
+        self.sched.unstart(story);
+        self.release(story, sticler_proto::StoryState::Pending);
+        true
+    }
+
     fn story_over_budget(&self, usage: &crate::ledger::StoryLedger, last: Option<f64>) -> Option<String> {
         let budget = self.config.max_cost_usd_per_story?;
         let spent = usage.budget_spent_usd();

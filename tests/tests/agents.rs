@@ -144,18 +144,19 @@ fn a_limit_in_one_phase_holds_every_phase_of_the_project() {
         );
     }
     let events = project_events(&daemon, &p, &["watch", "--since", "0"], 2);
-    let wait = events.iter().find(|(k, _)| k == "usage_limit_wait").map(|(_, e)| e["time_ms"].as_i64().unwrap());
-    let resumed = events.iter().find(|(k, _)| k == "usage_limit_resumed").map(|(_, e)| e["time_ms"].as_i64().unwrap());
-    let (wait, resumed) = (wait.expect("a wait"), resumed.expect("its end"));
-    assert!(resumed >= until * 1000, "the wait lasted until the reset plus the margin");
-    // An iteration whose start was decided by phase 2 just as phase 1 began the wait may be
-    // announced a moment after it; later ones (every 300 ms without the hold) may not.
-    let held: Vec<&Value> = events
+    let seq_of = |kind: &str| events.iter().find(|(k, _)| k == kind).map(|(_, e)| e["seq"].as_u64().unwrap());
+    let (wait, resumed) =
+        (seq_of("usage_limit_wait").expect("a wait"), seq_of("usage_limit_resumed").expect("its end"));
+    let resumed_ms = events.iter().find(|(k, _)| k == "usage_limit_resumed").unwrap().1["time_ms"].as_i64().unwrap();
+    assert!(resumed_ms >= until * 1000, "the wait lasted until the reset plus the margin");
+    // One start that phase 2 decided just before phase 1 began the wait may be announced after
+    // it (spawning takes a while under load); without the hold, two or three would start.
+    let during: Vec<&Value> = events
         .iter()
-        .filter(|(k, e)| k == "iteration_started" && (wait + 200..resumed).contains(&e["time_ms"].as_i64().unwrap()))
+        .filter(|(k, e)| k == "iteration_started" && (wait..resumed).contains(&e["seq"].as_u64().unwrap()))
         .map(|(_, e)| e)
         .collect();
-    assert!(held.is_empty(), "no iteration of any phase starts during the wait: {held:?}");
+    assert!(during.len() <= 1, "no iteration of any phase starts during the wait: {during:?}");
     assert_eq!(story_view(&daemon.phase_status(p.path(), 2), "US-P2-001")["runs"], 3);
 }
 

@@ -164,11 +164,29 @@ fn normalise_epoch(n: i64) -> i64 {
     }
 }
 
+/// Compiled patterns by their text. The config is read at every `validate` and `start`, and
+/// compiling a case-insensitive pattern costs milliseconds; a `Regex` clone is a reference.
+static COMPILED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
+    std::sync::OnceLock::new();
+
 /// Compiles limit patterns case-insensitively; the error names the pattern.
 pub fn compile(patterns: &[String]) -> Result<Vec<Regex>, String> {
+    let cache = COMPILED.get_or_init(Default::default);
     patterns
         .iter()
-        .map(|p| regex::RegexBuilder::new(p).case_insensitive(true).build().map_err(|e| format!("pattern {p:?}: {e}")))
+        .map(|p| {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(regex) = cache.get(p) {
+                return Ok(regex.clone());
+            }
+            let regex = regex::RegexBuilder::new(p)
+                .case_insensitive(true)
+                .build()
+                .map_err(|e| format!("pattern {p:?}: {e}"))?;
+            // Only the config's patterns land here, so the cache stays small.
+            cache.insert(p.clone(), regex.clone());
+            Ok(regex)
+        })
         .collect()
 }
 

@@ -217,8 +217,9 @@ pub struct WorkerConfig {
     pub iteration_timeout_secs: u64,
     pub env: BTreeMap<String, String>,
     pub output: OutputFormat,
-    /// The preset's limit patterns, then the user's `limit_patterns`, compiled.
-    pub limit_patterns: Vec<regex::Regex>,
+    /// The preset's limit patterns, then the user's `limit_patterns` (checked to compile; the
+    /// run compiles them all when it starts, so `validate` and `status` pay nothing for them).
+    pub limit_patterns: Vec<String>,
 }
 
 /// `worker` as written: a preset (default `command`), or an explicit command.
@@ -264,6 +265,7 @@ impl TryFrom<RawWorkerConfig> for WorkerConfig {
             }
             shell => shell,
         };
+        crate::agent_output::compile(&raw.limit_patterns).map_err(|e| format!("worker.limit_patterns: {e}"))?;
         let mut patterns: Vec<String> = preset.limit_patterns.iter().map(|p| p.to_string()).collect();
         patterns.extend(raw.limit_patterns);
         Ok(WorkerConfig {
@@ -273,8 +275,7 @@ impl TryFrom<RawWorkerConfig> for WorkerConfig {
             iteration_timeout_secs: raw.iteration_timeout_secs.unwrap_or(1800),
             env: raw.env,
             output: preset.output,
-            limit_patterns: crate::agent_output::compile(&patterns)
-                .map_err(|e| format!("worker.limit_patterns: {e}"))?,
+            limit_patterns: patterns,
         })
     }
 }
@@ -617,7 +618,8 @@ mod tests {
         assert_eq!(argv[argv.len() - 2..], ["--model", "opus"]);
         assert_eq!(config.worker.output, OutputFormat::ClaudeStreamJson);
         assert_eq!(config.worker.stdin, StdinMode::Spec);
-        assert!(config.worker.limit_patterns.iter().any(|p| p.is_match("QUOTA")));
+        assert_eq!(config.worker.limit_patterns.last().map(String::as_str), Some("quota"));
+        assert!(config.worker.limit_patterns.len() > 1, "the preset's patterns come first");
         write(r#"{"worker": {"preset": "aider"}}"#);
         assert_eq!(OrchestratorConfig::load(dir.path()).unwrap().worker.stdin, StdinMode::None);
         for (bad, says) in [

@@ -23,6 +23,8 @@ pub struct AgentWatch {
     same_error: HashMap<String, (String, u32)>,
     /// Why this run starts no new iteration for good (phase budget), for status and summary.
     pub spent: Option<String>,
+    /// The worker's limit patterns, compiled when the run starts.
+    patterns: Vec<regex::Regex>,
 }
 
 pub fn now_unix() -> i64 {
@@ -54,6 +56,11 @@ impl PhaseRun {
     pub(super) fn agent_start(&mut self) {
         let worker = &self.config.worker;
         tracing::info!(preset = %worker.preset, "worker: {}", worker.command.argv().join(" "));
+        // The config checked every pattern when it was read; this cannot fail in practice.
+        self.agent.patterns = agent_output::compile(&worker.limit_patterns).unwrap_or_else(|e| {
+            tracing::error!("usage-limit patterns not used: {e}");
+            Vec::new()
+        });
         self.pause_changed();
         self.check_phase_budget();
     }
@@ -62,8 +69,7 @@ impl PhaseRun {
     /// iteration's cost on the way.
     pub(super) fn agent_verdict(&mut self, story: &str, run: &Running, verdict: Verdict) -> Verdict {
         let log = crate::worker::log_path(&self.logs_root, story, run.iteration);
-        let worker = &self.config.worker;
-        let report = agent_output::read_log(&log, worker.output, &worker.limit_patterns);
+        let report = agent_output::read_log(&log, self.config.worker.output, &self.agent.patterns);
         let usage =
             self.daemon.ledger.record(self.daemon.bus.store(), &self.project_name, story, run.iteration, report.usage);
         let finished = matches!(verdict, Verdict::Completed | Verdict::SelfFailed | Verdict::Stopped);

@@ -123,6 +123,16 @@ enum Command {
     /// Block until the phase's run ends; exit 0 completed, 4 failed, 5 stopped
     #[command(after_help = "Example:\n  sticlerctl wait 1 && echo done")]
     Wait { phase: String },
+    /// End the project's wait for an agent's usage limit now; iterations start again at once
+    #[command(
+        after_help = "Examples:\n  sticlerctl resume 1          # the project of phase 1 stops waiting\n  sticlerctl -C ~/my-project resume 2"
+    )]
+    Resume { phase: String },
+    /// List the worker presets (coding agents) and the exact command each runs
+    #[command(
+        after_help = "Examples:\n  sticlerctl presets\n  sticlerctl --json presets | jq '.[] | select(.name == \"claude\") | .argv'\n\nUse one in orchestrator.config.json: {\"worker\": {\"preset\": \"claude\", \"args\": [\"--model\", \"opus\"]}}"
+    )]
+    Presets,
     /// Ask the daemon to stop (workers are stopped gracefully; runs resume on restart)
     #[command(after_help = "Example:\n  sticlerctl shutdown")]
     Shutdown,
@@ -250,10 +260,14 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 /// Completions and the man page come from the same clap definitions as the parser, so they
-/// never drift from the CLI. Neither needs the daemon.
-fn generate(command: &Command) -> Option<CmdResult> {
+/// never drift from the CLI. Neither needs the daemon, nor does the preset table.
+fn generate(command: &Command, json: bool) -> Option<CmdResult> {
     let mut cli = Cli::command();
     match command {
+        Command::Presets => {
+            presets(json);
+            Some(Ok(0))
+        }
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut cli, "sticlerctl", &mut std::io::stdout());
             Some(Ok(0))
@@ -267,7 +281,7 @@ fn generate(command: &Command) -> Option<CmdResult> {
 }
 
 fn run(cli: Cli) -> CmdResult {
-    if let Some(result) = generate(&cli.command) {
+    if let Some(result) = generate(&cli.command, cli.json) {
         return result;
     }
     let socket = client::socket_path(cli.socket.clone()).ok_or_else(|| {
@@ -281,7 +295,8 @@ fn run(cli: Cli) -> CmdResult {
     match &cli.command {
         Command::Demo { into } => return demo::run(into.clone()),
         // Answered by `generate` above, before a socket is needed.
-        Command::Completions { .. } | Command::Man => {}
+        Command::Completions { .. } | Command::Man | Command::Presets => {}
+        Command::Resume { phase } => done(Client::connect(&socket)?.call(Request::Resume(phase_ref(phase)?))?, json),
         Command::Ping => {
             let mut client = Client::connect(&socket)?;
             let start = std::time::Instant::now();
@@ -465,6 +480,35 @@ fn run(cli: Cli) -> CmdResult {
         }
     }
     Ok(0)
+}
+
+/// The preset table, with the exact command each preset runs (placeholders unexpanded).
+fn presets(json: bool) {
+    let presets = sticler_proto::preset::PRESETS;
+    if json {
+        print_json(&presets);
+        return;
+    }
+    for p in presets {
+        println!("{}: {}", p.name, p.summary);
+        let argv: Vec<String> = p.argv.iter().map(|a| shell_word(a)).collect();
+        println!("  command: {}", argv.join(" "));
+        println!("  stdin:   {}", if p.stdin == "spec" { "the story's spec.md" } else { "nothing (/dev/null)" });
+        println!(
+            "  limits:  {}",
+            if p.limit_patterns.is_empty() { "-".into() } else { p.limit_patterns.join("  |  ") }
+        );
+        println!("  note:    {}\n", p.note);
+    }
+}
+
+/// `word` as a shell would need it written.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./{}=:".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 fn done(response: Response, json: bool) {

@@ -115,6 +115,12 @@ impl LiveView {
                 msg.push_str(&format!(", {}", render::paint_state(StoryState::Failed, &format!("{n} {what}"))));
             }
         }
+        if let Some(cost) = view.cost_usd {
+            msg.push_str(&format!(", ${cost:.2}"));
+        }
+        if let Some(waiting) = &view.waiting {
+            msg.push_str(&format!("  {}", render::paint_state(StoryState::Blocked, waiting)));
+        }
         if !view.running {
             msg.push_str(&format!("  [{}]", view.status));
         }

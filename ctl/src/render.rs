@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use sticler_proto::{Event, EventKind, PhaseView, RunOutcome, StoryState, StoryView, ValidationReport};
+use sticler_proto::{Event, EventKind, PhaseView, RunOutcome, StoryState, StoryView, TokenUsage, ValidationReport};
 
 /// Whether output gets colours: only on a terminal, and never when NO_COLOR is set to
 /// anything non-empty (https://no-color.org). Decided once in `main`.
@@ -59,14 +59,28 @@ pub fn phase(view: &PhaseView) -> String {
         c.blocked,
         if c.invalid > 0 { format!(", {} invalid", c.invalid) } else { String::new() }
     );
+    if let Some(cost) = view.cost_usd {
+        let budget = view.budget_usd.map(|b| format!(" of ${b:.2} budget")).unwrap_or_default();
+        let _ = writeln!(out, "  cost: ${cost:.2}{budget}{}", tokens(view.tokens.as_ref()));
+    }
+    if let Some(waiting) = &view.waiting {
+        let _ = writeln!(out, "  {}", paint_state(StoryState::Blocked, waiting));
+    }
     if let Some(summary) = &view.summary {
         let _ = writeln!(out, "  last run: {summary}");
     }
+    let costs = view.stories.iter().any(|s| s.cost_usd.is_some());
     if !view.stories.is_empty() {
         let _ = writeln!(
             out,
-            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {:<7}  FOCUS",
-            "ID", "STATE", "ITER", "CRITERIA", "DEPENDS ON", "COMMIT"
+            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {:<7}  {}FOCUS",
+            "ID",
+            "STATE",
+            "ITER",
+            "CRITERIA",
+            "DEPENDS ON",
+            "COMMIT",
+            if costs { format!("{:>8}  ", "COST") } else { String::new() }
         );
     }
     for s in &view.stories {
@@ -81,13 +95,14 @@ pub fn phase(view: &PhaseView) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<11} {} {:>4} {:>8}  {:<21} {:<7}  {}",
+            "  {:<11} {} {:>4} {:>8}  {:<21} {:<7}  {}{}",
             s.id,
             paint_state(s.state, &format!("{:<13}", state_label(s))),
             s.iteration,
             format!("{}/{}", s.criteria_done, s.criteria_total),
             cut(&deps, 21),
             if s.commit_hash.is_empty() { "-" } else { s.commit_hash.get(..7).unwrap_or(&s.commit_hash) },
+            if costs { format!("{:>8}  ", cost_cell(s)) } else { String::new() },
             cut(&focus, 60)
         );
     }
@@ -109,6 +124,9 @@ pub fn story(view: &PhaseView, s: &StoryView) -> String {
         let _ = writeln!(out, "  blocked by:   {}", s.blocked_by.join(", "));
     }
     let _ = writeln!(out, "  focus:        {}", s.focus);
+    if let Some(cost) = s.cost_usd {
+        let _ = writeln!(out, "  cost:         ${cost:.2}{}", tokens(s.tokens.as_ref()));
+    }
     if !s.commit_hash.is_empty() {
         let _ = writeln!(out, "  commit:       {}", s.commit_hash);
     }
@@ -116,6 +134,18 @@ pub fn story(view: &PhaseView, s: &StoryView) -> String {
         let _ = writeln!(out, "  failed:       {reason}");
     }
     out
+}
+
+/// " (N input, N output, N cache tokens)", or "" when none were reported.
+fn tokens(tokens: Option<&TokenUsage>) -> String {
+    tokens.map_or_else(String::new, |t| {
+        format!(" ({} input, {} output, {} cache tokens)", t.input, t.output, t.cache_creation + t.cache_read)
+    })
+}
+
+/// The stories' cost, for the COST column (shown only when some story has one).
+fn cost_cell(story: &StoryView) -> String {
+    story.cost_usd.map_or_else(|| "-".to_string(), |c| format!("${c:.2}"))
 }
 
 pub fn validation(report: &ValidationReport) -> String {
@@ -140,9 +170,11 @@ pub fn event(event: &Event) -> String {
         EventKind::StoryFailed { .. } | EventKind::RunEnded { outcome: RunOutcome::Failed, .. } => {
             paint_state(StoryState::Failed, &text)
         }
-        EventKind::StoryBlocked { .. } | EventKind::RunStopping { .. } | EventKind::RunEnded { .. } => {
-            paint_state(StoryState::Blocked, &text)
-        }
+        EventKind::StoryBlocked { .. }
+        | EventKind::RunStopping { .. }
+        | EventKind::RunEnded { .. }
+        | EventKind::UsageLimitWait { .. }
+        | EventKind::BudgetSpent { .. } => paint_state(StoryState::Blocked, &text),
         _ => text,
     };
     format!("{h:02}:{m:02}:{s:02} #{:<5} phase {} {text}", event.seq, event.phase)

@@ -69,6 +69,10 @@ pub struct Daemon {
     pub listings: Listings,
     /// All git work of one project is serialised: its workers share one working tree.
     git_locks: Mutex<HashMap<PathBuf, Arc<Mutex<crate::git::ProjectGit>>>>,
+    /// Each project's usage-limit wait (kept in the store).
+    pub pauses: crate::pause::Pauses,
+    /// Each story's agent cost and tokens (kept in the store).
+    pub ledger: crate::ledger::Ledger,
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -99,7 +103,11 @@ impl Daemon {
         state_dir: PathBuf,
         user_umask: nix::sys::stat::Mode,
     ) -> Daemon {
+        let pauses = crate::pause::Pauses::load(bus.store());
+        let ledger = crate::ledger::Ledger::load(bus.store());
         Daemon {
+            pauses,
+            ledger,
             bus,
             reaper,
             slots: Slots::new(max_workers),
@@ -234,6 +242,7 @@ impl Daemon {
                 self.shutdown.send_replace(true);
                 Ok(Response::ShuttingDown)
             }
+            Request::Resume(phase) => self.resume(&phase),
             Request::Logs { .. } | Request::Watch { .. } | Request::Wait(_) => {
                 Err(error(ErrorKind::BadRequest, "streaming request reached the single-reply handler"))
             }
@@ -279,12 +288,18 @@ impl Daemon {
                 (String::new(), String::new())
             }
         };
+        let project_name = project.root.display().to_string();
         let stories: Vec<StoryView> = files
             .stories
             .iter()
             .map(|story| {
                 let live_story = live.as_ref().and_then(|l| l.stories.get(story.id.as_str()));
-                story_view(story, live_story, running, &mut problems)
+                let mut view = story_view(story, live_story, running, &mut problems);
+                if let Some(ledger) = self.ledger.story(&project_name, story.id.as_str()) {
+                    view.cost_usd = ledger.cost_usd();
+                    view.tokens = ledger.tokens();
+                }
+                view
             })
             .collect();
         let mut counts = StoryCounts { total: stories.len() as u32, ..Default::default() };
@@ -298,8 +313,16 @@ impl Daemon {
                 StoryState::Invalid => counts.invalid += 1,
             }
         }
+        let live_budget = live.as_ref().and_then(|l| l.budget_usd);
+        let (cost_usd, tokens) = self.ledger.total(&project_name, files.stories.iter().map(|s| s.id.as_str()));
+        // The wait is the project's; a phase shows it while a run of it is there to wait.
+        let paused = running.then(|| self.pauses.until(&project_name, crate::run::now_unix())).flatten();
+        let waiting = match &paused {
+            Some((until, _)) => Some(format!("waiting for usage limit until {}", crate::run::clock(*until))),
+            None => live.as_ref().filter(|_| running).and_then(|l| l.waiting.clone()),
+        };
         PhaseView {
-            project: project.root.display().to_string(),
+            project: project_name,
             phase: files.number,
             title,
             status,
@@ -308,6 +331,11 @@ impl Daemon {
             stories,
             summary: live.and_then(|l| l.summary),
             problems,
+            cost_usd,
+            tokens,
+            budget_usd: live_budget,
+            paused_until: paused.map(|(until, _)| until),
+            waiting,
         }
     }
 
@@ -430,7 +458,7 @@ impl Daemon {
         let handle = PhaseRun::launch(Arc::clone(self), project.clone(), &files, config, start);
         runs.insert(key, handle);
         drop(runs);
-        Ok(Response::Started(self.phase_view(&project, &files)))
+        Ok(Response::Started(Box::new(self.phase_view(&project, &files))))
     }
 
     fn stop(&self, phase: &PhaseRef, grace: Duration, kill: bool) -> Result<Response, ErrorReply> {
@@ -441,6 +469,17 @@ impl Daemon {
         let _ = run.tx.send(RunMsg::Stop { grace, kill });
         let what = if kill { "killing" } else { "stopping" };
         Ok(Response::Done { message: format!("{what} phase {} of {}", phase.phase, project.root.display()) })
+    }
+
+    /// Ends the project's usage-limit wait now; its runs start iterations again at once.
+    fn resume(&self, phase: &PhaseRef) -> Result<Response, ErrorReply> {
+        let project = Project::open(Path::new(&phase.project))?;
+        let name = project.root.display().to_string();
+        if !self.pauses.resume(self.bus.store(), &name, crate::run::now_unix()) {
+            return Err(error(ErrorKind::Refused, format!("{name} is not waiting for a usage limit")));
+        }
+        self.bus.emit(&name, phase.phase, EventKind::UsageLimitResumed { early: true });
+        Ok(Response::Done { message: format!("{name} resumes: the usage-limit wait is over") })
     }
 
     async fn retry(&self, phase: &PhaseRef, stories: Vec<String>, all_failed: bool) -> Result<Response, ErrorReply> {
@@ -483,6 +522,9 @@ impl Daemon {
         }
         let names: Vec<String> = targets.iter().map(|s| s.id.to_string()).collect();
         let project_name = project.root.display().to_string();
+        for name in &names {
+            self.ledger.retried(self.bus.store(), &project_name, name);
+        }
         for name in &names {
             self.bus.emit(&project_name, phase.phase, EventKind::StoryRetried { story: name.clone() });
         }
@@ -550,5 +592,7 @@ fn story_view(
         blocked_by: live.map_or_else(Vec::new, |l| l.blocked_by.clone()),
         running_secs: live.and_then(|l| l.iteration_started).map(|t| t.elapsed().as_secs()),
         commit_hash: doc.map_or_else(String::new, |d| d.commit_hash().to_string()),
+        cost_usd: None,
+        tokens: None,
     }
 }

@@ -1,13 +1,17 @@
 //! `sticlerd`: the daemon. Thin edge: arguments, logging, start-up order and shutdown.
 
+mod agent;
+mod agent_output;
 mod connection;
 mod daemon;
 mod events;
 mod git;
+mod ledger;
 mod listing;
 mod logging;
 mod notify;
 mod paths;
+mod pause;
 mod phase;
 mod project;
 mod reaper;

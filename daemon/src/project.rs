@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::agent::{self, OutputFormat};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
     #[error("{}: {source}", path.display())]
@@ -204,27 +206,109 @@ pub enum StdinMode {
     None,
 }
 
+/// `worker` of orchestrator.config.json, with its preset expanded (see `agent`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "RawWorkerConfig")]
 pub struct WorkerConfig {
+    /// The preset's name; `command` when the command is given explicitly.
+    pub preset: String,
     pub command: CommandSpec,
     pub stdin: StdinMode,
     pub iteration_timeout_secs: u64,
     pub env: BTreeMap<String, String>,
+    pub output: OutputFormat,
+    /// The preset's limit patterns, then the user's `limit_patterns` (checked to compile; the
+    /// run compiles them all when it starts, so `validate` and `status` pay nothing for them).
+    pub limit_patterns: Vec<String>,
+}
+
+/// `worker` as written: a preset (default `command`), or an explicit command.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawWorkerConfig {
+    preset: Option<String>,
+    command: Option<CommandSpec>,
+    /// Appended to the preset's argv (e.g. `["--model", "opus"]`).
+    args: Vec<String>,
+    stdin: Option<StdinMode>,
+    iteration_timeout_secs: Option<u64>,
+    env: BTreeMap<String, String>,
+    /// More regexes of output lines meaning a usage or rate limit (named group `reset`: epoch).
+    limit_patterns: Vec<String>,
+}
+
+impl TryFrom<RawWorkerConfig> for WorkerConfig {
+    type Error = String;
+
+    fn try_from(raw: RawWorkerConfig) -> Result<Self, String> {
+        let name = raw.preset.as_deref().unwrap_or("command");
+        let preset = agent::preset(name).ok_or_else(|| {
+            format!("unknown worker.preset {name:?}; one of {} (see `sticlerctl presets`)", agent::names())
+        })?;
+        let command = match (name, raw.command) {
+            ("command", Some(command)) => command,
+            ("command", None) => CommandSpec::Argv(preset.argv.iter().map(|s| s.to_string()).collect()),
+            (_, Some(_)) => {
+                return Err(format!(
+                    "worker.command and worker.preset {name:?} are both given; use \"preset\": \"command\" to run your own command, or worker.args to add flags to the preset"
+                ))
+            }
+            (_, None) => CommandSpec::Argv(preset.argv.iter().map(|s| s.to_string()).collect()),
+        };
+        let command = match command {
+            CommandSpec::Argv(mut argv) => {
+                argv.extend(raw.args);
+                CommandSpec::Argv(argv)
+            }
+            CommandSpec::Shell(_) if !raw.args.is_empty() => {
+                return Err("worker.args needs an argv command, not a shell string".into())
+            }
+            shell => shell,
+        };
+        crate::agent_output::compile(&raw.limit_patterns).map_err(|e| format!("worker.limit_patterns: {e}"))?;
+        let mut patterns: Vec<String> = preset.limit_patterns.iter().map(|p| p.to_string()).collect();
+        patterns.extend(raw.limit_patterns);
+        Ok(WorkerConfig {
+            preset: name.to_string(),
+            command,
+            stdin: raw.stdin.unwrap_or(if preset.stdin == "spec" { StdinMode::Spec } else { StdinMode::None }),
+            iteration_timeout_secs: raw.iteration_timeout_secs.unwrap_or(1800),
+            env: raw.env,
+            output: preset.output,
+            limit_patterns: patterns,
+        })
+    }
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig {
-            command: CommandSpec::Argv(
-                ["claude", "-p", "/phase-worker {story_id}", "--dangerously-skip-permissions"]
-                    .map(String::from)
-                    .to_vec(),
-            ),
+        // The built-in presets' patterns are known to compile (agent's tests).
+        WorkerConfig::try_from(RawWorkerConfig::default()).unwrap_or_else(|_| WorkerConfig {
+            preset: "command".into(),
+            command: CommandSpec::Argv(vec!["claude".into()]),
             stdin: StdinMode::Spec,
             iteration_timeout_secs: 1800,
             env: BTreeMap::new(),
-        }
+            output: OutputFormat::Text,
+            limit_patterns: Vec::new(),
+        })
+    }
+}
+
+/// How long a project waits when an agent hits its usage limit.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageLimitConfig {
+    /// Added to the reset time the agent reported.
+    pub margin_secs: u64,
+    /// Wait after the first hit with no reset time; doubled at each further hit, up to the max.
+    pub backoff_min_secs: u64,
+    pub backoff_max_secs: u64,
+}
+
+impl Default for UsageLimitConfig {
+    fn default() -> Self {
+        UsageLimitConfig { margin_secs: 60, backoff_min_secs: 60, backoff_max_secs: 1800 }
     }
 }
 
@@ -239,6 +323,11 @@ pub struct OrchestratorConfig {
     pub worker: WorkerConfig,
     pub verify: Option<CommandSpec>,
     pub push: bool,
+    /// A story whose iterations cost this much (USD, as the agent reports) fails.
+    pub max_cost_usd_per_story: Option<f64>,
+    /// Once the phase's stories cost this much, no new iteration starts.
+    pub max_cost_usd_per_phase: Option<f64>,
+    pub usage_limit: UsageLimitConfig,
 }
 
 impl Default for OrchestratorConfig {
@@ -251,6 +340,9 @@ impl Default for OrchestratorConfig {
             worker: WorkerConfig::default(),
             verify: None,
             push: true,
+            max_cost_usd_per_story: None,
+            max_cost_usd_per_phase: None,
+            usage_limit: UsageLimitConfig::default(),
         }
     }
 }
@@ -283,6 +375,17 @@ impl OrchestratorConfig {
         })?;
         if config.worker.command.argv().first().is_none_or(|p| p.is_empty()) {
             return Err(ProjectError::Invalid { path, message: "worker.command is empty".into() });
+        }
+        for (name, budget) in [
+            ("max_cost_usd_per_story", config.max_cost_usd_per_story),
+            ("max_cost_usd_per_phase", config.max_cost_usd_per_phase),
+        ] {
+            if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
+                return Err(ProjectError::Invalid {
+                    path,
+                    message: format!("{name} must be a positive number of USD"),
+                });
+            }
         }
         Ok(config)
     }
@@ -502,5 +605,32 @@ mod tests {
         let config = OrchestratorConfig::load(dir.path()).unwrap();
         assert_eq!(config.worker.command.argv(), ["/bin/sh", "-c", "echo hi"]);
         assert_eq!(config.max_parallel_workers, 3);
+    }
+
+    #[test]
+    fn a_preset_expands_to_its_command_and_takes_extra_args() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+        write(r#"{"worker": {"preset": "claude", "args": ["--model", "opus"], "limit_patterns": ["quota"]}}"#);
+        let config = OrchestratorConfig::load(dir.path()).unwrap();
+        let argv = config.worker.command.argv();
+        assert_eq!(argv[..4], ["claude", "-p", "/phase-worker {story_id}", "--output-format"]);
+        assert_eq!(argv[argv.len() - 2..], ["--model", "opus"]);
+        assert_eq!(config.worker.output, OutputFormat::ClaudeStreamJson);
+        assert_eq!(config.worker.stdin, StdinMode::Spec);
+        assert_eq!(config.worker.limit_patterns.last().map(String::as_str), Some("quota"));
+        assert!(config.worker.limit_patterns.len() > 1, "the preset's patterns come first");
+        write(r#"{"worker": {"preset": "aider"}}"#);
+        assert_eq!(OrchestratorConfig::load(dir.path()).unwrap().worker.stdin, StdinMode::None);
+        for (bad, says) in [
+            (r#"{"worker": {"preset": "nope"}}"#, "unknown worker.preset"),
+            (r#"{"worker": {"preset": "claude", "command": ["x"]}}"#, "both given"),
+            (r#"{"worker": {"limit_patterns": ["("]}}"#, "limit_patterns"),
+            (r#"{"max_cost_usd_per_story": 0}"#, "max_cost_usd_per_story"),
+        ] {
+            write(bad);
+            let err = OrchestratorConfig::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

@@ -20,6 +20,9 @@ use crate::project::{CommandSpec, JsonDoc, OrchestratorConfig, Project, StatusFi
 use crate::scheduler::{Action, Limits, Scheduler, StoryInit, Verdict};
 use crate::worker::{self, SpawnSpec};
 
+mod agent;
+pub use agent::{clock, now_unix};
+
 pub enum RunMsg {
     Exited {
         story: String,
@@ -52,6 +55,10 @@ pub struct LiveRun {
     pub stories: HashMap<String, LiveStory>,
     pub ended: Option<RunOutcome>,
     pub summary: Option<String>,
+    /// Why no new iteration starts although stories are ready (the phase budget is spent).
+    pub waiting: Option<String>,
+    /// `max_cost_usd_per_phase` of the run's config.
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +133,8 @@ pub struct PhaseRun {
     /// The daemon was told this run ended (before the event saying so goes out: whoever waits
     /// for it may start the phase again at once).
     finished: bool,
+    /// Usage-limit wait, budgets and the agents' own error signals.
+    agent: agent::AgentWatch,
 }
 
 /// How a run begins: fresh from `start`, or recovered by a restarted daemon.
@@ -195,6 +204,7 @@ impl PhaseRun {
                 LiveStory { state, runs: 0, iteration_started: None, blocked_by: vec![], reason: None },
             );
         }
+        live.budget_usd = config.max_cost_usd_per_phase;
         let limits = Limits {
             max_parallel: config.max_parallel_workers.max(1),
             max_iterations: config.max_iterations_per_task.max(1),
@@ -225,6 +235,7 @@ impl PhaseRun {
             interrupted: false,
             hash_writes: Vec::new(),
             finished: false,
+            agent: agent::AgentWatch::default(),
         };
         if start.recovered {
             match run.daemon.bus.store().stories(&run.run_key) {
@@ -253,6 +264,8 @@ impl PhaseRun {
     async fn drive(mut self, mut rx: mpsc::UnboundedReceiver<RunMsg>) {
         self.emit(EventKind::RunStarted { stories: self.stories.len() as u32 });
         let mut slots = self.daemon.slots.subscribe();
+        let mut pauses = self.daemon.pauses.subscribe();
+        self.agent_start();
         let actions = self.sched.schedule(self.daemon.slots.free());
         self.apply(actions);
         while self.sched.ended().is_none() {
@@ -268,6 +281,8 @@ impl PhaseRun {
                     let actions = self.sched.schedule(self.daemon.slots.free());
                     self.apply(actions);
                 }
+                Ok(()) = pauses.changed() => self.pause_changed(),
+                () = agent::sleep_until_unix(self.agent.paused_until) => self.pause_changed(),
             }
         }
         if !self.finished {
@@ -387,6 +402,9 @@ impl PhaseRun {
     /// Starts the next iteration of `story`. On failure to start, returns what the scheduler
     /// decides about that failed iteration.
     fn start_iteration(&mut self, story: &str) -> Option<Vec<Action>> {
+        if self.pause_holds(story) {
+            return None;
+        }
         if !self.permits.contains_key(story) {
             match self.daemon.slots.try_take() {
                 Some(permit) => {
@@ -520,7 +538,8 @@ impl PhaseRun {
         let verdict = if run.verifying {
             self.verified(&story, &run, exit)
         } else {
-            match self.judge(&story, &run, exit) {
+            let judged = self.judge(&story, &run, exit);
+            match self.agent_verdict(&story, &run, judged) {
                 Verdict::Completed if self.config.verify.is_some() => match self.start_verify(&story, &run) {
                     Some(verdict) => verdict,
                     None => return,
@@ -843,6 +862,7 @@ impl PhaseRun {
         if outcome == RunOutcome::Stopped {
             text.push_str("; stopped (start again to resume)");
         }
+        text.push_str(&self.agent_summary());
         let commits: Vec<String> = self
             .stories
             .iter()

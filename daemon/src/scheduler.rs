@@ -33,6 +33,11 @@ pub enum Verdict {
     Stopped,
     /// The claim of completion cannot be accepted (no commit, bogus commit_hash): the story fails.
     Rejected(String),
+    /// The agent hit its usage or rate limit: the iteration does not count and the story waits.
+    Limited,
+    /// sticler fails the story for a reason of its own: its cost budget is spent, or the agent
+    /// keeps ending with the same error.
+    Fail(String),
 }
 
 impl Verdict {
@@ -45,6 +50,8 @@ impl Verdict {
             Verdict::Infra(why) => format!("infrastructure failure: {why}"),
             Verdict::Stopped => "stopped".into(),
             Verdict::Rejected(why) => format!("rejected: {why}"),
+            Verdict::Limited => "usage limit hit (not counted)".into(),
+            Verdict::Fail(why) => format!("failed: {why}"),
         }
     }
 }
@@ -90,6 +97,15 @@ struct Node {
     blocked_by: Vec<String>,
 }
 
+/// Why no new iteration may start for now, although stories are ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The project waits for an agent's usage limit: the run waits too, however long.
+    Paused,
+    /// The phase's cost budget is spent: the run ends once its running iterations end.
+    Spent,
+}
+
 #[derive(Debug)]
 pub struct Scheduler {
     nodes: BTreeMap<String, Node>,
@@ -97,6 +113,7 @@ pub struct Scheduler {
     running: usize,
     stopping: bool,
     ended: Option<RunOutcome>,
+    hold: Option<Hold>,
 }
 
 impl Scheduler {
@@ -123,7 +140,7 @@ impl Scheduler {
                 (s.id, node)
             })
             .collect();
-        Scheduler { nodes, limits, running: 0, stopping: false, ended: None }
+        Scheduler { nodes, limits, running: 0, stopping: false, ended: None, hold: None }
     }
 
     pub fn state(&self, story: &str) -> Option<StoryState> {
@@ -169,6 +186,18 @@ impl Scheduler {
         self.stopping
     }
 
+    /// Holds back every new iteration (`None`: lets them go again; call `schedule` afterwards).
+    /// A spent budget is final for the run: a pause neither replaces nor lifts it.
+    pub fn hold(&mut self, hold: Option<Hold>) {
+        if self.hold != Some(Hold::Spent) {
+            self.hold = hold;
+        }
+    }
+
+    pub fn held(&self) -> Option<Hold> {
+        self.hold
+    }
+
     /// Starts what can start, given `free_slots` daemon-wide slots, and ends the run when
     /// nothing can move any more.
     pub fn schedule(&mut self, free_slots: usize) -> Vec<Action> {
@@ -176,7 +205,7 @@ impl Scheduler {
         if self.ended.is_some() {
             return actions;
         }
-        if !self.stopping {
+        if !self.stopping && self.hold.is_none() {
             self.propagate_blocks(&mut actions);
             let room = self.limits.max_parallel.saturating_sub(self.running).min(free_slots);
             let ready: Vec<String> = self
@@ -199,6 +228,11 @@ impl Scheduler {
                 RunOutcome::Stopped
             } else if self.nodes.values().all(|n| n.state == StoryState::Completed) {
                 RunOutcome::Completed
+            } else if self.hold == Some(Hold::Paused) {
+                // Waiting for the usage limit to reset: the run goes on, idle.
+                return actions;
+            } else if self.hold == Some(Hold::Spent) {
+                RunOutcome::Failed
             } else if self.nodes.values().any(|n| n.state == StoryState::Pending && self.deps_done(n)) {
                 // Ready work exists but no daemon-wide slot is free: wait for one.
                 return actions;
@@ -259,13 +293,14 @@ impl Scheduler {
     pub fn iteration_ended(&mut self, story: &str, verdict: Verdict) -> Vec<Action> {
         let limits = self.limits;
         let stopping = self.stopping;
+        let held = self.hold.is_some();
         let Some(node) = self.nodes.get_mut(story) else { return Vec::new() };
         if node.state != StoryState::Running {
             return Vec::new();
         }
         let mut actions = Vec::new();
         let finish = |node: &mut Node, state: StoryState| node.state = state;
-        if verdict != Verdict::Stopped {
+        if !matches!(verdict, Verdict::Stopped | Verdict::Limited) {
             node.iterations += 1;
         }
         let failure = match &verdict {
@@ -283,11 +318,11 @@ impl Scheduler {
                 });
                 None
             }
-            Verdict::Stopped => {
+            Verdict::Stopped | Verdict::Limited => {
                 finish(node, StoryState::Pending);
                 None
             }
-            Verdict::Rejected(why) => Some(why.clone()),
+            Verdict::Rejected(why) | Verdict::Fail(why) => Some(why.clone()),
             Verdict::Progress => {
                 node.infra_streak = 0;
                 node.same_streak = 0;
@@ -321,7 +356,7 @@ impl Scheduler {
             actions.push(Action::Failed { story: story.to_string(), reason, record: true });
         }
         if node.state == StoryState::Running {
-            if stopping {
+            if stopping || held {
                 node.state = StoryState::Pending;
             } else {
                 // The story keeps its slot: the next fresh iteration starts at once.
@@ -508,6 +543,48 @@ mod tests {
         let actions = end(&mut s, "b", Verdict::Stopped, 8);
         assert_eq!(actions, [Action::Ended(RunOutcome::Stopped)]);
         assert_eq!(s.iterations("b"), 0, "a stopped iteration does not count");
+    }
+
+    #[test]
+    fn a_limited_iteration_does_not_count_and_a_pause_holds_every_start() {
+        let mut s = Scheduler::new(vec![story("a", &[]), story("b", &[]), story("c", &[])], limits(2));
+        assert_eq!(starts(&s.schedule(10)), ["a", "b"]);
+        s.hold(Some(Hold::Paused));
+        assert!(end(&mut s, "a", Verdict::Limited, 9).is_empty(), "nothing starts while paused");
+        assert_eq!((s.iterations("a"), s.state("a")), (0, Some(StoryState::Pending)));
+        assert!(end(&mut s, "b", Verdict::Progress, 9).is_empty(), "a continuing story waits too");
+        assert_eq!((s.iterations("b"), s.state("b"), s.running()), (1, Some(StoryState::Pending), 0));
+        assert_eq!(s.ended(), None, "a paused run waits, idle");
+        s.hold(None);
+        assert_eq!(starts(&s.schedule(10)), ["a", "b"]);
+        for _ in 0..20 {
+            s.hold(Some(Hold::Paused));
+            end(&mut s, "a", Verdict::Limited, 9);
+            s.hold(None);
+            s.schedule(10);
+        }
+        assert_eq!(s.iterations("a"), 0, "limits never reach max_iterations");
+    }
+
+    #[test]
+    fn a_spent_budget_lets_running_iterations_end_then_fails_the_run() {
+        let mut s = Scheduler::new(vec![story("a", &[]), story("b", &[]), story("c", &[])], limits(2));
+        s.schedule(10);
+        s.hold(Some(Hold::Spent));
+        s.hold(None);
+        assert_eq!(s.held(), Some(Hold::Spent), "a spent budget is final");
+        assert!(end(&mut s, "a", Verdict::Completed, 9).iter().all(|a| !matches!(a, Action::Start(_))));
+        let actions = end(&mut s, "b", Verdict::Progress, 9);
+        assert_eq!(actions, [Action::Ended(RunOutcome::Failed)]);
+        assert_eq!(s.state("c"), Some(StoryState::Pending));
+    }
+
+    #[test]
+    fn sticler_fails_a_story_with_its_reason() {
+        let mut s = Scheduler::new(vec![story("a", &[])], limits(1));
+        s.schedule(1);
+        let actions = end(&mut s, "a", Verdict::Fail("budget".into()), 0);
+        assert!(actions.contains(&Action::Failed { story: "a".into(), reason: "budget".into(), record: true }));
     }
 
     #[test]

@@ -62,6 +62,17 @@ pub struct Store {
     events: sled::Tree,
     runs: sled::Tree,
     stories: sled::Tree,
+    pauses: sled::Tree,
+    usage: sled::Tree,
+}
+
+/// The trees of what sticler learned from the agents' output.
+#[derive(Debug, Clone, Copy)]
+pub enum AgentTree {
+    /// Per project: the usage-limit wait (see `pause`).
+    Pauses,
+    /// Per story: cost and tokens of each iteration (see `ledger`).
+    Usage,
 }
 
 impl Store {
@@ -91,8 +102,11 @@ impl Store {
         }
         let events = db.open_tree("events")?;
         let runs = db.open_tree("runs")?;
+        // Trees added later need no new format version: an older store simply lacks them.
         let stories = db.open_tree("stories")?;
-        Ok(Store { db, events, runs, stories })
+        let pauses = db.open_tree("pauses")?;
+        let usage = db.open_tree("usage")?;
+        Ok(Store { db, events, runs, stories, pauses, usage })
     }
 
     /// The highest event sequence number stored (0 when none).
@@ -166,6 +180,48 @@ impl Store {
                 let (key, value) = item?;
                 let story = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                 Ok((story, decode(&value)?))
+            })
+            .collect()
+    }
+
+    fn agent_tree(&self, tree: AgentTree) -> &sled::Tree {
+        match tree {
+            AgentTree::Pauses => &self.pauses,
+            AgentTree::Usage => &self.usage,
+        }
+    }
+
+    /// Stores `value` under `key`; `durable` flushes before returning (a pause must survive a
+    /// crash right after it began; usage is flushed with the next flush).
+    pub fn agent_put<T: Serialize>(
+        &self,
+        tree: AgentTree,
+        key: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let tree = self.agent_tree(tree);
+        tree.insert(key, encode(value)?)?;
+        if durable {
+            tree.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn agent_remove(&self, tree: AgentTree, key: &str) -> Result<(), StoreError> {
+        let tree = self.agent_tree(tree);
+        tree.remove(key)?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// Every entry of the tree, keys as text.
+    pub fn agent_all<T: DeserializeOwned>(&self, tree: AgentTree) -> Result<Vec<(String, T)>, StoreError> {
+        self.agent_tree(tree)
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), decode(&value)?))
             })
             .collect()
     }

@@ -159,6 +159,8 @@ mod tests {
             blocked_by: vec![],
             running_secs: Some(12),
             commit_hash: String::new(),
+            cost_usd: Some(0.25),
+            tokens: Some(TokenUsage { input: 10, output: 20, cache_creation: 3, cache_read: 400 }),
         }
     }
 
@@ -176,6 +178,7 @@ mod tests {
             Request::Watch { project: None, phase: Some(2), since: Some(7) },
             Request::Wait(phase()),
             Request::Shutdown,
+            Request::Resume(phase()),
         ];
         let mut all = vec![ClientMessage::Hello { protocol_version: PROTOCOL_VERSION }];
         all.extend(requests.into_iter().map(ClientMessage::Request));
@@ -193,6 +196,11 @@ mod tests {
             stories: vec![story_view()],
             summary: None,
             problems: vec![Problem { path: "/p/x".into(), message: "bad".into() }],
+            cost_usd: Some(1.5),
+            tokens: None,
+            budget_usd: Some(10.0),
+            paused_until: Some(1_769_594_400),
+            waiting: Some("waiting for usage limit until 10:00 UTC".into()),
         };
         let kinds = vec![
             EventKind::RunStarted { stories: 3 },
@@ -209,6 +217,9 @@ mod tests {
             EventKind::StoryRetried { story: "US-P1-001".into() },
             EventKind::RunStopping { kill: false },
             EventKind::RunEnded { outcome: RunOutcome::Stopped, summary: "s".into() },
+            EventKind::UsageLimitWait { story: "US-P1-001".into(), until_unix: 1_769_594_400, reason: "r".into() },
+            EventKind::UsageLimitResumed { early: true },
+            EventKind::BudgetSpent { cost_usd: 2.5, budget_usd: 2.0 },
         ];
         let mut all = vec![
             ServerMessage::Welcome { daemon_version: VERSION.into(), protocol_version: 1, pid: 9 },
@@ -219,7 +230,7 @@ mod tests {
             Response::Version { daemon_version: "1".into(), protocol_version: 1, pid: 1 },
             Response::Status(StatusReport { project: "/p".into(), phases: vec![view.clone()] }),
             Response::Validated(ValidationReport { project: "/p".into(), phase: 1, stories: 2, problems: vec![] }),
-            Response::Started(view),
+            Response::Started(Box::new(view)),
             Response::Done { message: "ok".into() },
             Response::LogChunk { iteration: 2, data: vec![0, 159, 255] },
             Response::LogEnd,
@@ -249,6 +260,16 @@ mod tests {
             let line = encode_json_line(&msg).unwrap();
             assert_eq!(decode_json_line::<ServerMessage>(&line).unwrap(), msg);
         }
+    }
+
+    #[test]
+    fn views_without_the_agent_fields_still_parse() {
+        let mut json = serde_json::to_value(story_view()).unwrap();
+        let map = json.as_object_mut().unwrap();
+        map.remove("cost_usd");
+        map.remove("tokens");
+        let back: StoryView = serde_json::from_value(json).unwrap();
+        assert_eq!((back.cost_usd, back.tokens), (None, None));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod message;
+pub mod preset;
 pub mod time;
 pub mod view;
 

@@ -87,6 +87,8 @@ pub enum Request {
     },
     Wait(PhaseRef),
     Shutdown,
+    /// End the project's usage-limit wait now (the phase names the project and the event).
+    Resume(PhaseRef),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,7 +102,8 @@ pub enum Response {
     },
     Status(StatusReport),
     Validated(ValidationReport),
-    Started(PhaseView),
+    /// Boxed: a phase view is much larger than the other replies (serde encodes a Box as its content).
+    Started(Box<PhaseView>),
     /// A request that changes state was accepted; the text says what happened.
     Done {
         message: String,
@@ -175,15 +178,56 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
-    RunStarted { stories: u32 },
-    IterationStarted { story: String, iteration: u32, pid: u32 },
-    IterationEnded { story: String, iteration: u32, exit: ExitReason, verdict: String },
-    StoryCompleted { story: String },
-    StoryFailed { story: String, reason: String },
-    StoryBlocked { story: String, by: String },
-    StoryRetried { story: String },
-    RunStopping { kill: bool },
-    RunEnded { outcome: RunOutcome, summary: String },
+    RunStarted {
+        stories: u32,
+    },
+    IterationStarted {
+        story: String,
+        iteration: u32,
+        pid: u32,
+    },
+    IterationEnded {
+        story: String,
+        iteration: u32,
+        exit: ExitReason,
+        verdict: String,
+    },
+    StoryCompleted {
+        story: String,
+    },
+    StoryFailed {
+        story: String,
+        reason: String,
+    },
+    StoryBlocked {
+        story: String,
+        by: String,
+    },
+    StoryRetried {
+        story: String,
+    },
+    RunStopping {
+        kill: bool,
+    },
+    RunEnded {
+        outcome: RunOutcome,
+        summary: String,
+    },
+    /// An agent hit its usage or rate limit: the whole project starts no iteration until then.
+    UsageLimitWait {
+        story: String,
+        until_unix: i64,
+        reason: String,
+    },
+    /// The usage-limit wait is over (`early`: ended by `resume`).
+    UsageLimitResumed {
+        early: bool,
+    },
+    /// `max_cost_usd_per_phase` is spent: no new iteration starts in this run.
+    BudgetSpent {
+        cost_usd: f64,
+        budget_usd: f64,
+    },
 }
 
 impl EventKind {
@@ -204,6 +248,16 @@ impl EventKind {
             EventKind::RunStopping { kill: true } => "run killed".into(),
             EventKind::RunStopping { kill: false } => "run stopping".into(),
             EventKind::RunEnded { outcome, summary } => format!("run {}: {summary}", outcome.as_str()),
+            EventKind::UsageLimitWait { story, until_unix, reason } => {
+                let until = crate::time::rfc3339((*until_unix).max(0) as u64);
+                let clock = until.get(11..16).unwrap_or("??:??");
+                format!("{story} hit a usage limit ({reason}); waiting for usage limit until {clock} UTC")
+            }
+            EventKind::UsageLimitResumed { early: true } => "usage-limit wait ended by resume".into(),
+            EventKind::UsageLimitResumed { early: false } => "usage-limit wait over".into(),
+            EventKind::BudgetSpent { cost_usd, budget_usd } => format!(
+                "phase budget spent: ${cost_usd:.2} of max_cost_usd_per_phase ${budget_usd:.2}; no new iterations start"
+            ),
         }
     }
 
@@ -214,7 +268,8 @@ impl EventKind {
             | EventKind::StoryCompleted { story }
             | EventKind::StoryFailed { story, .. }
             | EventKind::StoryBlocked { story, .. }
-            | EventKind::StoryRetried { story } => Some(story),
+            | EventKind::StoryRetried { story }
+            | EventKind::UsageLimitWait { story, .. } => Some(story),
             _ => None,
         }
     }

@@ -58,6 +58,42 @@ pub struct PhaseView {
     pub summary: Option<String>,
     /// Problems found while reading the phase (malformed files and the like).
     pub problems: Vec<Problem>,
+    /// What the agents of this phase cost, summed over the stories (None: no backend reported it).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub tokens: Option<TokenUsage>,
+    /// `max_cost_usd_per_phase` of orchestrator.config.json, when set.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// Unix seconds until which the project waits for an agent's usage limit to reset.
+    #[serde(default)]
+    pub paused_until: Option<i64>,
+    /// Why the run starts no iteration now, for people: the usage-limit wait or the spent budget.
+    #[serde(default)]
+    pub waiting: Option<String>,
+}
+
+/// Tokens an agent reported, summed over iterations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_creation: u64,
+    pub cache_read: u64,
+}
+
+impl TokenUsage {
+    pub fn add(&mut self, other: &TokenUsage) {
+        self.input += other.input;
+        self.output += other.output;
+        self.cache_creation += other.cache_creation;
+        self.cache_read += other.cache_read;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.input + self.output + self.cache_creation + self.cache_read
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +128,11 @@ pub struct StoryView {
     /// Seconds the current iteration has been running.
     pub running_secs: Option<u64>,
     pub commit_hash: String,
+    /// What this story's agent iterations cost so far (None: no backend reported it).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub tokens: Option<TokenUsage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,15 @@
 //! - `commit` (bool): on completion the worker commits its story folder and `files` itself with the
 //!   git CLI (subject `[<story id>] <title>`), as agents do when sticler's `auto_commit` is off.
 //!   Commits of workers running side by side are serialised by a flock in the git folder.
+//! - `agent_output`: also print what a coding agent prints, so sticler's agent parsing can be
+//!   tested: `claude` (Claude Code stream-json events ending with a successful `result` that
+//!   reports `cost_usd`, default 0.1, and token counts), `claude_error` (the same with an error
+//!   `result` whose text is `error_text`).
+//! - `limit_first` (u32): the first N runs (counted in `<story_dir>/.limits`) only report a usage
+//!   limit, status.json untouched, and exit 1. `limit_form`: `claude_event` (default: a rejected
+//!   `rate_limit_event` and an error `result`), `pipe` (the text `Claude AI usage limit
+//!   reached|<epoch>`), `no_time` (a limit message without a reset time). The reset is
+//!   `limit_reset_secs` (default 2) seconds from now.
 //!
 //! Relative `pids_file` / `record_dir` paths are resolved against the project dir.
 
@@ -205,11 +214,31 @@ struct Script {
     pids_file: Option<String>,
     record_dir: Option<String>,
     commit: bool,
+    agent_output: Option<String>,
+    cost_usd: f64,
+    error_text: String,
+    limit_first: Option<u32>,
+    limit_form: String,
+    limit_reset_secs: i64,
 }
 
 impl Script {
-    const FIELDS: [&'static str; 8] =
-        ["mode", "complete_after", "crash_first", "sleep_ms", "files", "pids_file", "record_dir", "commit"];
+    const FIELDS: [&'static str; 14] = [
+        "mode",
+        "complete_after",
+        "crash_first",
+        "sleep_ms",
+        "files",
+        "pids_file",
+        "record_dir",
+        "commit",
+        "agent_output",
+        "cost_usd",
+        "error_text",
+        "limit_first",
+        "limit_form",
+        "limit_reset_secs",
+    ];
 
     fn from_status(status: &Value) -> std::result::Result<Script, String> {
         let object = match status.get("script") {
@@ -251,6 +280,18 @@ impl Script {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(commit)) => *commit,
                 Some(_) => return Err("field `script.commit` is not a boolean".to_string()),
+            },
+            agent_output: script_string(object, "agent_output")?,
+            cost_usd: match object.get("cost_usd") {
+                None | Some(Value::Null) => 0.1,
+                Some(value) => value.as_f64().ok_or("field `script.cost_usd` is not a number")?,
+            },
+            error_text: script_string(object, "error_text")?.unwrap_or_else(|| "tool failed".into()),
+            limit_first: script_u32(object, "limit_first")?,
+            limit_form: script_string(object, "limit_form")?.unwrap_or_else(|| "claude_event".into()),
+            limit_reset_secs: match object.get("limit_reset_secs") {
+                None | Some(Value::Null) => 2,
+                Some(value) => value.as_i64().ok_or("field `script.limit_reset_secs` is not an integer")?,
             },
         })
     }
@@ -326,16 +367,70 @@ fn run() -> Result<u8> {
         thread::sleep(Duration::from_millis(script.sleep_ms));
     }
 
+    let limit_now = match script.limit_first {
+        Some(limit) => count_lines(&inv.story_dir.join(".limits"))? < u64::from(limit),
+        None => false,
+    };
     let outcome = if crash_now {
         crash_first(&inv)
+    } else if limit_now {
+        append(&inv.story_dir.join(".limits"), "limit\n")?;
+        print_limit(&script);
+        Ok(ERROR_EXIT)
     } else {
-        perform(&inv, &script, &story_id, pids_file.as_deref(), &mut status)
+        let outcome = perform(&inv, &script, &story_id, pids_file.as_deref(), &mut status);
+        print_agent_result(&script);
+        outcome
     };
     // The end record is written whatever happened, so `running` stays balanced.
     let ended = recorder.as_ref().map_or(Ok(()), |r| r.record(-1, "end"));
     let code = outcome?;
     ended?;
     Ok(code)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What an agent refused for its usage limit prints (`script.limit_form`).
+fn print_limit(script: &Script) {
+    let reset = unix_now() + script.limit_reset_secs;
+    match script.limit_form.as_str() {
+        "pipe" => say!("Claude AI usage limit reached|{reset}"),
+        "no_time" => say!("You've hit your limit · resets 5pm (Europe/Paris)"),
+        _ => {
+            say!("{}", json!({"type": "system", "subtype": "init", "session_id": "demo", "model": "demo"}));
+            let info = json!({"status": "rejected", "resetsAt": reset, "rateLimitType": "five_hour"});
+            say!("{}", json!({"type": "rate_limit_event", "rate_limit_info": info, "session_id": "demo"}));
+            say!(
+                "{}",
+                json!({"type": "result", "subtype": "success", "is_error": true,
+                       "result": "Usage limit reached for this window", "total_cost_usd": 0.0,
+                       "usage": {"input_tokens": 0, "output_tokens": 0}})
+            );
+        }
+    }
+}
+
+/// The last line of an agent's iteration (`script.agent_output`).
+fn print_agent_result(script: &Script) {
+    let error = match script.agent_output.as_deref() {
+        Some("claude") => false,
+        Some("claude_error") => true,
+        _ => return,
+    };
+    say!("{}", json!({"type": "system", "subtype": "init", "session_id": "demo", "model": "demo"}));
+    let info = json!({"status": "allowed", "resetsAt": unix_now() + 3600, "rateLimitType": "five_hour"});
+    say!("{}", json!({"type": "rate_limit_event", "rate_limit_info": info, "session_id": "demo"}));
+    say!(
+        "{}",
+        json!({"type": "result", "subtype": "success", "is_error": error,
+               "result": if error { script.error_text.as_str() } else { "iteration done" },
+               "duration_ms": 1200, "num_turns": 3, "total_cost_usd": script.cost_usd,
+               "usage": {"input_tokens": 100, "output_tokens": 200,
+                         "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 5000}})
+    );
 }
 
 fn perform(

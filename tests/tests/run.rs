@@ -35,7 +35,7 @@ fn dependencies_are_respected_and_the_parallel_limit_is_never_exceeded() {
     let p = ProjectBuilder::new();
     let rec = p.path().join("record");
     fs::create_dir_all(&rec).unwrap();
-    let script = json!({"record_dir": rec.display().to_string(), "sleep_ms": 60});
+    let script = json!({"record_dir": rec.display().to_string(), "sleep_ms": 200});
     // A fan-out/fan-in DAG of 8 stories, width 4, 2 iterations each.
     let s = |id: &str, deps: &[&str]| story(id, deps).criteria(2).script(script.clone());
     p.config(json!({"max_parallel_workers": 2}));

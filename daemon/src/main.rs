@@ -5,11 +5,8 @@ mod daemon;
 mod events;
 mod git;
 mod paths;
-mod phase;
-mod project;
 mod reaper;
 mod run;
-mod scheduler;
 mod server;
 mod store;
 mod stream;
@@ -25,6 +22,8 @@ use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
+
+use sticlerd::{phase, project, scheduler};
 
 use crate::daemon::{Daemon, DEFAULT_GRACE};
 use crate::run::RunMsg;

@@ -34,6 +34,20 @@ impl ProjectError {
     }
 }
 
+/// The protocol error a client sees (the daemon's server edge sends it as is).
+impl From<ProjectError> for sticler_proto::ErrorReply {
+    fn from(e: ProjectError) -> Self {
+        use sticler_proto::ErrorKind;
+        let kind = match e {
+            ProjectError::NoProject(_) | ProjectError::NoPhase { .. } => ErrorKind::NotFound,
+            ProjectError::Io { ref source, .. } if source.kind() == io::ErrorKind::NotFound => ErrorKind::NotFound,
+            ProjectError::Io { .. } => ErrorKind::Internal,
+            ProjectError::Malformed { .. } | ProjectError::Invalid { .. } => ErrorKind::Invalid,
+        };
+        sticler_proto::ErrorReply { kind, message: e.to_string() }
+    }
+}
+
 /// A JSON object read from disk together with the exact bytes it came from.
 #[derive(Debug, Clone)]
 pub struct JsonDoc {

@@ -49,10 +49,19 @@ impl PhaseFiles {
         if !dir.is_dir() {
             return Err(ProjectError::NoPhase { project: project.root.clone(), phase: number });
         }
+        let stories_dir = dir.join("stories");
+        // Symlinked folders could lead sticler (and the worker) outside the project.
+        for folder in [&dir, &stories_dir] {
+            if fs::symlink_metadata(folder).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(ProjectError::Invalid {
+                    path: folder.clone(),
+                    message: "is a symlink; sticler only uses real folders inside the project".into(),
+                });
+            }
+        }
         let config = JsonDoc::read(&dir.join(PHASE_CONFIG));
         let mut stories = Vec::new();
         let mut problems = Vec::new();
-        let stories_dir = dir.join("stories");
         let entries = match fs::read_dir(&stories_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

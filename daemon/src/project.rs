@@ -61,7 +61,7 @@ pub struct JsonDoc {
 
 impl JsonDoc {
     pub fn read(path: &Path) -> Result<JsonDoc, ProjectError> {
-        let raw = fs::read(path).map_err(|e| ProjectError::io(path, e))?;
+        let raw = read_limited(path)?;
         let map = parse_object(path, &raw)?;
         Ok(JsonDoc::new(path.to_path_buf(), raw, map))
     }
@@ -125,7 +125,7 @@ const DOC_CACHE_LIMIT: usize = 200_000;
 
 impl DocCache {
     pub fn read(&self, path: &Path) -> Result<std::sync::Arc<JsonDoc>, ProjectError> {
-        let meta = fs::metadata(path).map_err(|e| ProjectError::io(path, e))?;
+        let meta = fs::symlink_metadata(path).map_err(|e| ProjectError::io(path, e))?;
         let stamp = Stamp::of(&meta);
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         // Keyed by the path's bytes: hashing a `Path` walks its components.
@@ -144,6 +144,42 @@ impl DocCache {
         entries.insert(path.as_os_str().to_owned(), (stamp, std::sync::Arc::clone(&doc)));
         Ok(doc)
     }
+}
+
+/// Largest JSON file sticler reads from a project. Real status.json files are a few KiB; a
+/// bigger one is refused with a clear error instead of being read into memory.
+pub const MAX_JSON_FILE: u64 = 4 * 1024 * 1024;
+
+/// Reads a project file that sticler parses (status.json, phase_config.json,
+/// orchestrator.config.json). The file must be a regular file, not a symlink (which could lead
+/// outside the project) nor a FIFO (which would block the reader), and at most `MAX_JSON_FILE`
+/// bytes: memory stays bounded whatever a worker or a user leaves there.
+pub fn read_limited(path: &Path) -> Result<Vec<u8>, ProjectError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |message: String| ProjectError::Invalid { path: path.to_path_buf(), message };
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+        |e| match e.raw_os_error() {
+            Some(libc::ELOOP) => invalid("is a symlink; sticler reads only regular files inside the project".into()),
+            _ => ProjectError::io(path, e),
+        },
+    )?;
+    let meta = file.metadata().map_err(|e| ProjectError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(invalid("is not a regular file".into()));
+    }
+    let too_big = |len: u64| invalid(format!("is {len} bytes, more than the {MAX_JSON_FILE} bytes sticler reads"));
+    if meta.len() > MAX_JSON_FILE {
+        return Err(too_big(meta.len()));
+    }
+    let mut raw = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never take more than the limit plus one byte.
+    file.take(MAX_JSON_FILE + 1).read_to_end(&mut raw).map_err(|e| ProjectError::io(path, e))?;
+    if raw.len() as u64 > MAX_JSON_FILE {
+        return Err(too_big(raw.len() as u64));
+    }
+    Ok(raw)
 }
 
 /// Parses a JSON object, naming the file, line and column on failure.
@@ -271,12 +307,20 @@ impl OrchestratorConfig {
     /// Reads the project's config, or the defaults when the file does not exist.
     pub fn load(project: &Path) -> Result<OrchestratorConfig, ProjectError> {
         let path = project.join(CONFIG_FILE);
-        let raw = match fs::read(&path) {
+        let raw = match read_limited(&path) {
             Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(ProjectError::io(&path, e)),
+            Err(ProjectError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(e),
         };
-        let config: OrchestratorConfig = serde_json::from_slice(&raw).map_err(|e| {
+        Self::parse(&path, &raw)
+    }
+
+    /// Parses the bytes of the config file at `path` (named in errors).
+    pub fn parse(path: &Path, raw: &[u8]) -> Result<OrchestratorConfig, ProjectError> {
+        let path = path.to_path_buf();
+        let config: OrchestratorConfig = serde_json::from_slice(raw).map_err(|e| {
             if e.is_data() {
                 ProjectError::Invalid {
                     path: path.clone(),
@@ -488,6 +532,28 @@ mod tests {
             other => panic!("expected Malformed, got {other:?}"),
         }
         assert_eq!(fs::read(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn only_regular_files_within_the_size_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.json");
+        fs::write(&outside, "{}").unwrap();
+        let link = dir.path().join("status.json");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let err = JsonDoc::read(&link).unwrap_err().to_string();
+        assert!(err.contains("is a symlink"), "{err}");
+        // A FIFO with no writer would block a plain open forever.
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = JsonDoc::read(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.json");
+        fs::write(&big, vec![b' '; MAX_JSON_FILE as usize + 1]).unwrap();
+        let err = JsonDoc::read(&big).unwrap_err().to_string();
+        assert!(err.contains("more than the 4194304 bytes"), "{err}");
+        fs::write(&big, vec![b' '; MAX_JSON_FILE as usize]).unwrap();
+        assert!(matches!(JsonDoc::read(&big), Err(ProjectError::Malformed { .. })), "at the limit it is parsed");
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl PhaseRun {
         let iteration = worker::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
         let token = format!("{}/{}/{}/", self.nonce, story, iteration);
         let spec = self.spawn_spec(story, paths, iteration, token.clone(), &self.config.worker.command);
-        let before = fs::read(&paths.status).unwrap_or_default();
+        let before = crate::project::read_limited(&paths.status).unwrap_or_default();
         match worker::spawn(&self.daemon.reaper, &spec) {
             Ok((pid, exit)) => {
                 self.watch_exit(story, iteration, exit);
@@ -612,9 +612,9 @@ impl PhaseRun {
             return Verdict::Stopped;
         }
         let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
-        let after = match fs::read(&paths.status) {
+        let after = match crate::project::read_limited(&paths.status) {
             Ok(bytes) => bytes,
-            Err(e) => return Verdict::Infra(format!("cannot read {}: {e}", paths.status.display())),
+            Err(e) => return Verdict::Infra(format!("cannot read {e}")),
         };
         let doc = match crate::project::parse_object(&paths.status, &after) {
             Ok(map) => JsonDoc::new(paths.status.clone(), after, map),

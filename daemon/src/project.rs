@@ -522,6 +522,19 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_value_through_a_rewrite() {
+        // Found by fuzzing: without exact float parsing, a rewrite changed this number.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let text = r#"{"score": 555755555555555555555555555555555555555555555550000, "pi": 3.14159265358979323846}"#;
+        fs::write(&path, text).unwrap();
+        let mut doc = JsonDoc::read(&path).unwrap();
+        let before = doc.map.clone();
+        doc.write().unwrap();
+        assert_eq!(JsonDoc::read(&path).unwrap().map, before);
+    }
+
+    #[test]
     fn malformed_json_names_line_and_column_and_is_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");

@@ -334,8 +334,12 @@ impl Scheduler {
         self.schedule(0)
     }
 
-    /// Puts a failed or blocked story (and what it blocked) back to pending.
+    /// Puts a failed or blocked story (and what it blocked) back to pending. A run that has
+    /// ended keeps its final states: the story runs at the next start (found by fuzzing).
     pub fn retry(&mut self, story: &str) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
         let retried = match self.nodes.get_mut(story) {
             Some(node) if matches!(node.state, StoryState::Failed | StoryState::Blocked) => {
                 node.state = StoryState::Pending;
@@ -506,6 +510,16 @@ mod tests {
         assert!(s.retry("a"));
         assert!(!s.retry("x"), "only failed or blocked stories are retried");
         assert_eq!(s.state("b"), Some(StoryState::Pending));
+    }
+
+    #[test]
+    fn retry_after_the_run_ended_changes_nothing() {
+        let mut s = Scheduler::new(vec![story("a", &[]), story("b", &["a"])], limits(1));
+        s.schedule(1);
+        let actions = end(&mut s, "a", Verdict::SelfFailed, 1);
+        assert_eq!(actions.last(), Some(&Action::Ended(RunOutcome::Failed)));
+        assert!(!s.retry("a") && !s.retry("b"));
+        assert_eq!((s.state("a"), s.state("b")), (Some(StoryState::Failed), Some(StoryState::Blocked)));
     }
 
     #[test]

@@ -351,6 +351,10 @@ pub struct Project {
 impl Project {
     /// Opens the project at `dir` (which must hold `phases/`).
     pub fn open(dir: &Path) -> Result<Project, ProjectError> {
+        if std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).contains(&0) {
+            let message = "contains a NUL byte, so it cannot be a folder".into();
+            return Err(ProjectError::Invalid { path: dir.to_path_buf(), message });
+        }
         let root = fs::canonicalize(dir).map_err(|e| ProjectError::io(dir, e))?;
         if !root.join("phases").is_dir() {
             return Err(ProjectError::NoProject(root));

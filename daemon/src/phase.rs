@@ -118,8 +118,14 @@ impl PhaseFiles {
         let mut claimed: HashMap<String, &PathBuf> = HashMap::new();
         let mut edges: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for story in &self.stories {
-            if !story.spec_path().is_file() {
-                push(&mut problems, &story.spec_path(), "missing spec.md".into());
+            match fs::symlink_metadata(story.spec_path()) {
+                Ok(meta) if meta.file_type().is_symlink() => push(
+                    &mut problems,
+                    &story.spec_path(),
+                    "spec.md is a symlink; the worker only gets regular files inside the project".into(),
+                ),
+                Ok(meta) if meta.is_file() => {}
+                _ => push(&mut problems, &story.spec_path(), "missing spec.md".into()),
             }
             let doc = match &story.status {
                 Ok(doc) => doc,

@@ -314,7 +314,13 @@ impl PhaseRun {
                     self.emit(EventKind::StoryFailed { story, reason });
                 }
                 Action::Blocked { story, by } => {
-                    self.refresh_blocked();
+                    // Only this story: refreshing every story per block was quadratic (minutes
+                    // for a failure at the head of a 10,000-long chain).
+                    let blocked_by = self.sched.blocked_by(&story).to_vec();
+                    if let Some(live) = self.live().stories.get_mut(&story) {
+                        live.state = StoryState::Blocked;
+                        live.blocked_by = blocked_by;
+                    }
                     self.emit(EventKind::StoryBlocked { story, by });
                 }
                 Action::Ended(outcome) => self.end(outcome),

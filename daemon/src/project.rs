@@ -166,8 +166,11 @@ pub fn read_limited(path: &Path) -> Result<Vec<u8>, ProjectError> {
         },
     )?;
     let meta = file.metadata().map_err(|e| ProjectError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(invalid("is a directory, not a regular file".into()));
+    }
     if !meta.is_file() {
-        return Err(invalid("is not a regular file".into()));
+        return Err(invalid("is not a regular file (a FIFO, socket or device)".into()));
     }
     let too_big = |len: u64| invalid(format!("is {len} bytes, more than the {MAX_JSON_FILE} bytes sticler reads"));
     if meta.len() > MAX_JSON_FILE {

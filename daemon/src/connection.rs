@@ -5,9 +5,15 @@ use std::io;
 use std::time::Duration;
 
 use interprocess::local_socket::tokio::Stream;
-use sticler_proto::codec::{self, CodecError, MAX_FRAME_LEN};
+use sticler_proto::codec::{self, CodecError};
 use sticler_proto::{ClientMessage, ServerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest request the daemon accepts, in either mode. The protocol allows frames of 16 MiB
+/// (replies such as a 10,000-story status can be large) but no request needs more than a few
+/// KiB: this keeps the memory held by 1,024 connections under about 1 GiB even when every one
+/// of them sends a huge message slowly.
+pub const MAX_REQUEST_LEN: usize = 1024 * 1024;
 
 /// Once a message has started, the rest must arrive within this time. A client that sends
 /// half a frame and stalls is dropped instead of holding its task forever.
@@ -59,11 +65,14 @@ impl Connection {
         if self.json {
             loop {
                 if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                    if end >= MAX_REQUEST_LEN {
+                        return Err(CodecError::TooLarge { len: end + 1, max: MAX_REQUEST_LEN });
+                    }
                     let line: Vec<u8> = self.buf.drain(..=end).collect();
                     return codec::decode_json_line(&line);
                 }
-                if self.buf.len() > MAX_FRAME_LEN {
-                    return Err(CodecError::TooLarge { len: self.buf.len(), max: MAX_FRAME_LEN });
+                if self.buf.len() > MAX_REQUEST_LEN {
+                    return Err(CodecError::TooLarge { len: self.buf.len(), max: MAX_REQUEST_LEN });
                 }
                 self.fill_or_truncated().await?;
             }
@@ -72,6 +81,9 @@ impl Connection {
             self.fill_or_truncated().await?;
         }
         let len = codec::frame_len([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])?;
+        if len > MAX_REQUEST_LEN {
+            return Err(CodecError::TooLarge { len, max: MAX_REQUEST_LEN });
+        }
         while self.buf.len() < 4 + len {
             self.fill_or_truncated().await?;
         }

@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use crate::events::EventBus;
 use crate::listing::Listings;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields};
+use crate::project::{JsonDoc, OrchestratorConfig, Project, StatusFields};
 use crate::reaper::Reaper;
 use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg, RunStart};
 use crate::store::RunRecord;
@@ -77,18 +77,6 @@ pub struct Daemon {
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply { kind, message: message.into() }
-}
-
-impl From<ProjectError> for ErrorReply {
-    fn from(e: ProjectError) -> Self {
-        let kind = match e {
-            ProjectError::NoProject(_) | ProjectError::NoPhase { .. } => ErrorKind::NotFound,
-            ProjectError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
-            ProjectError::Io { .. } => ErrorKind::Internal,
-            ProjectError::Malformed { .. } | ProjectError::Invalid { .. } => ErrorKind::Invalid,
-        };
-        error(kind, e.to_string())
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -59,8 +59,8 @@ struct Listing {
 struct Entry {
     id: StoryId,
     dir: PathBuf,
-    /// None when the last read failed or the file cannot be watched (a symlink): read it again
-    /// on every request.
+    /// None when the last read failed (a symlink, too, is refused): read it again on every
+    /// request.
     status: Option<Arc<JsonDoc>>,
 }
 
@@ -147,8 +147,7 @@ impl Listings {
             };
             listing.watches.push(wd);
             state.watches.insert(wd, Watched::Story { listing: stories_dir.to_path_buf(), index });
-            let watchable = fs::symlink_metadata(story.status_path()).map_or(true, |m| !m.file_type().is_symlink());
-            let status = story.status.as_ref().ok().filter(|_| watchable).cloned();
+            let status = story.status.as_ref().ok().cloned();
             if status.is_none() {
                 listing.dirty.insert(index);
             }
@@ -342,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn a_status_file_that_is_a_symlink_is_read_every_time() {
+    fn a_status_file_that_is_a_symlink_is_refused_until_replaced() {
         let tmp = tempfile::tempdir().expect("tmp");
         let stories = tmp.path().join("stories");
         write_story(&stories, "US-P1-001", "a");
@@ -352,9 +351,10 @@ mod tests {
         fs::remove_file(&link).expect("rm");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
         let listings = Listings::default();
-        assert_eq!(focus(&listings, &stories), ["US-P1-001=x"]);
-        // The target changes outside any watched folder.
-        fs::write(&target, r#"{"status": "pending", "focus": "yy"}"#).expect("write");
-        assert_eq!(focus(&listings, &stories), ["US-P1-001=yy"]);
+        // It could lead outside the project: never read through.
+        assert_eq!(focus(&listings, &stories), ["US-P1-001=error"]);
+        assert_eq!(focus(&listings, &stories), ["US-P1-001=error"]);
+        write_story(&stories, "US-P1-001", "real");
+        assert_eq!(focus(&listings, &stories), ["US-P1-001=real"]);
     }
 }

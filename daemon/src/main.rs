@@ -1,22 +1,16 @@
 //! `sticlerd`: the daemon. Thin edge: arguments, logging, start-up order and shutdown.
 
-mod agent;
-mod agent_output;
 mod connection;
 mod daemon;
 mod events;
 mod git;
 mod ledger;
-mod listing;
 mod logging;
 mod notify;
 mod paths;
 mod pause;
-mod phase;
-mod project;
 mod reaper;
 mod run;
-mod scheduler;
 mod server;
 mod store;
 mod stream;
@@ -32,6 +26,8 @@ use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
+
+use sticlerd::{agent_output, listing, phase, project, scheduler};
 
 use crate::daemon::{Daemon, DEFAULT_GRACE};
 use crate::run::RunMsg;

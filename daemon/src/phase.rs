@@ -1,6 +1,7 @@
 //! Reading a whole phase from disk and checking it before anything runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
 use std::path::PathBuf;
 
 use sticler_proto::Problem;
@@ -49,8 +50,18 @@ impl PhaseFiles {
         if !dir.is_dir() {
             return Err(ProjectError::NoPhase { project: project.root.clone(), phase: number });
         }
+        let stories_dir = dir.join("stories");
+        // Symlinked folders could lead sticler (and the worker) outside the project.
+        for folder in [&dir, &stories_dir] {
+            if fs::symlink_metadata(folder).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(ProjectError::Invalid {
+                    path: folder.clone(),
+                    message: "is a symlink; sticler only uses real folders inside the project".into(),
+                });
+            }
+        }
         let config = JsonDoc::read(&dir.join(PHASE_CONFIG));
-        let Stories { stories, problems } = listings.stories(&dir.join("stories"), number)?;
+        let Stories { stories, problems } = listings.stories(&stories_dir, number)?;
         Ok(PhaseFiles { number, dir, config, stories, problems })
     }
 
@@ -67,8 +78,14 @@ impl PhaseFiles {
         let mut claimed: HashMap<String, &PathBuf> = HashMap::new();
         let mut edges: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for story in &self.stories {
-            if !story.spec_path().is_file() {
-                push(&mut problems, &story.spec_path(), "missing spec.md".into());
+            match fs::symlink_metadata(story.spec_path()) {
+                Ok(meta) if meta.file_type().is_symlink() => push(
+                    &mut problems,
+                    &story.spec_path(),
+                    "spec.md is a symlink; the worker only gets regular files inside the project".into(),
+                ),
+                Ok(meta) if meta.is_file() => {}
+                _ => push(&mut problems, &story.spec_path(), "missing spec.md".into()),
             }
             let doc = match &story.status {
                 Ok(doc) => doc,

@@ -36,6 +36,20 @@ impl ProjectError {
     }
 }
 
+/// The protocol error a client sees (the daemon's server edge sends it as is).
+impl From<ProjectError> for sticler_proto::ErrorReply {
+    fn from(e: ProjectError) -> Self {
+        use sticler_proto::ErrorKind;
+        let kind = match e {
+            ProjectError::NoProject(_) | ProjectError::NoPhase { .. } => ErrorKind::NotFound,
+            ProjectError::Io { ref source, .. } if source.kind() == io::ErrorKind::NotFound => ErrorKind::NotFound,
+            ProjectError::Io { .. } => ErrorKind::Internal,
+            ProjectError::Malformed { .. } | ProjectError::Invalid { .. } => ErrorKind::Invalid,
+        };
+        sticler_proto::ErrorReply { kind, message: e.to_string() }
+    }
+}
+
 /// A JSON object read from disk together with the exact bytes it came from.
 #[derive(Debug, Clone)]
 pub struct JsonDoc {
@@ -49,7 +63,7 @@ pub struct JsonDoc {
 
 impl JsonDoc {
     pub fn read(path: &Path) -> Result<JsonDoc, ProjectError> {
-        let raw = fs::read(path).map_err(|e| ProjectError::io(path, e))?;
+        let raw = read_limited(path)?;
         let map = parse_object(path, &raw)?;
         Ok(JsonDoc::new(path.to_path_buf(), raw, map))
     }
@@ -113,10 +127,11 @@ const DOC_CACHE_LIMIT: usize = 200_000;
 impl DocCache {
     /// The parsed document at `dir`/`rel` (`path` is the same file, for messages and the cache
     /// key). The `stat` is relative to an open folder: the kernel then walks two path components
-    /// instead of the whole absolute path, which was most of a large phase's `status` time.
+    /// instead of the whole absolute path, which was most of a large phase's `status` time. A
+    /// symlink is not followed (reading it is refused by `JsonDoc::read`).
     pub fn read_at(&self, dir: &fs::File, rel: &Path, path: &Path) -> Result<std::sync::Arc<JsonDoc>, ProjectError> {
         use std::os::fd::AsRawFd;
-        let st = nix::sys::stat::fstatat(Some(dir.as_raw_fd()), rel, nix::fcntl::AtFlags::empty())
+        let st = nix::sys::stat::fstatat(Some(dir.as_raw_fd()), rel, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| ProjectError::io(path, std::io::Error::from(e)))?;
         let stamp = Stamp::of_stat(&st);
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,6 +151,45 @@ impl DocCache {
         entries.insert(path.as_os_str().to_owned(), (stamp, std::sync::Arc::clone(&doc)));
         Ok(doc)
     }
+}
+
+/// Largest JSON file sticler reads from a project. Real status.json files are a few KiB; a
+/// bigger one is refused with a clear error instead of being read into memory.
+pub const MAX_JSON_FILE: u64 = 4 * 1024 * 1024;
+
+/// Reads a project file that sticler parses (status.json, phase_config.json,
+/// orchestrator.config.json). The file must be a regular file, not a symlink (which could lead
+/// outside the project) nor a FIFO (which would block the reader), and at most `MAX_JSON_FILE`
+/// bytes: memory stays bounded whatever a worker or a user leaves there.
+pub fn read_limited(path: &Path) -> Result<Vec<u8>, ProjectError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |message: String| ProjectError::Invalid { path: path.to_path_buf(), message };
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for a file.
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+        |e| match e.raw_os_error() {
+            Some(libc::ELOOP) => invalid("is a symlink; sticler reads only regular files inside the project".into()),
+            _ => ProjectError::io(path, e),
+        },
+    )?;
+    let meta = file.metadata().map_err(|e| ProjectError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(invalid("is a directory, not a regular file".into()));
+    }
+    if !meta.is_file() {
+        return Err(invalid("is not a regular file (a FIFO, socket or device)".into()));
+    }
+    let too_big = |len: u64| invalid(format!("is {len} bytes, more than the {MAX_JSON_FILE} bytes sticler reads"));
+    if meta.len() > MAX_JSON_FILE {
+        return Err(too_big(meta.len()));
+    }
+    let mut raw = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never take more than the limit plus one byte.
+    file.take(MAX_JSON_FILE + 1).read_to_end(&mut raw).map_err(|e| ProjectError::io(path, e))?;
+    if raw.len() as u64 > MAX_JSON_FILE {
+        return Err(too_big(raw.len() as u64));
+    }
+    Ok(raw)
 }
 
 /// Parses a JSON object, naming the file, line and column on failure.
@@ -353,12 +407,20 @@ impl OrchestratorConfig {
     /// Reads the project's config, or the defaults when the file does not exist.
     pub fn load(project: &Path) -> Result<OrchestratorConfig, ProjectError> {
         let path = project.join(CONFIG_FILE);
-        let raw = match fs::read(&path) {
+        let raw = match read_limited(&path) {
             Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(ProjectError::io(&path, e)),
+            Err(ProjectError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(e),
         };
-        let config: OrchestratorConfig = serde_json::from_slice(&raw).map_err(|e| {
+        Self::parse(&path, &raw)
+    }
+
+    /// Parses the bytes of the config file at `path` (named in errors).
+    pub fn parse(path: &Path, raw: &[u8]) -> Result<OrchestratorConfig, ProjectError> {
+        let path = path.to_path_buf();
+        let config: OrchestratorConfig = serde_json::from_slice(raw).map_err(|e| {
             if e.is_data() {
                 ProjectError::Invalid {
                     path: path.clone(),
@@ -400,6 +462,10 @@ pub struct Project {
 impl Project {
     /// Opens the project at `dir` (which must hold `phases/`).
     pub fn open(dir: &Path) -> Result<Project, ProjectError> {
+        if std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()).contains(&0) {
+            let message = "contains a NUL byte, so it cannot be a folder".into();
+            return Err(ProjectError::Invalid { path: dir.to_path_buf(), message });
+        }
         let root = fs::canonicalize(dir).map_err(|e| ProjectError::io(dir, e))?;
         if !root.join("phases").is_dir() {
             return Err(ProjectError::NoProject(root));
@@ -571,6 +637,19 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_value_through_a_rewrite() {
+        // Found by fuzzing: without exact float parsing, a rewrite changed this number.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        let text = r#"{"score": 555755555555555555555555555555555555555555555550000, "pi": 3.14159265358979323846}"#;
+        fs::write(&path, text).unwrap();
+        let mut doc = JsonDoc::read(&path).unwrap();
+        let before = doc.map.clone();
+        doc.write().unwrap();
+        assert_eq!(JsonDoc::read(&path).unwrap().map, before);
+    }
+
+    #[test]
     fn malformed_json_names_line_and_column_and_is_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.json");
@@ -581,6 +660,28 @@ mod tests {
             other => panic!("expected Malformed, got {other:?}"),
         }
         assert_eq!(fs::read(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn only_regular_files_within_the_size_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside.json");
+        fs::write(&outside, "{}").unwrap();
+        let link = dir.path().join("status.json");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let err = JsonDoc::read(&link).unwrap_err().to_string();
+        assert!(err.contains("is a symlink"), "{err}");
+        // A FIFO with no writer would block a plain open forever.
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = JsonDoc::read(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.json");
+        fs::write(&big, vec![b' '; MAX_JSON_FILE as usize + 1]).unwrap();
+        let err = JsonDoc::read(&big).unwrap_err().to_string();
+        assert!(err.contains("more than the 4194304 bytes"), "{err}");
+        fs::write(&big, vec![b' '; MAX_JSON_FILE as usize]).unwrap();
+        assert!(matches!(JsonDoc::read(&big), Err(ProjectError::Malformed { .. })), "at the limit it is parsed");
     }
 
     #[test]

@@ -370,7 +370,13 @@ impl PhaseRun {
                     self.emit(EventKind::StoryFailed { story, reason });
                 }
                 Action::Blocked { story, by } => {
-                    self.refresh_blocked();
+                    // Only this story: refreshing every story per block was quadratic (minutes
+                    // for a failure at the head of a 10,000-long chain).
+                    let blocked_by = self.sched.blocked_by(&story).to_vec();
+                    if let Some(live) = self.live().stories.get_mut(&story) {
+                        live.state = StoryState::Blocked;
+                        live.blocked_by = blocked_by;
+                    }
                     self.emit(EventKind::StoryBlocked { story, by });
                 }
                 Action::Ended(outcome) => self.end(outcome),
@@ -421,7 +427,7 @@ impl PhaseRun {
         let iteration = worker::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
         let token = format!("{}/{}/{}/", self.nonce, story, iteration);
         let spec = self.spawn_spec(story, paths, iteration, token.clone(), &self.config.worker.command);
-        let before = fs::read(&paths.status).unwrap_or_default();
+        let before = crate::project::read_limited(&paths.status).unwrap_or_default();
         match worker::spawn(&self.daemon.reaper, &spec) {
             Ok((pid, exit)) => {
                 self.watch_exit(story, iteration, exit);
@@ -690,9 +696,9 @@ impl PhaseRun {
             return Verdict::Stopped;
         }
         let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
-        let after = match fs::read(&paths.status) {
+        let after = match crate::project::read_limited(&paths.status) {
             Ok(bytes) => bytes,
-            Err(e) => return Verdict::Infra(format!("cannot read {}: {e}", paths.status.display())),
+            Err(e) => return Verdict::Infra(format!("cannot read {e}")),
         };
         let doc = match crate::project::parse_object(&paths.status, &after) {
             Ok(map) => JsonDoc::new(paths.status.clone(), after, map),

@@ -109,6 +109,8 @@ pub enum Hold {
 #[derive(Debug)]
 pub struct Scheduler {
     nodes: BTreeMap<String, Node>,
+    /// The reverse edges: who depends on each story.
+    dependents: BTreeMap<String, Vec<String>>,
     limits: Limits,
     running: usize,
     stopping: bool,
@@ -118,7 +120,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(stories: Vec<StoryInit>, limits: Limits) -> Scheduler {
-        let nodes = stories
+        let nodes: BTreeMap<String, Node> = stories
             .into_iter()
             .map(|s| {
                 let state = if s.completed {
@@ -140,7 +142,13 @@ impl Scheduler {
                 (s.id, node)
             })
             .collect();
-        Scheduler { nodes, limits, running: 0, stopping: false, ended: None, hold: None }
+        let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, node) in &nodes {
+            for dep in &node.deps {
+                dependents.entry(dep.clone()).or_default().push(id.clone());
+            }
+        }
+        Scheduler { nodes, dependents, limits, running: 0, stopping: false, ended: None, hold: None }
     }
 
     pub fn state(&self, story: &str) -> Option<StoryState> {
@@ -251,39 +259,73 @@ impl Scheduler {
     }
 
     /// Marks pending stories whose dependencies failed (directly or through another blocked
-    /// story), or whose dependencies in other phases are not completed, as blocked.
+    /// story), or whose dependencies in other phases are not completed, as blocked. Linear in
+    /// the size of the graph: a failure at the head of a 10,000-long chain blocks it in one walk.
     fn propagate_blocks(&mut self, actions: &mut Vec<Action>) {
-        // Ids sort in dependency-friendly order only by chance, so iterate to a fixed point;
-        // each pass is linear and a chain of n needs at most n passes only in the worst order.
-        loop {
-            let mut changed = Vec::new();
-            for (id, node) in &self.nodes {
-                if node.state != StoryState::Pending {
-                    continue;
+        let blocking = |n: &Node| matches!(n.state, StoryState::Failed | StoryState::Blocked);
+        let pending_behind = |n: &Node| n.state == StoryState::Pending && !n.unmet_external.is_empty();
+        // 1. The pending stories downstream of a failed or blocked one (or blocked themselves
+        //    by another phase), found by walking the reverse edges once.
+        let mut affected: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut stack: Vec<&str> =
+            self.nodes.iter().filter(|(_, n)| blocking(n) || pending_behind(n)).map(|(id, _)| id.as_str()).collect();
+        for (id, n) in &self.nodes {
+            if pending_behind(n) {
+                affected.insert(id, 0);
+            }
+        }
+        while let Some(id) = stack.pop() {
+            for dependent in self.dependents.get(id).into_iter().flatten() {
+                let pending = self.nodes.get(dependent).is_some_and(|n| n.state == StoryState::Pending);
+                if pending && !affected.contains_key(dependent.as_str()) {
+                    affected.insert(dependent, 0);
+                    stack.push(dependent);
                 }
-                let mut by: Vec<String> = node.unmet_external.clone();
-                for dep in &node.deps {
-                    match self.nodes.get(dep) {
-                        Some(d) if d.state == StoryState::Failed => by.push(dep.clone()),
-                        Some(d) if d.state == StoryState::Blocked => by.extend(d.blocked_by.iter().cloned()),
-                        _ => {}
+            }
+        }
+        if affected.is_empty() {
+            return;
+        }
+        // 2. Who blocks each of them, dependencies first (the graph is acyclic once validated).
+        let waits: Vec<(&str, usize)> = affected
+            .keys()
+            .map(|id| (*id, self.nodes[*id].deps.iter().filter(|d| affected.contains_key(d.as_str())).count()))
+            .collect();
+        affected.extend(waits);
+        let mut ready: Vec<&str> = affected.iter().filter(|(_, w)| **w == 0).map(|(id, _)| *id).collect();
+        let mut by_of: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut order = Vec::with_capacity(affected.len());
+        while let Some(id) = ready.pop() {
+            let node = &self.nodes[id];
+            let mut by = node.unmet_external.clone();
+            for dep in &node.deps {
+                match (by_of.get(dep.as_str()), self.nodes.get(dep)) {
+                    (Some(inherited), _) => by.extend(inherited.iter().cloned()),
+                    (None, Some(d)) if d.state == StoryState::Failed => by.push(dep.clone()),
+                    (None, Some(d)) if d.state == StoryState::Blocked => by.extend(d.blocked_by.iter().cloned()),
+                    _ => {}
+                }
+            }
+            by.sort();
+            by.dedup();
+            for dependent in self.dependents.get(id).into_iter().flatten() {
+                if let Some(waiting) = affected.get_mut(dependent.as_str()) {
+                    *waiting -= 1;
+                    if *waiting == 0 {
+                        ready.push(dependent);
                     }
                 }
-                if !by.is_empty() {
-                    by.sort();
-                    by.dedup();
-                    changed.push((id.clone(), by));
-                }
             }
-            if changed.is_empty() {
-                return;
-            }
-            for (id, by) in changed {
-                actions.push(Action::Blocked { story: id.clone(), by: by.join(", ") });
-                if let Some(node) = self.nodes.get_mut(&id) {
-                    node.state = StoryState::Blocked;
-                    node.blocked_by = by;
-                }
+            by_of.insert(id, by);
+            order.push(id);
+        }
+        let blocked: Vec<(String, Vec<String>)> =
+            order.into_iter().map(|id| (id.to_string(), by_of.remove(id).unwrap_or_default())).collect();
+        for (id, by) in blocked {
+            actions.push(Action::Blocked { story: id.clone(), by: by.join(", ") });
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.state = StoryState::Blocked;
+                node.blocked_by = by;
             }
         }
     }
@@ -382,8 +424,12 @@ impl Scheduler {
         self.schedule(0)
     }
 
-    /// Puts a failed or blocked story (and what it blocked) back to pending.
+    /// Puts a failed or blocked story (and what it blocked) back to pending. A run that has
+    /// ended keeps its final states: the story runs at the next start (found by fuzzing).
     pub fn retry(&mut self, story: &str) -> bool {
+        if self.ended.is_some() {
+            return false;
+        }
         let retried = match self.nodes.get_mut(story) {
             Some(node) if matches!(node.state, StoryState::Failed | StoryState::Blocked) => {
                 node.state = StoryState::Pending;
@@ -596,6 +642,33 @@ mod tests {
         assert!(s.retry("a"));
         assert!(!s.retry("x"), "only failed or blocked stories are retried");
         assert_eq!(s.state("b"), Some(StoryState::Pending));
+    }
+
+    #[test]
+    fn retry_after_the_run_ended_changes_nothing() {
+        let mut s = Scheduler::new(vec![story("a", &[]), story("b", &["a"])], limits(1));
+        s.schedule(1);
+        let actions = end(&mut s, "a", Verdict::SelfFailed, 1);
+        assert_eq!(actions.last(), Some(&Action::Ended(RunOutcome::Failed)));
+        assert!(!s.retry("a") && !s.retry("b"));
+        assert_eq!((s.state("a"), s.state("b")), (Some(StoryState::Failed), Some(StoryState::Blocked)));
+    }
+
+    #[test]
+    fn a_failure_at_the_head_of_a_10000_long_chain_blocks_all_of_it() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("US-P1-{i:05}")).collect();
+        // Reverse id order is the worst case for a pass-by-pass propagation.
+        let chain = ids.iter().enumerate().map(|(i, id)| {
+            let deps: Vec<&str> = if i + 1 < ids.len() { vec![ids[i + 1].as_str()] } else { vec![] };
+            story(id, &deps)
+        });
+        let mut s = Scheduler::new(chain.collect(), limits(4));
+        let t = std::time::Instant::now();
+        assert_eq!(starts(&s.schedule(4)), [ids[9_999].as_str()]);
+        let actions = end(&mut s, &ids[9_999], Verdict::SelfFailed, 4);
+        assert_eq!(actions.last(), Some(&Action::Ended(RunOutcome::Failed)));
+        assert_eq!(s.blocked_by(&ids[0]), [ids[9_999].as_str()]);
+        eprintln!("10,000-long chain blocked in {:?}", t.elapsed());
     }
 
     #[test]

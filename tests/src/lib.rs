@@ -4,6 +4,8 @@
 //! including any worker process it left behind. `ProjectBuilder` writes a project in the
 //! worker contract's formats, with `sticler-demo-worker` as the scripted worker.
 
+pub mod raw;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

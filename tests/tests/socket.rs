@@ -42,6 +42,43 @@ fn socket_is_0600_in_a_0700_folder_even_under_a_permissive_umask() {
     }
 }
 
+#[test]
+fn a_run_under_a_permissive_umask_leaves_nothing_readable_by_others_and_workers_get_the_umask_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("run/sticlerd.sock");
+    let state = tmp.path().join("state");
+    // A state folder that already exists wide open is closed again.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec {} --foreground --socket {} --state-dir {}",
+            bin("sticlerd").display(),
+            socket.display(),
+            state.display()
+        ))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    let ctl = |args: &[&str]| Command::new(bin("sticlerctl")).arg("--socket").arg(&socket).args(args).output().unwrap();
+    poll(Duration::from_secs(20), "daemon ready", || ctl(&["ping"]).status.success().then_some(()));
+    let p = sticler_tests::ProjectBuilder::new();
+    let script = serde_json::json!({"files": ["made-by-the-worker.txt"]});
+    p.phase(1, "decomposed", &[sticler_tests::story("US-P1-001", &[]).script(script)]);
+    let out = ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(walk(&state).iter().any(|e| e.extension().is_some_and(|x| x == "log")), "the run wrote iteration logs");
+    assert_eq!(mode(&state), 0o700);
+    for entry in walk(&state) {
+        assert_eq!(mode(&entry) & 0o077, 0, "{} is open to group or others", entry.display());
+    }
+    assert_eq!(mode(&socket) & 0o077, 0);
+    // The daemon's umask 077 is its own: the worker created its file with the user's umask 000.
+    assert_eq!(mode(&p.path().join("made-by-the-worker.txt")), 0o666);
+}
+
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {

@@ -15,7 +15,7 @@ pub use message::*;
 pub use view::*;
 
 /// Bumped whenever a message type changes shape. Client and daemon must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The version of this build, shown by `sticlerctl version` and sent in `Welcome`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

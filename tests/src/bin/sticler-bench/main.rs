@@ -31,6 +31,9 @@ struct Settings {
     width: usize,
     reps: usize,
     tools: Vec<Tool>,
+    /// Restrict the DAG workloads to these iteration counts and auto_commit settings.
+    iterations: Vec<u32>,
+    auto_commit: Vec<bool>,
     pueue: Option<PathBuf>,
 }
 
@@ -44,6 +47,8 @@ fn settings() -> Settings {
         width: env("WIDTH", 8),
         reps: env("REPS", 3),
         tools: vec![Tool::Floor, Tool::Make, Tool::Pueue, Tool::Sticler],
+        iterations: vec![1, 3],
+        auto_commit: vec![false, true],
         pueue: None,
     };
     let mut tools = std::env::var("STICLER_BENCH_TOOLS").ok();
@@ -57,6 +62,14 @@ fn settings() -> Settings {
             "--width" => s.width = value("--width"),
             "--reps" => s.reps = value("--reps").max(1),
             "--tools" => tools = args.next(),
+            "--iterations" => s.iterations = vec![value("--iterations") as u32],
+            "--commit" => {
+                s.auto_commit = match args.next().as_deref() {
+                    Some("auto") => vec![true],
+                    Some("worker") => vec![false],
+                    _ => usage("--commit takes auto or worker"),
+                }
+            }
             "all" | "dag" | "chain" | "status" | "callgrind" | "start" => s.section = arg,
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -88,7 +101,8 @@ fn settings() -> Settings {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "sticler-bench: {problem}\nusage: sticler-bench [all|dag|chain|status|callgrind|start] \
-         [--stories N] [--width W] [--reps R] [--tools floor,make,pueue,sticler]"
+         [--stories N] [--width W] [--reps R] [--tools floor,make,pueue,sticler] [--iterations 1|3] \
+         [--commit auto|worker]"
     );
     std::process::exit(2);
 }
@@ -166,8 +180,8 @@ fn short(w: &Workload) -> String {
 
 fn dag_workloads(s: &Settings) -> Vec<Workload> {
     let mut list = vec![];
-    for iterations in [1, 3] {
-        for auto_commit in [false, true] {
+    for &iterations in &s.iterations {
+        for &auto_commit in &s.auto_commit {
             list.push(Workload { stories: s.stories, width: s.width, iterations, auto_commit });
         }
     }
@@ -239,9 +253,14 @@ fn main() {
         }
     }
     if matches!(section.as_str(), "all" | "start") {
-        let f = micro::big_start(10_000);
+        let f = micro::big_start(10_000, true);
         println!("| `sticlerctl validate`, 10,000 stories | {:.0} ms |", f.validate_ms);
-        println!("| `sticlerctl start` until Started, 10,000 stories | {:.0} ms |", f.start_ms);
+        println!("| `sticlerctl start` until Started, 10,000 stories, project already a git repo | {:.0} ms |", f.start_ms);
+        let bare = micro::big_start(10_000, false);
+        println!(
+            "| same, project without `.git` (start makes the initial commit of 20,000 files) | {:.0} ms |",
+            bare.start_ms
+        );
         figures.start = Some(f);
     }
     println!();

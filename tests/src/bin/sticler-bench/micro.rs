@@ -74,10 +74,14 @@ pub struct StartFigures {
 }
 
 /// `validate` then `start` (until its Started reply) of a phase of `stories` hanging workers;
-/// the phase is killed after.
-pub fn big_start(stories: usize) -> StartFigures {
+/// the phase is killed after. With `git`, the project is a repository with everything committed
+/// (as a real project is); without, sticler's start makes the initial commit of every file.
+pub fn big_start(stories: usize, git: bool) -> StartFigures {
     let daemon = Daemon::start_with(&["--max-workers", "8"]);
     let p = big_phase(stories, json!({"mode": "hang"}));
+    if git {
+        crate::workload::git_init(p.path());
+    }
     let dir = p.path_str();
     let timed = |args: &[&str]| {
         let start = Instant::now();

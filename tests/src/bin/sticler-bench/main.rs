@@ -236,9 +236,16 @@ fn main() {
         let pueue = f.pueue_ms.map_or("skipped".into(), |ms| format!("{ms:.2} ms"));
         println!("## Single figures\n");
         println!("| what | figure |\n|---|---:|");
-        println!("| `sticlerctl status --json`, 1,000 stories (whole process, median of 20) | {:.2} ms |", f.sticler_ms);
+        println!(
+            "| `sticlerctl status --json`, 1,000 stories (whole process, median of 20) | {:.2} ms |",
+            f.sticler_ms
+        );
         println!("| `pueue status --json`, 1,000 tasks (whole process, median of 20) | {pueue} |");
-        println!("| sticlerd RSS idle / after the status runs | {:.1} / {:.1} MiB |", mib(f.idle_rss_kib), mib(f.rss_after_kib));
+        println!(
+            "| sticlerd RSS idle / after the status runs | {:.1} / {:.1} MiB |",
+            mib(f.idle_rss_kib),
+            mib(f.rss_after_kib)
+        );
         figures.status = Some(f);
     }
     if matches!(section.as_str(), "all" | "callgrind") {
@@ -255,7 +262,10 @@ fn main() {
     if matches!(section.as_str(), "all" | "start") {
         let f = micro::big_start(10_000, true);
         println!("| `sticlerctl validate`, 10,000 stories | {:.0} ms |", f.validate_ms);
-        println!("| `sticlerctl start` until Started, 10,000 stories, project already a git repo | {:.0} ms |", f.start_ms);
+        println!(
+            "| `sticlerctl start` until Started, 10,000 stories, project already a git repo | {:.0} ms |",
+            f.start_ms
+        );
         let bare = micro::big_start(10_000, false);
         println!(
             "| same, project without `.git` (start makes the initial commit of 20,000 files) | {:.0} ms |",

@@ -29,7 +29,12 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?.split_whitespace().nth(1)?.parse().ok()
+            s.lines()
+                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
         })
         .unwrap_or(0)
 }

@@ -42,20 +42,14 @@ pub fn run(tool: Tool, w: &Workload, pueue_bin: Option<&Path>) -> Sample {
     let rec = tempfile::tempdir().expect("tempdir");
     let p = w.project(rec.path());
     let graph = w.graph();
+    // A real project is a repository already: every tool starts from one (sticler would
+    // otherwise make the initial commit inside its clock).
+    git_init(p.path());
     let mut sample = match tool {
         Tool::Sticler => sticler(w, p.path()),
-        Tool::Make => {
-            git_init(p.path());
-            make(w, &p)
-        }
-        Tool::Floor => {
-            git_init(p.path());
-            floor(w, &p)
-        }
-        Tool::Pueue => {
-            git_init(p.path());
-            pueue(w, &p, pueue_bin.expect("pueue located"))
-        }
+        Tool::Make => make(w, &p),
+        Tool::Floor => floor(w, &p),
+        Tool::Pueue => pueue(w, &p, pueue_bin.expect("pueue located")),
     };
     // Back to back, a dependent waits for every story before it, not for its dependencies: the
     // floor has no dispatch latency to speak of.

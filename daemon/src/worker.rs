@@ -76,6 +76,11 @@ pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usi
     if let Some(pgid) = pgid.filter(|p| *p > 1) {
         let _ = killpg(Pid::from_raw(pgid), signal);
     }
+    if tokens.is_empty() {
+        // No token to look for: the /proc walk would find nothing to signal. It used to run
+        // anyway after every iteration's exit, on the way to the next dispatch.
+        return 0;
+    }
     let candidates = descendants().unwrap_or_else(all_pids);
     signal_marked(candidates, tokens, signal)
 }

@@ -103,7 +103,7 @@ pub fn big_start(stories: usize, git: bool) -> StartFigures {
 /// so the count is the request's own, and instruction counts do not depend on machine load.
 pub fn callgrind_status(stories: usize, measured: u32) -> Result<(u64, Option<u64>), String> {
     let which = |tool: &str| Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-    if !which("valgrind") || !Command::new("callgrind_control").arg("-h").output().is_ok() {
+    if !which("valgrind") || Command::new("callgrind_control").arg("-h").output().is_err() {
         return Err("valgrind (callgrind) not installed".into());
     }
     let mut daemon = Daemon::unstarted();

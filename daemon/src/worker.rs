@@ -43,7 +43,7 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Rec
     }
     let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
     let stdin = match &spec.stdin {
-        Some(path) => Stdio::from(File::open(path)?),
+        Some(path) => Stdio::from(open_stdin(path)?),
         None => Stdio::null(),
     };
     let mut command = Command::new(program);
@@ -65,6 +65,23 @@ pub fn spawn(reaper: &Reaper, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Rec
         });
     }
     reaper.spawn(&mut command)
+}
+
+/// Opens the file given to the worker on stdin (spec.md). Only a regular file: a symlink could
+/// lead outside the project, and opening a FIFO a worker put in its place would block the run
+/// (O_NONBLOCK makes that open return at once, and a regular file ignores the flag).
+fn open_stdin(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{} {what}", path.display()));
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| if e.raw_os_error() == Some(libc::ELOOP) { refuse("is a symlink") } else { e })?;
+    if !file.metadata()?.is_file() {
+        return Err(refuse("is not a regular file"));
+    }
+    Ok(file)
 }
 
 /// Signals a worker's whole process group and every process of this daemon's tree carrying one

@@ -182,3 +182,25 @@ fn a_project_folder_removed_mid_run_ends_the_run_and_the_daemon_keeps_serving() 
     // (A worker still running may write its own files; sticler's are never made again.)
     assert!(!p.path().join("phases").exists(), "sticler never recreates a removed project");
 }
+
+/// A worker may replace spec.md with a FIFO: opening it for the next iteration's stdin must not
+/// block the run (nor the daemon); the story fails with the reason.
+#[test]
+fn spec_md_replaced_by_a_fifo_mid_run_fails_the_story_without_blocking() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    slow_phase(&p);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    poll(Duration::from_secs(20), "a first iteration", || (iteration_of_first(&daemon, &p) >= 1).then_some(()));
+    let spec = p.path().join(p.story_rel("US-P1-001")).join("spec.md");
+    fs::remove_file(&spec).unwrap();
+    nix::unistd::mkfifo(&spec, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+    let mut wait = daemon.ctl_command(&["-C", &p.path_str(), "wait", "1"]).spawn().unwrap();
+    let ended = poll(Duration::from_secs(30), "the run to end", || wait.try_wait().unwrap());
+    assert_eq!(ended.code(), Some(4), "{}", daemon.dump(p.path()));
+    let status = daemon.phase_status(p.path(), 1);
+    let reasons = status["stories"][0]["failed_reasons"].to_string();
+    assert!(reasons.contains("spec.md is not a regular file"), "{reasons}");
+    assert!(daemon.ctl(&["ping"]).status.success());
+}

@@ -112,27 +112,20 @@ impl Pauses {
 
     /// Ends the wait now (`resume`). Returns whether the project was waiting.
     pub fn resume(&self, store: &Store, project: &str, now: i64) -> bool {
-        let record = {
-            let mut projects = self.lock();
-            match projects.get_mut(project) {
-                Some(record) if record.until_unix > now => {
-                    record.until_unix = 0;
-                    record.reason.clear();
-                    record.clone()
-                }
-                _ => return false,
-            }
-        };
-        self.changed(store, project, &record);
-        true
+        self.end_wait(store, project, |until| until > now)
     }
 
     /// The wait's time is over: ends it. Returns true for the one caller that ended it.
     pub fn expire(&self, store: &Store, project: &str, now: i64) -> bool {
+        self.end_wait(store, project, |until| until != 0 && until <= now)
+    }
+
+    /// Ends the project's wait when `applies` to its end time. Returns whether it did.
+    fn end_wait(&self, store: &Store, project: &str, applies: impl Fn(i64) -> bool) -> bool {
         let record = {
             let mut projects = self.lock();
             match projects.get_mut(project) {
-                Some(record) if record.until_unix != 0 && record.until_unix <= now => {
+                Some(record) if applies(record.until_unix) => {
                     record.until_unix = 0;
                     record.reason.clear();
                     record.clone()

@@ -97,15 +97,21 @@ fn kill_9_at_random_moments_loses_nothing_duplicates_nothing_orphans_nothing() {
     }
 }
 
-#[test]
-fn a_graceful_restart_resumes_the_run() {
-    let mut daemon = Daemon::start();
+/// A daemon running `phase_of(6)`, once its first story completed.
+fn six_stories_one_completed() -> (Daemon, ProjectBuilder) {
+    let daemon = Daemon::start();
     let p = ProjectBuilder::new();
     p.phase(1, "decomposed", &phase_of(6));
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     poll(Duration::from_secs(20), "a first story completed", || {
         (daemon.phase_status(p.path(), 1)["counts"]["completed"].as_u64() >= Some(1)).then_some(())
     });
+    (daemon, p)
+}
+
+#[test]
+fn a_graceful_restart_resumes_the_run() {
+    let (mut daemon, p) = six_stories_one_completed();
     let status = daemon.signal_and_wait(Signal::SIGTERM);
     assert_eq!(status.code(), Some(0));
     let config: Value = serde_json::from_str(&p.read("phases/phase_1/phase_config.json")).unwrap();
@@ -187,13 +193,7 @@ fn a_failure_streak_survives_a_kill_9() {
 /// phase again resumes from the files on disk, each story still with exactly one commit.
 #[test]
 fn an_unreadable_store_is_named_and_moving_it_aside_resumes_from_disk() {
-    let mut daemon = Daemon::start();
-    let p = ProjectBuilder::new();
-    p.phase(1, "decomposed", &phase_of(6));
-    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
-    poll(Duration::from_secs(20), "a first story completed", || {
-        (daemon.phase_status(p.path(), 1)["counts"]["completed"].as_u64() >= Some(1)).then_some(())
-    });
+    let (mut daemon, p) = six_stories_one_completed();
     daemon.signal_and_wait(Signal::SIGKILL);
 
     let store = daemon.state_dir.join("store");

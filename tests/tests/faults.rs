@@ -77,6 +77,26 @@ fn assert_files_whole(root: &Path) {
     }
 }
 
+/// Starts `slow_phase` and waits for the first story's first iteration.
+fn start_slow_phase(daemon: &Daemon, p: &ProjectBuilder) {
+    slow_phase(p);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    poll(Duration::from_secs(20), "a first iteration", || (iteration_of_first(daemon, p) >= 1).then_some(()));
+}
+
+/// The run ends failed on `fault` and safely (see below); once `repair` ran, a new start
+/// finishes the phase.
+fn assert_fault_then_finish(daemon: &Daemon, p: &ProjectBuilder, fault: &str, repair: impl FnOnce()) {
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    assert_stopped_with_reason(daemon, p, fault);
+    assert!(daemon.ctl(&["ping"]).status.success());
+    repair();
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    assert_files_whole(p.path());
+}
+
 /// The run ended failed with the fault as its reason; status.json could not take the failure,
 /// so the files still say `in_progress` (whole, untouched) and a later start resumes.
 fn assert_stopped_with_reason(daemon: &Daemon, p: &ProjectBuilder, fault: &str) {
@@ -98,9 +118,7 @@ fn a_full_disk_stops_the_run_safely_and_the_phase_finishes_once_there_is_room() 
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
     let Some(fs_guard) = Tmpfs::mount(p.path(), "8m") else { return };
-    slow_phase(&p);
-    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
-    poll(Duration::from_secs(20), "a first iteration", || (iteration_of_first(&daemon, &p) >= 1).then_some(()));
+    start_slow_phase(&daemon, &p);
 
     // Fill the file system to the last byte.
     let filler = p.path().join("filler");
@@ -110,15 +128,7 @@ fn a_full_disk_stops_the_run_safely_and_the_phase_finishes_once_there_is_room() 
     while std::io::Write::write_all(&mut file, &[0u8]).is_ok() {}
     drop(file);
 
-    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
-    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
-    assert_stopped_with_reason(&daemon, &p, "No space left on device");
-    assert!(daemon.ctl(&["ping"]).status.success());
-
-    fs::remove_file(&filler).unwrap();
-    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
-    assert_files_whole(p.path());
+    assert_fault_then_finish(&daemon, &p, "No space left on device", || fs::remove_file(&filler).unwrap());
     drop(fs_guard);
 }
 
@@ -127,19 +137,10 @@ fn a_read_only_project_stops_the_run_safely_and_the_phase_finishes_once_writable
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
     let Some(fs_guard) = Tmpfs::mount(p.path(), "16m") else { return };
-    slow_phase(&p);
-    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
-    poll(Duration::from_secs(20), "a first iteration", || (iteration_of_first(&daemon, &p) >= 1).then_some(()));
+    start_slow_phase(&daemon, &p);
     fs_guard.remount("ro");
 
-    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
-    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
-    assert_stopped_with_reason(&daemon, &p, "Read-only file system");
-
-    fs_guard.remount("rw");
-    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
-    assert_files_whole(p.path());
+    assert_fault_then_finish(&daemon, &p, "Read-only file system", || fs_guard.remount("rw"));
     drop(fs_guard);
 }
 
@@ -147,10 +148,8 @@ fn a_read_only_project_stops_the_run_safely_and_the_phase_finishes_once_writable
 fn a_project_folder_removed_mid_run_ends_the_run_and_the_daemon_keeps_serving() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    slow_phase(&p);
+    start_slow_phase(&daemon, &p);
     let root = p.path_str();
-    assert!(daemon.ctl(&["-C", &root, "start", "1"]).status.success());
-    poll(Duration::from_secs(20), "a first iteration", || (iteration_of_first(&daemon, &p) >= 1).then_some(()));
     // A running worker may add a file while the folder is emptied: try again.
     poll(Duration::from_secs(10), "the project removed", || fs::remove_dir_all(p.path()).ok());
 
@@ -189,9 +188,7 @@ fn a_project_folder_removed_mid_run_ends_the_run_and_the_daemon_keeps_serving() 
 fn spec_md_replaced_by_a_fifo_mid_run_fails_the_story_without_blocking() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    slow_phase(&p);
-    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
-    poll(Duration::from_secs(20), "a first iteration", || (iteration_of_first(&daemon, &p) >= 1).then_some(()));
+    start_slow_phase(&daemon, &p);
     let spec = p.path().join(p.story_rel("US-P1-001")).join("spec.md");
     fs::remove_file(&spec).unwrap();
     nix::unistd::mkfifo(&spec, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();

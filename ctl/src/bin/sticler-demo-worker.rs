@@ -520,15 +520,7 @@ fn progress(inv: &Invocation, script: &Script, story_id: &str, status: &mut Valu
 /// `git add` of the story folder and `files`, then `git commit`, under a lock that keeps workers
 /// running side by side from colliding on git's index lock.
 fn commit_story(inv: &Invocation, script: &Script, story_id: &str, status: &Value) -> Result<()> {
-    let lock_path = inv.project_dir.join(".git").join("sticler-demo-worker.lock");
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Failure::io(&lock_path, "open lock file", e))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| Failure::at(&lock_path, format!("cannot lock: {errno}")))?;
+    let _lock = lock_exclusive(&inv.project_dir.join(".git").join("sticler-demo-worker.lock"))?;
     let title = status.get("title").and_then(Value::as_str).unwrap_or("");
     let mut add = Command::new("git");
     add.current_dir(&inv.project_dir).args(["add", "--"]).arg(&inv.story_dir);
@@ -779,18 +771,21 @@ struct Recorder {
     story_id: String,
 }
 
+/// An exclusive flock on `path` (created if missing), held until the guard is dropped.
+fn lock_exclusive(path: &Path) -> Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Failure::io(path, "open lock file", e))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Failure::at(path, format!("cannot lock: {errno}")))
+}
+
 impl Recorder {
     fn record(&self, delta: i64, event: &str) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Failure::io(&self.dir, "create directory", e))?;
-        let lock_path = self.dir.join("lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Failure::io(&lock_path, "open lock file", e))?;
-        let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Failure::at(&lock_path, format!("cannot lock: {errno}")))?;
+        let _lock = lock_exclusive(&self.dir.join("lock"))?;
 
         let running = read_counter(&self.dir.join("running"))? + delta;
         replace(&self.dir.join("running"), running)?;

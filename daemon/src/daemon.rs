@@ -17,7 +17,6 @@ use crate::events::EventBus;
 use crate::listing::Listings;
 use crate::phase::{PhaseFiles, StoryFiles};
 use crate::project::{JsonDoc, OrchestratorConfig, Project, StatusFields};
-use crate::reaper::Reaper;
 use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg, RunStart};
 use crate::store::RunRecord;
 
@@ -56,11 +55,10 @@ type RunKey = (PathBuf, u32);
 
 pub struct Daemon {
     pub bus: EventBus,
-    pub reaper: Arc<Reaper>,
+    pub spawner: crate::spawn::Spawner,
+    pub logs: crate::logs::LogFiles,
     pub slots: Slots,
     pub state_dir: PathBuf,
-    /// The umask sticlerd was started with, given back to workers.
-    pub user_umask: nix::sys::stat::Mode,
     runs: Mutex<HashMap<RunKey, RunHandle>>,
     /// The last run of each phase that ended, for `status` and `wait`.
     finished: Mutex<HashMap<RunKey, Arc<Mutex<LiveRun>>>>,
@@ -86,10 +84,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Daemon {
     pub fn new(
         bus: EventBus,
-        reaper: Arc<Reaper>,
+        spawner: crate::spawn::Spawner,
+        logs: crate::logs::LogFiles,
         max_workers: usize,
         state_dir: PathBuf,
-        user_umask: nix::sys::stat::Mode,
     ) -> Daemon {
         let pauses = crate::pause::Pauses::load(bus.store());
         let ledger = crate::ledger::Ledger::load(bus.store());
@@ -97,10 +95,10 @@ impl Daemon {
             pauses,
             ledger,
             bus,
-            reaper,
+            spawner,
+            logs,
             slots: Slots::new(max_workers),
             state_dir,
-            user_umask,
             runs: Mutex::new(HashMap::new()),
             finished: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,

@@ -6,12 +6,14 @@ mod events;
 mod git;
 mod ledger;
 mod logging;
+mod logs;
 mod notify;
 mod paths;
 mod pause;
 mod reaper;
 mod run;
 mod server;
+mod spawn;
 mod store;
 mod stream;
 mod worker;
@@ -172,7 +174,9 @@ fn serve(
         let bus = events::EventBus::new(Arc::clone(&store))?;
         git::configure();
         let reaper = reaper::Reaper::start().context("cannot become a child subreaper")?;
-        let daemon = Arc::new(Daemon::new(bus, reaper, args.max_workers as usize, state_dir.to_path_buf(), user_umask));
+        let logs = logs::LogFiles::start(state_dir.join("logs")).context("cannot start the log file thread")?;
+        let spawner = spawn::Spawner::start(reaper, user_umask).context("cannot start the spawning thread")?;
+        let daemon = Arc::new(Daemon::new(bus, spawner, logs, args.max_workers as usize, state_dir.to_path_buf()));
         Ok((state_lock, socket_lock, store, daemon))
     })();
     let (_state_lock, _socket_lock, store, daemon) = match result {

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -41,14 +40,15 @@ impl Reaper {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Spawns `command` and returns its pid and a receiver for its exit. The map is locked
-    /// across the spawn, so the reaper cannot reap the child before it is registered.
-    pub fn spawn(&self, command: &mut Command) -> io::Result<(i32, oneshot::Receiver<ExitReason>)> {
+    /// Runs `start`, which starts a child and returns its pid, and returns that pid and a
+    /// receiver for its exit. The map is locked across the start, so the reaper cannot reap the
+    /// child before it is registered.
+    pub fn spawn_with(
+        &self,
+        start: impl FnOnce() -> io::Result<i32>,
+    ) -> io::Result<(i32, oneshot::Receiver<ExitReason>)> {
         let mut waiters = self.lock();
-        let child = command.spawn()?;
-        let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
-        // Dropping `Child` neither waits nor kills: the reaper thread owns the wait.
-        drop(child);
+        let pid = start()?;
         let (tx, rx) = oneshot::channel();
         waiters.insert(pid, tx);
         Ok((pid, rx))

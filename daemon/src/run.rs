@@ -127,9 +127,12 @@ pub struct PhaseRun {
     started_unix: i64,
     /// Stopped by a daemon shutdown: the next daemon resumes the run.
     interrupted: bool,
-    /// `commit_hash` writes still going: each is two fsyncs, which would otherwise delay the
-    /// dependents' start. All are awaited before the run ends.
-    hash_writes: Vec<tokio::task::JoinHandle<()>>,
+    /// Work that must not delay a dispatch (an ended iteration's stray sweep, `commit_hash`
+    /// writes with their fsyncs): it runs on a blocking thread once the message that brought it
+    /// is handled, so after the dependents have started.
+    later: Vec<Box<dyn FnOnce() + Send>>,
+    /// That work still going; all of it is awaited before the run ends.
+    background: Vec<tokio::task::JoinHandle<()>>,
     /// The daemon was told this run ended (before the event saying so goes out: whoever waits
     /// for it may start the phase again at once).
     finished: bool,
@@ -233,7 +236,8 @@ impl PhaseRun {
             started: Instant::now(),
             started_unix: start.started_unix,
             interrupted: false,
-            hash_writes: Vec::new(),
+            later: Vec::new(),
+            background: Vec::new(),
             finished: false,
             agent: agent::AgentWatch::default(),
         };
@@ -284,6 +288,7 @@ impl PhaseRun {
                 Ok(()) = pauses.changed() => self.pause_changed(),
                 () = agent::sleep_until_unix(self.agent.paused_until) => self.pause_changed(),
             }
+            self.start_later_work();
         }
         if !self.finished {
             // The task ends without the run's end (the daemon is going away).
@@ -326,6 +331,20 @@ impl PhaseRun {
                 self.apply(actions);
             }
         }
+    }
+
+    /// Hands the work kept for later to a blocking thread.
+    fn start_later_work(&mut self) {
+        if self.later.is_empty() {
+            return;
+        }
+        let jobs = std::mem::take(&mut self.later);
+        self.background.retain(|work| !work.is_finished());
+        self.background.push(tokio::task::spawn_blocking(move || {
+            for job in jobs {
+                job();
+            }
+        }));
     }
 
     fn stop(&mut self, grace: Duration, kill: bool) {
@@ -424,11 +443,11 @@ impl PhaseRun {
             }
         }
         let paths = self.stories.get(story)?;
-        let iteration = worker::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
+        let iteration = crate::logs::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
         let token = format!("{}/{}/{}/", self.nonce, story, iteration);
         let spec = self.spawn_spec(story, paths, iteration, token.clone(), &self.config.worker.command);
         let before = crate::project::read_limited(&paths.status).unwrap_or_default();
-        match worker::spawn(&self.daemon.reaper, &spec) {
+        match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((pid, exit)) => {
                 self.watch_exit(story, iteration, exit);
                 self.running.insert(
@@ -443,10 +462,17 @@ impl PhaseRun {
                         verifying: false,
                     },
                 );
-                if let Some(live) = self.live().stories.get_mut(story) {
+                let first_run = self.live().stories.get_mut(story).is_some_and(|live| {
                     live.state = StoryState::Running;
                     live.runs += 1;
                     live.iteration_started = Some(Instant::now());
+                    live.runs == 1
+                });
+                if first_run {
+                    // Its dependents may be next: their log folders are made now, off the way
+                    // from this story's end to their start.
+                    let folders = self.sched.dependents(story).iter().map(|d| self.logs_root.join(d)).collect();
+                    self.daemon.logs.prepare_folders(folders);
                 }
                 self.record_story(story, Some((pid, &spec.log)), None);
                 self.emit(EventKind::IterationStarted { story: story.to_string(), iteration, pid: pid as u32 });
@@ -522,9 +548,8 @@ impl PhaseRun {
             cwd: self.project.root.clone(),
             env,
             stdin: (self.config.worker.stdin == StdinMode::Spec).then(|| paths.spec.clone()),
-            log: worker::log_path(&self.logs_root, story, iteration),
+            log: crate::logs::log_path(&self.logs_root, story, iteration),
             token,
-            umask: self.daemon.user_umask,
         }
     }
 
@@ -538,9 +563,11 @@ impl PhaseRun {
         worker::signal_story(Some(run.pid), &[], Signal::SIGKILL);
         let exit = if run.timed_out { ExitReason::TimedOut } else { reason };
         // Descendants that escaped into their own session are found by their token; the /proc
-        // scan runs off the run's task so it never delays the next dispatch.
+        // scan waits until the next dispatch is done.
         let token = run.token.clone();
-        tokio::task::spawn_blocking(move || worker::signal_story(None, &[token], Signal::SIGKILL));
+        self.later.push(Box::new(move || {
+            worker::signal_story(None, &[token], Signal::SIGKILL);
+        }));
         let verdict = if run.verifying {
             self.verified(&story, &run, exit)
         } else {
@@ -555,7 +582,7 @@ impl PhaseRun {
             }
         };
         self.emit(EventKind::IterationEnded { story: story.clone(), iteration, exit, verdict: verdict.label() });
-        let mut actions = self.sched.iteration_ended(&story, verdict);
+        let actions = self.sched.iteration_ended(&story, verdict);
         self.record_story(&story, None, Some(exit.to_string()));
         if self.sched.state(&story) != Some(StoryState::Running) {
             if let Some(live) = self.live().stories.get_mut(&story) {
@@ -566,8 +593,11 @@ impl PhaseRun {
                 self.release(&story, StoryState::Pending);
             }
         }
-        actions.extend(self.sched.schedule(self.daemon.slots.free()));
+        // The story's own actions first: a story that ends gives its slot back, and the next
+        // story may need that very slot (with `--max-workers 1`, it always does).
         self.apply(actions);
+        let next = self.sched.schedule(self.daemon.slots.free());
+        self.apply(next);
     }
 
     /// A story claims completed and a verify command is configured: start it (its output goes
@@ -584,7 +614,7 @@ impl PhaseRun {
         let token = format!("{}-verify/", worker.token.trim_end_matches('/'));
         let spec =
             SpawnSpec { stdin: None, ..self.spawn_spec(story, &paths, worker.iteration, token.clone(), &verify) };
-        match worker::spawn(&self.daemon.reaper, &spec) {
+        match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((pid, exit)) => {
                 self.watch_exit(story, worker.iteration, exit);
                 let running = Running {
@@ -622,7 +652,7 @@ impl PhaseRun {
         }
         let command = self.config.verify.as_ref().map(|v| v.argv().join(" ")).unwrap_or_default();
         let reason = format!("verify command {command:?} failed: {exit}");
-        let log = worker::log_path(&self.logs_root, story, verify.iteration);
+        let log = crate::logs::log_path(&self.logs_root, story, verify.iteration);
         let _ = append_log(&log, &format!("sticler: {reason}; the story goes back to in_progress\n"));
         self.reopen(story, &paths, &reason);
         Verdict::Progress
@@ -637,8 +667,7 @@ impl PhaseRun {
             Ok(None) => Verdict::Completed,
             Ok(Some(oid)) => {
                 let (story, status) = (story.to_string(), paths.status.clone());
-                self.hash_writes.retain(|w| !w.is_finished());
-                self.hash_writes.push(tokio::task::spawn_blocking(move || {
+                self.later.push(Box::new(move || {
                     if let Err(why) = record_hash(&status, oid) {
                         // The commit exists and carries the story's subject: it is found again.
                         tracing::warn!(story_id = %story, "{why}");
@@ -664,7 +693,7 @@ impl PhaseRun {
 
     /// Runs a helper process (verify, git push) to its end, killing its group on timeout.
     fn run_to_end(&self, spec: &SpawnSpec, timeout: Duration) -> ExitReason {
-        let (pid, exit) = match worker::spawn(&self.daemon.reaper, spec) {
+        let (pid, exit) = match worker::spawn(&self.daemon.spawner, &self.daemon.logs, spec) {
             Ok(started) => started,
             Err(e) => {
                 let _ = append_log(&spec.log, &format!("sticler: cannot start {:?}: {e}\n", spec.argv.join(" ")));
@@ -727,11 +756,14 @@ impl PhaseRun {
     fn end(&mut self, outcome: RunOutcome) {
         // Nothing of this run may outlive it.
         worker::signal_story(None, std::slice::from_ref(&format!("{}/", self.nonce)), Signal::SIGKILL);
-        let writes = std::mem::take(&mut self.hash_writes);
+        for job in std::mem::take(&mut self.later) {
+            job();
+        }
+        let background = std::mem::take(&mut self.background);
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async {
-                for write in writes {
-                    let _ = write.await;
+                for work in background {
+                    let _ = work.await;
                 }
             })
         });
@@ -839,7 +871,6 @@ impl PhaseRun {
             stdin: None,
             log: self.logs_root.join(format!("phase_{}-push.log", self.phase)),
             token: format!("{}/push/", self.nonce),
-            umask: self.daemon.user_umask,
         };
         match self.run_to_end(&spec, Duration::from_secs(120)) {
             ExitReason::Exited(0) => None,

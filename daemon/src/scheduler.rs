@@ -173,6 +173,11 @@ impl Scheduler {
         self.counts(story).0
     }
 
+    /// The stories of this phase that depend on `story`.
+    pub fn dependents(&self, story: &str) -> &[String] {
+        self.dependents.get(story).map_or(&[], Vec::as_slice)
+    }
+
     pub fn blocked_by(&self, story: &str) -> &[String] {
         self.nodes.get(story).map_or(&[], |n| &n.blocked_by)
     }

@@ -12,7 +12,6 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::connection::Connection;
 use crate::daemon::{error, Daemon};
 use crate::project::{JsonDoc, Project, StoryId};
-use crate::worker;
 
 /// How often `logs -f` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
@@ -169,7 +168,7 @@ pub async fn logs(
     }
     let root = daemon.logs_root(&project.root);
     let mut rx = daemon.bus.subscribe();
-    let known = worker::logged_iterations(&root, story);
+    let known = crate::logs::logged_iterations(&root, story);
     let mut current = match iteration.or_else(|| known.last().copied()) {
         Some(n) => n,
         None if follow => 0,
@@ -186,7 +185,7 @@ pub async fn logs(
     }
     let mut offset = 0u64;
     if current != 0 {
-        offset = send_new(conn, &worker::log_path(&root, story, current), current, 0).await?;
+        offset = send_new(conn, &crate::logs::log_path(&root, story, current), current, 0).await?;
     }
     if !follow {
         return send(conn, ServerMessage::Response(Response::LogEnd)).await;
@@ -202,7 +201,7 @@ pub async fn logs(
                     if s == story && p == name && next > current =>
                 {
                     if current != 0 {
-                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
                     }
                     current = next;
                     offset = 0;
@@ -211,7 +210,7 @@ pub async fn logs(
                     if p == name && n == phase.phase =>
                 {
                     if current != 0 {
-                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
                     }
                     return send(conn, ServerMessage::Response(Response::LogEnd)).await;
                 }
@@ -220,23 +219,23 @@ pub async fn logs(
             },
             _ = tick.tick() => {
                 if current != 0 {
-                    offset = send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                    offset = send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
                 }
                 // Also covers events missed by a lagging subscriber: move on to the next log,
                 // and end once the run that was seen has gone.
-                let next = worker::logged_iterations(&root, story).into_iter().find(|n| *n > current);
+                let next = crate::logs::logged_iterations(&root, story).into_iter().find(|n| *n > current);
                 if let Some(next) = next {
                     if current != 0 {
-                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
                     }
                     current = next;
-                    offset = send_new(conn, &worker::log_path(&root, story, current), current, 0).await?;
+                    offset = send_new(conn, &crate::logs::log_path(&root, story, current), current, 0).await?;
                 }
                 let running = daemon.run(&project.root, phase.phase).is_some();
                 seen_running |= running;
                 if seen_running && !running {
                     if current != 0 {
-                        send_new(conn, &worker::log_path(&root, story, current), current, offset).await?;
+                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
                     }
                     return send(conn, ServerMessage::Response(Response::LogEnd)).await;
                 }

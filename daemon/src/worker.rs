@@ -1,5 +1,5 @@
-//! How one iteration's process is run and how a story's processes are stopped. This is the
-//! only module that touches processes.
+//! How one iteration's process is run and how a story's processes are stopped. With `spawn`
+//! (which starts them) and `reaper` (which reaps them), the only module that touches processes.
 //!
 //! Every worker runs in its own session (so its own process group) and carries a unique
 //! `STICLER_WORKER_TOKEN` in its environment. The group catches ordinary children; the token
@@ -7,16 +7,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use sticler_proto::ExitReason;
 use tokio::sync::oneshot;
 
-use crate::reaper::Reaper;
+use crate::logs::LogFiles;
+use crate::spawn::{Launch, Spawner};
 
 pub const TOKEN_VAR: &str = "STICLER_WORKER_TOKEN";
 
@@ -30,41 +29,21 @@ pub struct SpawnSpec {
     pub stdin: Option<PathBuf>,
     pub log: PathBuf,
     pub token: String,
-    /// The umask the daemon was started with; workers get it back (the daemon runs with 077).
-    pub umask: nix::sys::stat::Mode,
 }
 
-/// Starts the worker; returns its pid (which is also its process group id) and its exit.
-pub fn spawn(reaper: &Reaper, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Receiver<ExitReason>)> {
+/// Starts the worker; returns its pid (which is also its session and process group id) and
+/// its exit.
+pub fn spawn(spawner: &Spawner, logs: &LogFiles, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Receiver<ExitReason>)> {
     let (program, args) =
         spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
-    if let Some(dir) = spec.log.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
-    let stdin = match &spec.stdin {
-        Some(path) => Stdio::from(open_stdin(path)?),
-        None => Stdio::null(),
-    };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env(TOKEN_VAR, &spec.token)
-        .stdin(stdin)
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log));
-    let umask = spec.umask;
-    // SAFETY: setsid and umask are async-signal-safe and allocate nothing; they are the only
-    // calls made between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            nix::sys::stat::umask(umask);
-            nix::unistd::setsid().map(drop).map_err(io::Error::from)
-        });
-    }
-    reaper.spawn(&mut command)
+    let output = logs.open(&spec.log)?;
+    let stdin = spec.stdin.as_deref().map(open_stdin).transpose()?;
+    let mut env = spec.env.clone();
+    env.push((TOKEN_VAR.to_string(), spec.token.clone()));
+    let launch = Launch { program: program.clone(), args: args.to_vec(), cwd: spec.cwd.clone(), env, stdin, output };
+    let spawned = spawner.spawn(launch);
+    logs.refill();
+    spawned
 }
 
 /// Opens the file given to the worker on stdin (spec.md). Only a regular file: a symlink could
@@ -232,22 +211,11 @@ pub fn open_files() -> std::collections::HashSet<PathBuf> {
         .collect()
 }
 
-/// The per-iteration log file: `<state>/logs/<project-key>/<story>/<iteration>.log`.
-pub fn log_path(logs_root: &Path, story: &str, iteration: u32) -> PathBuf {
-    logs_root.join(story).join(format!("{iteration}.log"))
-}
-
-/// Iteration numbers that have a log, ascending.
-pub fn logged_iterations(logs_root: &Path, story: &str) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir(logs_root.join(story)) else { return Vec::new() };
-    let mut numbers: Vec<u32> =
-        entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok()).collect();
-    numbers.sort_unstable();
-    numbers
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
     use super::*;
 
     /// A process with the recorded pid but another start time stands for a recycled pid.

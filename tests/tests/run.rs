@@ -238,6 +238,35 @@ fn placeholders_environment_stdin_and_cwd_reach_the_worker() {
     assert_eq!(p.read("stdin-US-P1-001.txt"), p.read("phases/phase_1/stories/US-P1-001/spec.md"));
 }
 
+/// The worker leads a session of its own (so its own process group, and no controlling
+/// terminal), blocks and ignores no signal whatever the daemon does, and is found through the
+/// PATH its configuration gives it.
+#[test]
+fn the_worker_leads_its_own_session_with_default_signals_and_its_own_path() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let script = "cut -d' ' -f1,5,6 /proc/$$/stat > ids.txt; grep -E '^Sig(Blk|Ign):' /proc/$$/status > signals.txt; exec \"$0\"";
+    let path = "/nonexistent/bin:/usr/bin:/bin";
+    p.config(json!({"worker": {"command": ["sh", "-c", script, worker], "env": {"PATH": path}}}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    assert_eq!(start_and_wait(&daemon, &p), 0);
+    let ids: Vec<String> = p.read("ids.txt").split_whitespace().map(String::from).collect();
+    assert_eq!(ids.len(), 3, "pid, process group and session: {ids:?}");
+    assert_eq!(ids[1], ids[0], "the worker leads its process group");
+    assert_eq!(ids[2], ids[0], "the worker leads its session");
+    let mask = |name: &str| {
+        let text = p.read("signals.txt");
+        let line = text.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{name} in {text}"));
+        u64::from_str_radix(line.trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "no signal blocked");
+    // glibc's posix_spawn leaves its two internal signals (32 and 33, below SIGRTMIN) ignored;
+    // programs never use them and glibc sets its own handlers when it needs them.
+    let glibc_internal = (1 << 31) | (1 << 32);
+    assert_eq!(mask("SigIgn:") & !glibc_internal, 0, "no signal ignored (the daemon itself ignores SIGPIPE)");
+}
+
 #[test]
 fn start_refuses_completed_phases_unless_forced_and_refuses_a_second_run() {
     let daemon = Daemon::start();

@@ -68,7 +68,7 @@ impl PhaseRun {
     /// Turns the judged verdict of a worker's iteration into the agent-aware one, recording the
     /// iteration's cost on the way.
     pub(super) fn agent_verdict(&mut self, story: &str, run: &Running, verdict: Verdict) -> Verdict {
-        let log = crate::worker::log_path(&self.logs_root, story, run.iteration);
+        let log = crate::logs::log_path(&self.logs_root, story, run.iteration);
         let report = agent_output::read_log(&log, self.config.worker.output, &self.agent.patterns);
         let usage =
             self.daemon.ledger.record(self.daemon.bus.store(), &self.project_name, story, run.iteration, report.usage);

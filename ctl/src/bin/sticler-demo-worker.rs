@@ -17,7 +17,8 @@
 //! - `sleep_ms` (u64): pause before doing the work.
 //! - `files` ([path]): project files (relative to the project dir) each progress iteration appends to.
 //! - `pids_file` (path): every run appends its pid to it (`ignore_term_fork` also its descendants).
-//! - `record_dir` (path): concurrency record (`running`, `max`, `events.log`) under a flock.
+//! - `record_dir` (path): concurrency record (`running`, `max`, and `events.log` with
+//!   `start|end <story> <unix ns> <pid>` lines) under a flock.
 //! - `commit` (bool): on completion the worker commits its story folder and `files` itself with the
 //!   git CLI (subject `[<story id>] <title>`), as agents do when sticler's `auto_commit` is off.
 //!   Commits of workers running side by side are serialised by a flock in the git folder.
@@ -98,10 +99,13 @@ macro_rules! say {
 }
 
 fn main() -> ExitCode {
+    // Taken first, so that a `start` record says when the process began, not when it got to
+    // writing the record: the bench measures dispatch latency with it.
+    let began = unix_nanos();
     let outcome = match std::env::var(ROLE_ENV).as_deref() {
         Ok("child") => play_child().map(|never| match never {}),
         Ok("grandchild") => play_grandchild(),
-        _ => run(),
+        _ => run(began),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -324,7 +328,7 @@ fn script_string(object: &Map<String, Value>, key: &str) -> std::result::Result<
 // ---------------------------------------------------------------------------------------------------
 // One iteration
 
-fn run() -> Result<u8> {
+fn run(began: u128) -> Result<u8> {
     let inv = Invocation::from_env()?;
     let mut status = read_status(&inv.status_file)?;
     let script = Script::from_status(&status).map_err(|r| Failure::at(&inv.status_file, r))?;
@@ -360,7 +364,7 @@ fn run() -> Result<u8> {
     let recorder =
         script.record_dir.as_deref().map(|dir| Recorder { dir: inv.resolve(dir), story_id: story_id.clone() });
     if let Some(recorder) = &recorder {
-        recorder.record(1, "start")?;
+        recorder.record(1, "start", Some(began))?;
     }
     if script.sleep_ms > 0 {
         say!("Working for {} ms...", script.sleep_ms);
@@ -383,10 +387,14 @@ fn run() -> Result<u8> {
         outcome
     };
     // The end record is written whatever happened, so `running` stays balanced.
-    let ended = recorder.as_ref().map_or(Ok(()), |r| r.record(-1, "end"));
+    let ended = recorder.as_ref().map_or(Ok(()), |r| r.record(-1, "end", None));
     let code = outcome?;
     ended?;
     Ok(code)
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 fn unix_now() -> i64 {
@@ -783,7 +791,8 @@ fn lock_exclusive(path: &Path) -> Result<Flock<File>> {
 }
 
 impl Recorder {
-    fn record(&self, delta: i64, event: &str) -> Result<()> {
+    /// Records `event` at time `at`, or now (after the counters are updated: as late as can be).
+    fn record(&self, delta: i64, event: &str, at: Option<u128>) -> Result<()> {
         fs::create_dir_all(&self.dir).map_err(|e| Failure::io(&self.dir, "create directory", e))?;
         let _lock = lock_exclusive(&self.dir.join("lock"))?;
 
@@ -793,8 +802,9 @@ impl Recorder {
         if running > read_counter(&max_path)? {
             replace(&max_path, running)?;
         }
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        append(&self.dir.join("events.log"), &format!("{event} {} {nanos}\n", self.story_id))
+        let nanos = at.unwrap_or_else(unix_nanos);
+        let pid = std::process::id();
+        append(&self.dir.join("events.log"), &format!("{event} {} {nanos} {pid}\n", self.story_id))
     }
 }
 

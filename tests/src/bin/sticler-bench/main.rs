@@ -13,6 +13,7 @@
 //! `STICLER_BENCH_STORIES`, `_WIDTH`, `_REPS`, `_TOOLS` (e.g. `sticler,make`).
 //! pueue: `$STICLER_BENCH_PUEUE_DIR`, `$PATH`, or built once into `$TMPDIR/pueue-install`.
 
+mod exectrace;
 mod measure;
 mod micro;
 mod pueue;
@@ -35,6 +36,8 @@ struct Settings {
     iterations: Vec<u32>,
     auto_commit: Vec<bool>,
     pueue: Option<PathBuf>,
+    /// Dispatch latency from the kernel's exit and exec events (perf), else the worker's records.
+    kernel_clock: bool,
 }
 
 fn settings() -> Settings {
@@ -50,6 +53,7 @@ fn settings() -> Settings {
         iterations: vec![1, 3],
         auto_commit: vec![false, true],
         pueue: None,
+        kernel_clock: false,
     };
     let mut tools = std::env::var("STICLER_BENCH_TOOLS").ok();
     let mut args = std::env::args().skip(1);
@@ -95,6 +99,13 @@ fn settings() -> Settings {
             }
         }
     }
+    s.kernel_clock = exectrace::available();
+    if !s.kernel_clock {
+        println!(
+            "perf cannot record sched tracepoints here (not installed, or perf_event_paranoid): dispatch \
+             latency comes from the worker's records and includes its start-up and exit\n"
+        );
+    }
     s
 }
 
@@ -125,7 +136,7 @@ fn bench_workloads(s: &Settings, workloads: &[Workload]) -> Vec<(Workload, Vec<R
         // Tools take turns within each repetition, so a change of machine load hits all of them.
         for _ in 0..s.reps {
             for (i, tool) in s.tools.iter().enumerate() {
-                samples[i].push(runners::run(*tool, w, s.pueue.as_deref()));
+                samples[i].push(runners::run(*tool, w, s.pueue.as_deref(), s.kernel_clock));
             }
         }
         let rows: Vec<Row> = s

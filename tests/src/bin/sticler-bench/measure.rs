@@ -1,5 +1,6 @@
 //! What the bench reads about processes: CPU time and peak RSS from /proc, and small statistics.
 
+use std::collections::HashMap;
 use std::fs;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,12 +89,19 @@ pub fn run_watched(command: &mut Command) -> Finished {
     Finished { status, wall, cpu_ms, peak_rss_kib }
 }
 
-/// For each story with dependencies: its first worker start minus the last worker end of its
-/// dependencies, in ms, from the scripted worker's `events.log` (`start|end <id> <unix ns>`).
-pub fn dispatch_latencies(log: &std::path::Path, graph: &[(String, Vec<String>)]) -> Vec<f64> {
+/// For each story with dependencies, in ms: its first worker's start minus the last end among
+/// its dependencies' workers. The scripted worker's `events.log` lines are `start|end <id> <unix
+/// ns> <pid>`; with `kernel` times those pids' exec and exit are used instead (the worker's own
+/// records add its start-up and exit), and the worker's times only where a pid is missing.
+pub fn dispatch_latencies(
+    log: &std::path::Path,
+    graph: &[(String, Vec<String>)],
+    kernel: Option<&crate::exectrace::ExecTimes>,
+) -> Vec<f64> {
     let text = fs::read_to_string(log).unwrap_or_default();
-    let mut start = std::collections::HashMap::new();
-    let mut end = std::collections::HashMap::new();
+    // (time, pid) of each story's first start and last end.
+    let mut start: HashMap<String, (u128, Option<u32>)> = HashMap::new();
+    let mut end: HashMap<String, (u128, Option<u32>)> = HashMap::new();
     for line in text.lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let (Some(kind), Some(id), Some(t)) =
@@ -101,18 +109,31 @@ pub fn dispatch_latencies(log: &std::path::Path, graph: &[(String, Vec<String>)]
         else {
             continue;
         };
+        let pid = parts.get(3).and_then(|p| p.parse::<u32>().ok());
         if *kind == "start" {
-            start.entry(id.to_string()).or_insert(t);
+            start.entry(id.to_string()).or_insert((t, pid));
         } else {
-            end.insert(id.to_string(), t);
+            end.insert(id.to_string(), (t, pid));
         }
     }
+    let on_kernel_clock = |(_, pid): (u128, Option<u32>), times: &HashMap<u32, u64>| {
+        pid.and_then(|p| times.get(&p)).map(|ns| u128::from(*ns))
+    };
     graph
         .iter()
         .filter(|(_, deps)| !deps.is_empty())
         .filter_map(|(id, deps)| {
-            let ready = deps.iter().filter_map(|d| end.get(d)).max()?;
-            Some((*start.get(id)? as f64 - *ready as f64) / 1e6)
+            let first = *start.get(id)?;
+            let ends: Vec<(u128, Option<u32>)> = deps.iter().filter_map(|d| end.get(d).copied()).collect();
+            if let Some(k) = kernel {
+                let exec = on_kernel_clock(first, &k.exec);
+                let exits: Option<Vec<u128>> = ends.iter().map(|e| on_kernel_clock(*e, &k.exit)).collect();
+                if let (Some(exec), Some(exits)) = (exec, exits) {
+                    return Some((exec as f64 - *exits.iter().max()? as f64) / 1e6);
+                }
+            }
+            let ready = ends.iter().map(|(t, _)| *t).max()?;
+            Some((first.0 as f64 - ready as f64) / 1e6)
         })
         .collect()
 }

@@ -38,13 +38,14 @@ pub struct Sample {
     pub latencies: Vec<f64>,
 }
 
-pub fn run(tool: Tool, w: &Workload, pueue_bin: Option<&Path>) -> Sample {
+pub fn run(tool: Tool, w: &Workload, pueue_bin: Option<&Path>, kernel_clock: bool) -> Sample {
     let rec = tempfile::tempdir().expect("tempdir");
     let p = w.project(rec.path());
     let graph = w.graph();
     // A real project is a repository already: every tool starts from one (sticler would
     // otherwise make the initial commit inside its clock).
     git_init(p.path());
+    let tracer = (kernel_clock && tool != Tool::Floor).then(|| crate::exectrace::Tracer::start(rec.path()));
     let mut sample = match tool {
         Tool::Sticler => sticler(w, p.path()),
         Tool::Make => make(w, &p),
@@ -54,7 +55,8 @@ pub fn run(tool: Tool, w: &Workload, pueue_bin: Option<&Path>) -> Sample {
     // Back to back, a dependent waits for every story before it, not for its dependencies: the
     // floor has no dispatch latency to speak of.
     if tool != Tool::Floor {
-        sample.latencies = dispatch_latencies(&rec.path().join("events.log"), &graph);
+        let kernel = tracer.map(crate::exectrace::Tracer::finish);
+        sample.latencies = dispatch_latencies(&rec.path().join("events.log"), &graph, kernel.as_ref());
     }
     sample
 }

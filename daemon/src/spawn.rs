@@ -1,20 +1,25 @@
-//! Starting a worker's process: posix_spawn, in a session of its own, with the user's umask.
+//! Starting a worker's process: in a session of its own, with the user's umask, and without
+//! copying the daemon.
 //!
 //! fork() copies the daemon's page tables and the child's exec throws them away again: most of
 //! a millisecond per iteration, between one story's end and the next one's start. posix_spawn
 //! (a vfork underneath) copies nothing. It cannot set a umask, so every spawn happens on one
 //! thread that has its own filesystem attributes (`unshare(CLONE_FS)`) and the user's umask,
 //! while the rest of the daemon keeps 077; a new process starts with the umask of the thread
-//! that made it.
+//! that made it. Where unshare is refused (a seccomp filter, as in Docker's default profile),
+//! the thread falls back to fork with setsid and umask between fork and exec.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 
+use nix::sys::stat::Mode;
 use sticler_proto::ExitReason;
 use tokio::sync::oneshot;
 
@@ -40,26 +45,40 @@ pub struct Spawner {
     requests: mpsc::Sender<(Launch, mpsc::SyncSender<Reply>)>,
 }
 
+/// How the spawning thread starts processes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Method {
+    /// posix_spawn; the thread's own umask is the user's.
+    PosixSpawn,
+    /// fork, then this umask and setsid in the child.
+    Fork(Mode),
+}
+
+/// Gives the calling thread filesystem attributes of its own with `umask`, so that it can use
+/// posix_spawn; else says to fork.
+fn own_umask(umask: Mode) -> Method {
+    match nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) {
+        Ok(()) => {
+            nix::sys::stat::umask(umask);
+            Method::PosixSpawn
+        }
+        Err(e) => {
+            tracing::warn!("cannot unshare(CLONE_FS) ({e}): workers are started by fork, which is slower");
+            Method::Fork(umask)
+        }
+    }
+}
+
 impl Spawner {
-    /// Starts the spawning thread with `umask` as its own.
-    pub fn start(reaper: Arc<Reaper>, umask: nix::sys::stat::Mode) -> io::Result<Spawner> {
+    /// Starts the spawning thread; processes it starts get `umask`.
+    pub fn start(reaper: Arc<Reaper>, umask: Mode) -> io::Result<Spawner> {
         let (requests, rx) = mpsc::channel::<(Launch, mpsc::SyncSender<Reply>)>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         std::thread::Builder::new().name("spawner".into()).spawn(move || {
-            let setup = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(io::Error::from);
-            if setup.is_ok() {
-                nix::sys::stat::umask(umask);
-            }
-            let failed = setup.is_err();
-            let _ = ready_tx.send(setup);
-            if failed {
-                return;
-            }
+            let method = own_umask(umask);
             for (launch, reply) in rx {
-                let _ = reply.send(reaper.spawn_with(|| posix_spawn(&launch)));
+                let _ = reply.send(reaper.spawn_with(|| start(&launch, method)));
             }
         })?;
-        ready_rx.recv().map_err(|_| io::Error::other("the spawning thread ended at its start"))??;
         Ok(Spawner { requests })
     }
 
@@ -71,6 +90,39 @@ impl Spawner {
         self.requests.send((launch, reply_tx)).map_err(|_| gone())?;
         reply_rx.recv().map_err(|_| gone())?
     }
+}
+
+fn start(launch: &Launch, method: Method) -> io::Result<i32> {
+    match method {
+        Method::PosixSpawn => posix_spawn(launch),
+        Method::Fork(umask) => fork_exec(launch, umask),
+    }
+}
+
+/// The fallback: std's fork and exec, with the umask and setsid in between.
+fn fork_exec(launch: &Launch, umask: Mode) -> io::Result<i32> {
+    let mut command = Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .current_dir(&launch.cwd)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdin(match &launch.stdin {
+            Some(file) => Stdio::from(file.try_clone()?),
+            None => Stdio::null(),
+        })
+        .stdout(Stdio::from(launch.output.try_clone()?))
+        .stderr(Stdio::from(launch.output.try_clone()?));
+    // SAFETY: setsid and umask are async-signal-safe and allocate nothing; they are the only
+    // calls made between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::stat::umask(umask);
+            nix::unistd::setsid().map(drop).map_err(io::Error::from)
+        });
+    }
+    let child = command.spawn()?;
+    // Dropping `Child` neither waits nor kills: the reaper owns the wait.
+    i32::try_from(child.id()).map_err(io::Error::other)
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -181,7 +233,80 @@ fn posix_spawn(launch: &Launch) -> io::Result<i32> {
 
 #[cfg(test)]
 mod tests {
+    use nix::sys::wait::{waitpid, WaitStatus};
+
     use super::*;
+
+    /// Both ways start the program found in PATH, in the given folder, with stdin, output,
+    /// environment and umask as asked, as the leader of a new session.
+    #[test]
+    fn both_ways_start_a_session_leader_as_asked() {
+        let process_umask = || {
+            let current = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
+            nix::sys::stat::umask(current);
+            current
+        };
+        let before = process_umask();
+        let umask = Mode::from_bits_truncate(0o027);
+        let on_own_thread = std::thread::spawn(move || own_umask(umask)).join().expect("thread");
+        for method in [Method::Fork(umask), Method::PosixSpawn] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("input"), "from stdin\n").expect("write");
+            let output = File::create(dir.path().join("out")).expect("create");
+            let script = "echo \"$SEEN\"; umask; pwd; cat; echo error >&2; cut -d' ' -f1,5,6 /proc/$$/stat";
+            let launch = Launch {
+                program: "sh".into(),
+                args: vec!["-c".into(), script.into()],
+                cwd: dir.path().to_path_buf(),
+                env: vec![("SEEN".into(), "env".into())],
+                stdin: Some(File::open(dir.path().join("input")).expect("open")),
+                output,
+            };
+            // posix_spawn takes the umask of the calling thread: call it from one set up as the
+            // spawning thread is.
+            let pid = if method == Method::PosixSpawn {
+                assert_eq!(on_own_thread, Method::PosixSpawn, "unshare(CLONE_FS) works here");
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        own_umask(umask);
+                        start(&launch, method)
+                    })
+                    .join()
+                    .expect("thread")
+                })
+            } else {
+                start(&launch, method)
+            }
+            .expect("started");
+            let status = waitpid(nix::unistd::Pid::from_raw(pid), None).expect("wait");
+            assert!(matches!(status, WaitStatus::Exited(_, 0)), "{method:?}: {status:?}");
+            let out = std::fs::read_to_string(dir.path().join("out")).expect("read");
+            let cwd = std::fs::canonicalize(dir.path()).expect("canonicalize");
+            let expected = format!("env\n0027\n{}\nfrom stdin\nerror\n{pid} {pid} {pid}\n", cwd.display());
+            assert_eq!(out, expected, "{method:?}");
+        }
+        assert_eq!(process_umask(), before, "the spawning thread's umask is its own");
+    }
+
+    #[test]
+    fn a_missing_program_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let launch = Launch {
+            program: "no-such-program-anywhere".into(),
+            args: vec![],
+            cwd: dir.path().to_path_buf(),
+            env: vec![],
+            stdin: None,
+            output: File::create(dir.path().join("out")).expect("create"),
+        };
+        let error = std::thread::spawn(move || {
+            let method = own_umask(Mode::from_bits_truncate(0o022));
+            start(&launch, method).expect_err("nothing to start")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn a_program_is_found_like_execvp_finds_it() {

@@ -60,6 +60,9 @@ pub struct Daemon {
     pub slots: Slots,
     pub state_dir: PathBuf,
     runs: Mutex<HashMap<RunKey, RunHandle>>,
+    /// Phases whose start is under way (validation, git, the sweep for leftover workers, the
+    /// store): a second start of one is refused without `runs` being held through that work.
+    starting: Mutex<std::collections::HashSet<RunKey>>,
     /// The last run of each phase that ended, for `status` and `wait`.
     finished: Mutex<HashMap<RunKey, Arc<Mutex<LiveRun>>>>,
     pub shutdown: watch::Sender<bool>,
@@ -71,6 +74,18 @@ pub struct Daemon {
     pub pauses: crate::pause::Pauses,
     /// Each story's agent cost and tokens (kept in the store).
     pub ledger: crate::ledger::Ledger,
+}
+
+/// A start under way (see `Daemon::reserve`).
+struct Starting<'a> {
+    daemon: &'a Daemon,
+    key: RunKey,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        lock(&self.daemon.starting).remove(&self.key);
+    }
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -100,6 +115,7 @@ impl Daemon {
             slots: Slots::new(max_workers),
             state_dir,
             runs: Mutex::new(HashMap::new()),
+            starting: Mutex::new(Default::default()),
             finished: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             listings: Listings::default(),
@@ -143,7 +159,6 @@ impl Daemon {
         lock(&self.finished).get(&key).cloned()
     }
 
-    /// Called by a run's task when it has ended.
     /// Called by a run's task when it has ended. An interrupted run keeps its record, so the
     /// next daemon resumes it.
     pub fn run_finished(&self, project: &Path, phase: u32, interrupted: bool) {
@@ -217,7 +232,9 @@ impl Daemon {
             }),
             Request::Status { project, phase, story } => self.status(&project, phase, story.as_deref()),
             Request::Validate(phase) => self.validate(&phase),
-            Request::Start { phase, force } => self.start(&phase, force),
+            // Validation, git and the sweep for leftover workers may take a while: the runtime
+            // moves its other tasks off this thread meanwhile.
+            Request::Start { phase, force } => tokio::task::block_in_place(|| self.start(&phase, force)),
             Request::Stop { phase, grace_secs } => {
                 let grace = grace_secs.map_or(DEFAULT_GRACE, Duration::from_secs);
                 self.stop(&phase, grace, false)
@@ -370,6 +387,8 @@ impl Daemon {
     /// launched. `resume_since` is set when a restarted daemon recovers a run.
     fn launch(self: &Arc<Self>, phase: &PhaseRef, resume_since: Option<i64>) -> Result<Response, ErrorReply> {
         let project = Project::open(Path::new(&phase.project))?;
+        let key = (project.root.clone(), phase.phase);
+        let _starting = self.reserve(&key)?;
         let files = PhaseFiles::load(&project, phase.phase, &self.listings)?;
         let problems = files.validate(&project);
         if !problems.is_empty() {
@@ -394,14 +413,6 @@ impl Daemon {
                     format!("{}: cannot prepare the git repository: {e}", project.root.display()),
                 )
             })?;
-        }
-        let key = (project.root.clone(), phase.phase);
-        let mut runs = lock(&self.runs);
-        if runs.contains_key(&key) {
-            return Err(error(
-                ErrorKind::Refused,
-                format!("phase {} of {} is already running", phase.phase, project.root.display()),
-            ));
         }
         if resume_since.is_none() {
             // Workers of this phase while this daemon runs none: left by a daemon whose store
@@ -442,9 +453,26 @@ impl Daemon {
             .put_run(&run_key(&project.root, phase.phase), &record)
             .map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
         let handle = PhaseRun::launch(Arc::clone(self), project.clone(), &files, config, start);
-        runs.insert(key, handle);
-        drop(runs);
+        lock(&self.runs).insert(key, handle);
         Ok(Response::Started(Box::new(self.phase_view(&project, &files))))
+    }
+
+    /// Claims `key` for a start; refused while the phase runs or another start of it is under
+    /// way. The claim ends when the returned guard is dropped, after the run is in `runs`.
+    fn reserve(&self, key: &RunKey) -> Result<Starting<'_>, ErrorReply> {
+        let (root, phase) = key;
+        let runs = lock(&self.runs);
+        let mut starting = lock(&self.starting);
+        if runs.contains_key(key) {
+            return Err(error(ErrorKind::Refused, format!("phase {phase} of {} is already running", root.display())));
+        }
+        if !starting.insert(key.clone()) {
+            return Err(error(
+                ErrorKind::Refused,
+                format!("phase {phase} of {} is already running (its start is under way)", root.display()),
+            ));
+        }
+        Ok(Starting { daemon: self, key: key.clone() })
     }
 
     fn stop(&self, phase: &PhaseRef, grace: Duration, kill: bool) -> Result<Response, ErrorReply> {

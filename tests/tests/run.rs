@@ -288,6 +288,38 @@ fn start_refuses_completed_phases_unless_forced_and_refuses_a_second_run() {
     assert_eq!(daemon.ctl(&["-C", &q.path_str(), "wait", "1"]).status.code(), Some(5));
 }
 
+/// Starts of one phase racing each other: exactly one run, every other start refused, and the
+/// story's worker started once.
+#[test]
+fn simultaneous_starts_of_one_phase_make_one_run() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    // Many stories, so that a start takes a while; only the first one runs (and hangs).
+    let mut stories = vec![story("US-P1-001", &[]).script(json!({"mode": "hang", "pids_file": "pids.txt"}))];
+    stories.extend((2..=300).map(|i| story(&format!("US-P1-{i:03}"), &[])));
+    p.config(json!({"max_parallel_workers": 1}));
+    p.phase(1, "decomposed", &stories);
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let mut start = daemon.ctl_command(&["-C", &p.path_str(), "start", "1"]);
+            start.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = starts.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let codes: Vec<_> = outs.iter().map(|o| o.status.code()).collect();
+    assert_eq!(codes.iter().filter(|c| **c == Some(0)).count(), 1, "one start wins: {codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == Some(1)).count(), 3, "the others are refused: {codes:?}");
+    for out in outs.iter().filter(|o| o.status.code() == Some(1)) {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", describe(out));
+    }
+    sticler_tests::poll(std::time::Duration::from_secs(20), "the worker started", || {
+        fs::read_to_string(p.path().join("pids.txt")).ok().filter(|t| !t.is_empty())
+    });
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
+    assert_eq!(p.read("pids.txt").lines().count(), 1, "one worker for the one story that ran");
+}
+
 #[test]
 fn unknown_fields_of_phase_config_survive_a_run() {
     let daemon = Daemon::start();

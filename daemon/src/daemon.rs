@@ -480,7 +480,7 @@ impl Daemon {
         let run = self.run(&project.root, phase.phase).ok_or_else(|| {
             error(ErrorKind::NotFound, format!("phase {} of {} is not running", phase.phase, project.root.display()))
         })?;
-        let _ = run.tx.send(RunMsg::Stop { grace, kill });
+        run.stop(RunMsg::Stop { grace, kill });
         let what = if kill { "killing" } else { "stopping" };
         Ok(Response::Done { message: format!("{what} phase {} of {}", phase.phase, project.root.display()) })
     }

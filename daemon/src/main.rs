@@ -244,7 +244,7 @@ fn lock_path(socket: &std::path::Path) -> PathBuf {
 /// (grace period plus a margin).
 async fn stop_all_runs(daemon: &Daemon) {
     for run in daemon.active_runs() {
-        let _ = run.tx.send(RunMsg::Interrupt { grace: DEFAULT_GRACE });
+        run.stop(RunMsg::Interrupt { grace: DEFAULT_GRACE });
     }
     let deadline = Instant::now() + DEFAULT_GRACE + Duration::from_secs(5);
     while !daemon.active_runs().is_empty() && Instant::now() < deadline {

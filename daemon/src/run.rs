@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use sticler_proto::{EventKind, ExitReason, RunOutcome, StoryState};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use crate::daemon::Daemon;
 use crate::git;
@@ -77,9 +77,19 @@ pub struct LiveStory {
 pub struct RunHandle {
     pub tx: mpsc::UnboundedSender<RunMsg>,
     pub live: Arc<Mutex<LiveRun>>,
+    /// Set when the run is told to stop. The run's task sees messages only between steps, and
+    /// one step waits on a process (the push at the phase's end, up to 2 minutes): this cuts
+    /// that wait short instead.
+    stopping: Arc<watch::Sender<bool>>,
 }
 
 impl RunHandle {
+    /// Tells the run to stop (`Stop`, or `Interrupt` for a daemon shutdown).
+    pub fn stop(&self, msg: RunMsg) {
+        self.stopping.send_replace(true);
+        let _ = self.tx.send(msg);
+    }
+
     /// Stories of this run with a worker or a verify command running now.
     pub fn running_stories(&self) -> usize {
         // A poisoned lock still holds a readable snapshot; a status line must not panic.
@@ -121,6 +131,8 @@ pub struct PhaseRun {
     permits: HashMap<String, OwnedSemaphorePermit>,
     live: Arc<Mutex<LiveRun>>,
     tx: mpsc::UnboundedSender<RunMsg>,
+    /// Turns true when the run is told to stop (see `RunHandle::stop`).
+    stop_requested: watch::Receiver<bool>,
     /// Prefix of every worker token of this run.
     nonce: String,
     logs_root: PathBuf,
@@ -217,7 +229,8 @@ impl PhaseRun {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let live = Arc::new(Mutex::new(live));
-        let handle = RunHandle { tx: tx.clone(), live: Arc::clone(&live) };
+        let (stopping, stop_requested) = watch::channel(false);
+        let handle = RunHandle { tx: tx.clone(), live: Arc::clone(&live), stopping: Arc::new(stopping) };
         let logs_root = daemon.logs_root(&project.root);
         let run_key = crate::daemon::run_key(&project.root, files.number);
         let mut run = PhaseRun {
@@ -234,6 +247,7 @@ impl PhaseRun {
             permits: HashMap::new(),
             live,
             tx,
+            stop_requested,
             nonce: start.nonce,
             started: Instant::now(),
             started_unix: start.started_unix,
@@ -602,27 +616,29 @@ impl PhaseRun {
         self.apply(next);
     }
 
-    /// Runs a helper process (verify, git push) to its end, killing its group on timeout.
-    fn run_to_end(&self, spec: &SpawnSpec, timeout: Duration) -> ExitReason {
+    /// Runs a helper process (git push) to its end; its group is killed on timeout or when the
+    /// run is told to stop meanwhile (then the exit is `None`).
+    fn run_to_end(&self, spec: &SpawnSpec, timeout: Duration) -> Option<ExitReason> {
         let (pid, exit) = match worker::spawn(&self.daemon.spawner, &self.daemon.logs, spec) {
             Ok(started) => started,
             Err(e) => {
                 let _ = append_log(&spec.log, &format!("sticler: cannot start {:?}: {e}\n", spec.argv.join(" ")));
-                return ExitReason::Exited(127);
+                return Some(ExitReason::Exited(127));
             }
         };
+        let mut stop_requested = self.stop_requested.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::block_in_place(|| {
             handle.block_on(async {
                 let mut exit = exit;
-                match tokio::time::timeout(timeout, &mut exit).await {
-                    Ok(reason) => reason.unwrap_or(ExitReason::Signalled(Signal::SIGKILL as i32)),
-                    Err(_) => {
-                        worker::signal_story(Some(pid), std::slice::from_ref(&spec.token), Signal::SIGKILL);
-                        let _ = exit.await;
-                        ExitReason::TimedOut
-                    }
-                }
+                let cut_short = tokio::select! {
+                    reason = &mut exit => return Some(reason.unwrap_or(ExitReason::Signalled(Signal::SIGKILL as i32))),
+                    () = tokio::time::sleep(timeout) => Some(ExitReason::TimedOut),
+                    Ok(_) = stop_requested.wait_for(|stop| *stop) => None,
+                };
+                worker::signal_story(Some(pid), std::slice::from_ref(&spec.token), Signal::SIGKILL);
+                let _ = exit.await;
+                cut_short
             })
         })
     }
@@ -784,8 +800,9 @@ impl PhaseRun {
             token: format!("{}/push/", self.nonce),
         };
         match self.run_to_end(&spec, Duration::from_secs(120)) {
-            ExitReason::Exited(0) => None,
-            exit => Some(format!("git push origin {branch} failed ({exit}); see {}", spec.log.display())),
+            Some(ExitReason::Exited(0)) => None,
+            Some(exit) => Some(format!("git push origin {branch} failed ({exit}); see {}", spec.log.display())),
+            None => Some(format!("git push origin {branch} was cut short: the run was told to stop")),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sticler_tests::{bin, describe, story, Daemon, ProjectBuilder};
@@ -232,6 +233,36 @@ fn push_to_origin_and_a_rejected_push_still_completes() {
     let summary = phase["summary"].as_str().unwrap();
     assert!(summary.contains("warning: git push origin") && summary.contains("failed"), "{summary}");
     assert!(subjects(q.path())[0].starts_with("[Phase 1]"), "the phase commit stays");
+}
+
+/// A push that hangs (the remote's hook never ends) is cut short by `kill`: the run ends at
+/// once, completed with a warning, and the push's processes are gone.
+#[test]
+fn kill_cuts_a_hanging_push_short() {
+    let daemon = Daemon::start();
+    let remotes = tempfile::tempdir().unwrap();
+    let p = ProjectBuilder::new();
+    p.config(json!({"push": true}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    let origin = remotes.path().join("slow.git");
+    with_origin(&p, &origin, false);
+    let marker = remotes.path().join("hook-pid");
+    let hook = origin.join("hooks/pre-receive");
+    std::fs::write(&hook, format!("#!/bin/sh\necho $$ > {}\nexec sleep 600\n", marker.display())).unwrap();
+    Command::new("chmod").arg("755").arg(&hook).status().unwrap();
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let hook_pid: i32 = sticler_tests::poll(Duration::from_secs(30), "the push reached the hook", || {
+        std::fs::read_to_string(&marker).ok()?.trim().parse().ok()
+    });
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    let waited = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(waited.status.code(), Some(0), "the phase itself completed: {}", describe(&waited));
+    let summary = daemon.phase_status(p.path(), 1)["summary"].as_str().unwrap().to_string();
+    assert!(summary.contains("was cut short"), "{summary}");
+    sticler_tests::poll(Duration::from_secs(10), "the hook's process is gone", || {
+        (!sticler_tests::process_alive(hook_pid)).then_some(())
+    });
 }
 
 #[test]

@@ -193,10 +193,11 @@ fn main() -> ExitCode {
                 _ => EXIT_FAILED,
             };
             if json {
+                // The daemon's kinds as the protocol spells them; two more of the client's own.
                 let (kind, message) = match &e {
-                    ClientError::Refused(r) => (format!("{:?}", r.kind), r.message.clone()),
-                    ClientError::Unreachable { .. } => ("Unreachable".into(), e.to_string()),
-                    ClientError::Protocol(_) => ("Protocol".into(), e.to_string()),
+                    ClientError::Refused(r) => (serde_json::json!(r.kind), r.message.clone()),
+                    ClientError::Unreachable { .. } => (serde_json::json!("unreachable"), e.to_string()),
+                    ClientError::Protocol(_) => (serde_json::json!("protocol"), e.to_string()),
                 };
                 println!("{}", serde_json::json!({"error": {"kind": kind, "message": message}}));
             } else {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use sticler_tests::{bin, describe, Daemon};
+use sticler_tests::{bin, describe, story, Daemon, ProjectBuilder};
 
 fn demo_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -81,6 +81,31 @@ fn unreachable_daemon_exits_3_and_says_how_to_start_it() {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not running") && err.contains("sticlerd"), "{err}");
+}
+
+/// `--json` errors carry the kinds as the protocol spells them, and the client's own ones in
+/// the same style.
+#[test]
+fn json_errors_use_the_protocol_kinds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("sticlerctl"))
+        .arg("--socket")
+        .arg(tmp.path().join("nobody.sock"))
+        .args(["--json", "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["kind"], "unreachable", "{err}");
+
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    let out = daemon.ctl(&["--json", "-C", &p.path_str(), "status", "7"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["kind"], "not_found", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains('7'), "{err}");
 }
 
 #[test]

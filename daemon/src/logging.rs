@@ -30,9 +30,10 @@ pub enum LoggingError {
     Journald(std::io::Error),
 }
 
-/// Installs the global subscriber. The filter is `RUST_LOG` when set, else `level`.
-/// Returns the target chosen, so `auto` can be reported.
-pub fn init(target: LogTarget, level: &str) -> Result<LogTarget, LoggingError> {
+/// Installs the global subscriber. The filter is `RUST_LOG` when set, else `level`; `colours`
+/// only when stderr is a terminal (a log file gets plain lines). Returns the target chosen, so
+/// `auto` can be reported.
+pub fn init(target: LogTarget, level: &str, colours: bool) -> Result<LogTarget, LoggingError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.is_empty() => {
             EnvFilter::try_new(&env).map_err(|source| LoggingError::Filter { filter: env, source })
@@ -48,7 +49,8 @@ pub fn init(target: LogTarget, level: &str) -> Result<LogTarget, LoggingError> {
         LogTarget::Auto => None,
     };
     let chosen = if journald.is_some() { LogTarget::Journald } else { LogTarget::Stderr };
-    let stderr = journald.is_none().then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let stderr =
+        journald.is_none().then(|| tracing_subscriber::fmt::layer().with_ansi(colours).with_writer(std::io::stderr));
     tracing_subscriber::registry().with(filter).with(journald).with(stderr).init();
     Ok(chosen)
 }

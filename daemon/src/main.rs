@@ -78,9 +78,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
-    logging::init(args.log_target, &args.log_level)?;
     // Under systemd (Type=notify) the service manager tracks this very process: never fork.
     let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let background = !args.foreground && !under_systemd;
+    // Colours only for a terminal that stays ours: in the background stderr becomes a file.
+    let colours = !background && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    logging::init(args.log_target, &args.log_level, colours)?;
     // Read (and take out of the environment, so workers do not inherit it) before any thread
     // exists. A bad NOTIFY_SOCKET is logged but does not stop the daemon from serving.
     let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
@@ -93,7 +96,6 @@ fn start(args: Args) -> anyhow::Result<()> {
     let user_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let socket = paths::socket_path(args.socket.clone())?;
     let state_dir = paths::state_dir(args.state_dir.clone())?;
-    let background = !args.foreground && !under_systemd;
     // Forking must happen before any thread exists (the runtime, the reaper).
     let ready = if background { Some(daemonize(&state_dir)?) } else { None };
     let result = serve(&args, &socket, &state_dir, ready, notifier.map(Arc::new), user_umask);

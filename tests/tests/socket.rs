@@ -331,7 +331,9 @@ fn without_foreground_the_daemon_forks_once_it_serves() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another sticlerd"), "{}", describe(&out));
     assert!(ctl(&["shutdown"]).status.success());
     poll(Duration::from_secs(20), "socket removed", || (!socket.exists()).then_some(()));
-    assert!(state.join("sticlerd.log").exists(), "the background daemon logs to its state folder");
+    let log =
+        std::fs::read_to_string(state.join("sticlerd.log")).expect("the background daemon logs to its state folder");
+    assert!(log.contains("ready") && !log.contains('\x1b'), "plain lines, no colour codes:\n{log:?}");
 }
 
 /// Asks a background daemon to stop even when the test fails half-way.

@@ -439,6 +439,8 @@ impl Daemon {
                 RUN_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ),
             started_unix: resume_since.unwrap_or((now_ms / 1000) as i64),
+            // A recovered run's HEAD at its start is not kept: its time bound alone applies.
+            head: if resume_since.is_none() { crate::git::head(&project.root) } else { None },
             recovered: resume_since.is_some(),
         };
         let record = RunRecord {

@@ -55,6 +55,22 @@ fn head_commit(repo: &Repository) -> Option<Commit<'_>> {
     repo.head().ok()?.peel_to_commit().ok()
 }
 
+/// The commit HEAD points at, if there is one.
+pub fn head(root: &Path) -> Option<Oid> {
+    Some(head_commit(&Repository::open(root).ok()?)?.id())
+}
+
+/// Which `[story]` commits count as made by a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Since {
+    /// Commits older than this (unix seconds) do not count.
+    pub unix: i64,
+    /// HEAD when the run started, when known: commits in its history do not count either,
+    /// whatever their time says (git keeps whole seconds, so a commit of a run that ended in
+    /// the second this one started looks as new as this run's own).
+    pub head: Option<Oid>,
+}
+
 /// Stages every change of the working tree (new, modified, deleted), honouring .gitignore,
 /// with one scan of the tree (`git add -A`).
 fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
@@ -204,7 +220,7 @@ pub fn find_story_commit(
     root: &Path,
     story: &str,
     recorded: &str,
-    since_unix: i64,
+    since: Since,
     git: &mut ProjectGit,
 ) -> Result<Option<Oid>, GitError> {
     let ProjectGit { open, commits: known } = git;
@@ -220,11 +236,13 @@ pub fn find_story_commit(
         }
         return Ok(Some(commit.id()));
     }
-    known.refresh(repo, since_unix)?;
+    known.refresh(repo, since.unix)?;
+    let before_the_run =
+        |oid: Oid| since.head.is_some_and(|head| head == oid || repo.graph_descendant_of(head, oid).unwrap_or(false));
     Ok(known
         .by_story
         .get(story)
-        .filter(|(oid, time)| *time >= since_unix && repo.find_commit(*oid).is_ok())
+        .filter(|(oid, time)| *time >= since.unix && repo.find_commit(*oid).is_ok() && !before_the_run(*oid))
         .map(|(oid, _)| *oid))
 }
 

@@ -137,8 +137,8 @@ pub struct PhaseRun {
     nonce: String,
     logs_root: PathBuf,
     started: Instant,
-    /// Commits made since this time count as the stories' commits.
-    started_unix: i64,
+    /// Which commits count as the stories' commits: made since the run started.
+    since: git::Since,
     /// Stopped by a daemon shutdown: the next daemon resumes the run.
     interrupted: bool,
     /// Work that must not delay a dispatch (an ended iteration's stray sweep, `commit_hash`
@@ -158,6 +158,8 @@ pub struct PhaseRun {
 pub struct RunStart {
     pub nonce: String,
     pub started_unix: i64,
+    /// HEAD when a fresh run started (unknown for a recovered one).
+    pub head: Option<git2::Oid>,
     pub recovered: bool,
 }
 
@@ -184,7 +186,7 @@ impl PhaseRun {
                 // since its first start, so it happens exactly once; a new run accepts any
                 // `[story]` commit of the history.
                 let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
-                let since = if start.recovered { start.started_unix } else { 0 };
+                let since = git::Since { unix: if start.recovered { start.started_unix } else { 0 }, head: None };
                 let checked = commit_step(&daemon, &project.root, story.id.as_str(), &paths, config.auto_commit, since)
                     .and_then(|oid| oid.map_or(Ok(()), |oid| record_hash(&paths.status, oid)));
                 match checked {
@@ -250,7 +252,7 @@ impl PhaseRun {
             stop_requested,
             nonce: start.nonce,
             started: Instant::now(),
-            started_unix: start.started_unix,
+            since: git::Since { unix: start.started_unix, head: start.head },
             interrupted: false,
             later: Vec::new(),
             background: Vec::new(),

@@ -76,7 +76,7 @@ impl PhaseRun {
     /// `commit_hash` record in status.json is written meanwhile, off the way of the dependents.
     pub(super) fn commit_step(&mut self, story: &str) -> Verdict {
         let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
-        match commit_step(&self.daemon, &self.project.root, story, paths, self.config.auto_commit, self.started_unix) {
+        match commit_step(&self.daemon, &self.project.root, story, paths, self.config.auto_commit, self.since) {
             Ok(None) => Verdict::Completed,
             Ok(Some(oid)) => {
                 let (story, status) = (story.to_string(), paths.status.clone());
@@ -106,7 +106,7 @@ impl PhaseRun {
 }
 
 /// The commit check of a story that claims completed: its `[story]` commit (recorded, or made
-/// since `since_unix`), else one made now when `auto_commit` is on. Returns the commit when
+/// since the run started, as `since` tells), else one made now when `auto_commit` is on. Returns the commit when
 /// status.json does not record it yet, or why the claim is turned back.
 pub(super) fn commit_step(
     daemon: &Daemon,
@@ -114,13 +114,13 @@ pub(super) fn commit_step(
     story: &str,
     paths: &StoryPaths,
     auto_commit: bool,
-    since_unix: i64,
+    since: git::Since,
 ) -> Result<Option<git2::Oid>, String> {
     let lock = daemon.git_lock(root);
     let mut known = lock.lock().unwrap_or_else(|e| e.into_inner());
     let doc = JsonDoc::read(&paths.status).map_err(|e| e.to_string())?;
     let found =
-        tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since_unix, &mut known));
+        tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since, &mut known));
     let oid = match found {
         Ok(Some(oid)) => oid,
         Ok(None) if auto_commit => {

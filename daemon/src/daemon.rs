@@ -292,7 +292,7 @@ impl Daemon {
             }
         };
         let project_name = project.root.display().to_string();
-        let stories: Vec<StoryView> = files
+        let mut stories: Vec<StoryView> = files
             .stories
             .iter()
             .map(|story| {
@@ -305,6 +305,9 @@ impl Daemon {
                 view
             })
             .collect();
+        if running {
+            mark_ready(&mut stories);
+        }
         let mut counts = StoryCounts { total: stories.len() as u32, ..Default::default() };
         for s in &stories {
             match s.state {
@@ -562,6 +565,19 @@ impl Daemon {
 
 pub fn run_key(project: &Path, phase: u32) -> String {
     format!("{}\0{phase}", project.display())
+}
+
+/// A pending story of a running phase whose dependencies in the phase are all completed is
+/// `ready`: it starts as soon as a slot frees. (One whose dependencies in earlier phases are not
+/// completed is `blocked`, never pending.)
+fn mark_ready(stories: &mut [StoryView]) {
+    let states: HashMap<String, StoryState> = stories.iter().map(|s| (s.id.clone(), s.state)).collect();
+    for story in stories.iter_mut().filter(|s| s.state == StoryState::Pending) {
+        let done = |dep: &String| states.get(dep).is_none_or(|state| *state == StoryState::Completed);
+        if story.dependencies.iter().all(done) {
+            story.state = StoryState::Ready;
+        }
+    }
 }
 
 fn story_view(

@@ -246,19 +246,22 @@ fn the_worker_leads_its_own_session_with_default_signals_and_its_own_path() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
     let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
-    let script = "cut -d' ' -f1,5,6 /proc/$$/stat > ids.txt; grep -E '^Sig(Blk|Ign):' /proc/$$/status > signals.txt; exec \"$0\"";
+    // Shell builtins only, before any child: a shell waiting for a child blocks signals itself.
+    let script = "read -r stat < /proc/$$/stat; while read -r line; do case $line in Sig*) echo \"$line\";; esac; \
+                  done < /proc/$$/status > signals.txt; echo \"$stat\" > stat.txt; exec \"$0\"";
     let path = "/nonexistent/bin:/usr/bin:/bin";
     p.config(json!({"worker": {"command": ["sh", "-c", script, worker], "env": {"PATH": path}}}));
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     assert_eq!(start_and_wait(&daemon, &p), 0);
-    let ids: Vec<String> = p.read("ids.txt").split_whitespace().map(String::from).collect();
-    assert_eq!(ids.len(), 3, "pid, process group and session: {ids:?}");
+    // pid (comm) state ppid pgrp session ...: the command name is `sh`, without spaces.
+    let stat: Vec<String> = p.read("stat.txt").split_whitespace().map(String::from).collect();
+    let ids = [&stat[0], &stat[4], &stat[5]];
     assert_eq!(ids[1], ids[0], "the worker leads its process group");
     assert_eq!(ids[2], ids[0], "the worker leads its session");
     let mask = |name: &str| {
         let text = p.read("signals.txt");
         let line = text.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{name} in {text}"));
-        u64::from_str_radix(line.trim(), 16).unwrap()
+        u64::from_str_radix(line.trim(), 16).unwrap_or_else(|e| panic!("{line:?}: {e}"))
     };
     assert_eq!(mask("SigBlk:"), 0, "no signal blocked");
     // glibc's posix_spawn leaves its two internal signals (32 and 33, below SIGRTMIN) ignored;
@@ -318,6 +321,31 @@ fn simultaneous_starts_of_one_phase_make_one_run() {
     assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
     assert_eq!(p.read("pids.txt").lines().count(), 1, "one worker for the one story that ran");
+}
+
+/// While a phase runs, a story whose dependencies are all completed but that waits for a slot
+/// is `ready`; one still waiting for a dependency is `pending`.
+#[test]
+fn a_story_waiting_only_for_a_slot_is_ready() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.config(json!({"max_parallel_workers": 1}));
+    let hang = json!({"mode": "hang", "pids_file": "pids.txt"});
+    p.phase(
+        1,
+        "decomposed",
+        &[story("US-P1-001", &[]).script(hang), story("US-P1-002", &[]), story("US-P1-003", &["US-P1-001"])],
+    );
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    sticler_tests::poll(std::time::Duration::from_secs(20), "the first story runs", || {
+        fs::read_to_string(p.path().join("pids.txt")).ok().filter(|t| !t.is_empty())
+    });
+    let status = daemon.phase_status(p.path(), 1);
+    let states: Vec<&str> =
+        status["stories"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["running", "ready", "pending"], "{status}");
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
 }
 
 #[test]

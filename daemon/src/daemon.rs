@@ -286,7 +286,7 @@ impl Daemon {
             Err(e) => {
                 problems.push(Problem {
                     path: files.dir.join(crate::phase::PHASE_CONFIG).display().to_string(),
-                    message: e.to_string(),
+                    message: e.detail(),
                 });
                 (String::new(), String::new())
             }
@@ -352,7 +352,7 @@ impl Daemon {
         if let Err(e) = OrchestratorConfig::load(&project.root) {
             problems.push(Problem {
                 path: project.root.join(crate::project::CONFIG_FILE).display().to_string(),
-                message: e.to_string(),
+                message: e.detail(),
             });
         }
         Ok(Response::Validated(ValidationReport {
@@ -596,7 +596,7 @@ fn story_view(
             (Some(doc), state)
         }
         Err(e) => {
-            problems.push(Problem { path: story.status_path().display().to_string(), message: e.to_string() });
+            problems.push(Problem { path: story.status_path().display().to_string(), message: e.detail() });
             (None, StoryState::Invalid)
         }
     };

@@ -72,7 +72,7 @@ impl PhaseFiles {
             problems.push(Problem { path: path.display().to_string(), message })
         };
         if let Err(e) = &self.config {
-            push(&mut problems, &self.dir.join(PHASE_CONFIG), strip_path(e));
+            push(&mut problems, &self.dir.join(PHASE_CONFIG), e.detail());
         }
         let ids: BTreeSet<&str> = self.stories.iter().map(|s| s.id.as_str()).collect();
         let mut claimed: HashMap<String, &PathBuf> = HashMap::new();
@@ -90,7 +90,7 @@ impl PhaseFiles {
             let doc = match &story.status {
                 Ok(doc) => doc,
                 Err(e) => {
-                    push(&mut problems, &story.status_path(), strip_path(e));
+                    push(&mut problems, &story.status_path(), e.detail());
                     continue;
                 }
             };
@@ -146,18 +146,6 @@ impl PhaseFiles {
             push(&mut problems, &self.dir.join("stories"), format!("dependency cycle: {}", cycle.join(" -> ")));
         }
         problems
-    }
-}
-
-/// The error text without the leading path (the problem carries the path already).
-fn strip_path(e: &ProjectError) -> String {
-    match e {
-        ProjectError::Io { source, .. } => source.to_string(),
-        ProjectError::Malformed { line, column, message, .. } => {
-            format!("malformed JSON at line {line}, column {column}: {message}")
-        }
-        ProjectError::Invalid { message, .. } => message.clone(),
-        other => other.to_string(),
     }
 }
 

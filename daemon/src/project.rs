@@ -34,6 +34,31 @@ impl ProjectError {
     pub fn io(path: &Path, source: io::Error) -> Self {
         ProjectError::Io { path: path.to_path_buf(), source }
     }
+
+    /// A JSON syntax error at `path`. serde's own text ends with the position, which this
+    /// error names already: it is cut off.
+    fn malformed(path: &Path, e: &serde_json::Error) -> Self {
+        let text = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        ProjectError::Malformed {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: text.strip_suffix(&suffix).unwrap_or(&text).to_string(),
+        }
+    }
+
+    /// The error without its leading path, for a problem that carries the path already.
+    pub fn detail(&self) -> String {
+        match self {
+            ProjectError::Io { source, .. } => source.to_string(),
+            ProjectError::Malformed { line, column, message, .. } => {
+                format!("malformed JSON at line {line}, column {column}: {message}")
+            }
+            ProjectError::Invalid { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// The protocol error a client sees (the daemon's server edge sends it as is).
@@ -200,12 +225,7 @@ pub fn parse_object(path: &Path, raw: &[u8]) -> Result<Map<String, Value>, Proje
             path: path.to_path_buf(),
             message: "expected a JSON object at the top level".into(),
         }),
-        Err(e) => Err(ProjectError::Malformed {
-            path: path.to_path_buf(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
-        }),
+        Err(e) => Err(ProjectError::malformed(path, &e)),
     }
 }
 
@@ -427,12 +447,7 @@ impl OrchestratorConfig {
                     message: format!("line {}, column {}: {e}", e.line(), e.column()),
                 }
             } else {
-                ProjectError::Malformed {
-                    path: path.clone(),
-                    line: e.line(),
-                    column: e.column(),
-                    message: e.to_string(),
-                }
+                ProjectError::malformed(&path, &e)
             }
         })?;
         if config.worker.command.argv().first().is_none_or(|p| p.is_empty()) {

@@ -166,6 +166,9 @@ pub async fn logs(
     if StoryId::parse(story).is_none() {
         return Err(error(ErrorKind::BadRequest, format!("{story:?} is not a story id")).into());
     }
+    if iteration == Some(0) {
+        return Err(error(ErrorKind::BadRequest, "iterations are numbered from 1").into());
+    }
     let root = daemon.logs_root(&project.root);
     let mut rx = daemon.bus.subscribe();
     let known = crate::logs::logged_iterations(&root, story);

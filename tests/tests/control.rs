@@ -187,6 +187,9 @@ fn logs_per_iteration_and_follow_across_iterations() {
     assert!(latest.contains("iteration 3"), "{latest}");
     let missing = daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001", "--iteration", "9"]);
     assert_eq!(missing.status.code(), Some(1));
+    let zero = daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001", "--iteration", "0"]);
+    assert_eq!(zero.status.code(), Some(1), "{}", describe(&zero));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("numbered from 1"), "{}", describe(&zero));
     // Logs live under the daemon's state dir, never inside the project.
     assert!(daemon.state_dir.join("logs").exists());
     let inside = walk(p.path()).into_iter().filter(|f| f.extension().is_some_and(|e| e == "log")).count();

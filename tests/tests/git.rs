@@ -172,6 +172,7 @@ fn the_verify_gate_turns_a_claim_back_once_then_passes() {
     assert_eq!(status["status"], "completed");
     let reasons = status["failed_reasons"].to_string();
     assert!(reasons.contains("verify command") && reasons.contains("exit code 7"), "{reasons}");
+    assert!(!reasons.contains("{story_dir}") && reasons.contains("US-P1-001/.verified"), "as it ran: {reasons}");
     let phase = daemon.phase_status(p.path(), 1);
     assert_eq!(phase["stories"][0]["runs"], 2, "the failed verify counted as an iteration");
     let first =

@@ -63,7 +63,11 @@ impl PhaseRun {
         if exit == ExitReason::Exited(0) {
             return self.commit_step(story);
         }
-        let command = self.config.verify.as_ref().map(|v| v.argv().join(" ")).unwrap_or_default();
+        // The command as it ran, placeholders filled in.
+        let command = match self.config.verify.clone() {
+            Some(v) => self.spawn_spec(story, &paths, verify.iteration, String::new(), &v).argv.join(" "),
+            None => String::new(),
+        };
         let reason = format!("verify command {command:?} failed: {exit}");
         let log = crate::logs::log_path(&self.logs_root, story, verify.iteration);
         let _ = append_log(&log, &format!("sticler: {reason}; the story goes back to in_progress\n"));

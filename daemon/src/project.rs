@@ -453,6 +453,17 @@ impl OrchestratorConfig {
         if config.worker.command.argv().first().is_none_or(|p| p.is_empty()) {
             return Err(ProjectError::Invalid { path, message: "worker.command is empty".into() });
         }
+        // Zero would mean no worker, no iteration or no retry at all: a typo, not a setting.
+        for (name, value) in [
+            ("max_parallel_workers", config.max_parallel_workers as u64),
+            ("max_iterations_per_task", u64::from(config.max_iterations_per_task)),
+            ("retry_limit", u64::from(config.retry_limit)),
+            ("worker.iteration_timeout_secs", config.worker.iteration_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ProjectError::Invalid { path, message: format!("{name} must be at least 1") });
+            }
+        }
         for (name, budget) in [
             ("max_cost_usd_per_story", config.max_cost_usd_per_story),
             ("max_cost_usd_per_phase", config.max_cost_usd_per_phase),
@@ -725,6 +736,25 @@ mod tests {
         for bad in ["US-P1-", "US-P-001", "us-p1-001", "US-P1-00a", "US-P1-001/..", "US-P1-0\0", ""] {
             assert!(StoryId::parse(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn zero_limits_are_refused_with_their_name() {
+        let path = Path::new("/p/orchestrator.config.json");
+        for (json, name) in [
+            (r#"{"max_parallel_workers": 0}"#, "max_parallel_workers"),
+            (r#"{"max_iterations_per_task": 0}"#, "max_iterations_per_task"),
+            (r#"{"retry_limit": 0}"#, "retry_limit"),
+            (r#"{"worker": {"iteration_timeout_secs": 0}}"#, "worker.iteration_timeout_secs"),
+        ] {
+            match OrchestratorConfig::parse(path, json.as_bytes()) {
+                Err(ProjectError::Invalid { message, .. }) => {
+                    assert_eq!(message, format!("{name} must be at least 1"), "{json}")
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        assert!(OrchestratorConfig::parse(path, br#"{"max_parallel_workers": 1, "retry_limit": 1}"#).is_ok());
     }
 
     #[test]

@@ -716,10 +716,13 @@ impl PhaseRun {
             }
             doc.write()
         });
-        if let Err(e) = result {
-            tracing::error!("cannot record the end of the run in {}: {e}", phase_config.display());
-        }
         let mut summary = summary;
+        if let Err(e) = result {
+            // The file is left as it is (never replaced by defaults); the summary says why.
+            let warning = format!("the end of the run is not recorded in phase_config.json: {e}");
+            tracing::error!("{warning}");
+            summary.push_str(&format!("; warning: {warning}"));
+        }
         if outcome == RunOutcome::Completed {
             if let Some(warning) = self.close_phase(&summary) {
                 tracing::warn!("{warning}");
@@ -833,6 +836,7 @@ impl PhaseRun {
         let commits: Vec<String> = self
             .stories
             .iter()
+            .filter(|(id, _)| self.sched.state(id) == Some(StoryState::Completed))
             .filter_map(|(id, paths)| {
                 let doc = JsonDoc::read(&paths.status).ok()?;
                 let hash = doc.commit_hash();

@@ -143,6 +143,8 @@ fn a_bogus_commit_hash_fails_the_story() {
         "{reasons}"
     );
     assert_eq!(subjects(p.path()).iter().filter(|s| s.starts_with("[US-P1-001]")).count(), 0);
+    let summary = daemon.phase_status(p.path(), 1)["summary"].as_str().unwrap().to_string();
+    assert!(summary.contains("failed: US-P1-001") && !summary.contains("0123456"), "no commit listed: {summary}");
 }
 
 #[test]

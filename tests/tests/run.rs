@@ -348,6 +348,23 @@ fn a_story_waiting_only_for_a_slot_is_ready() {
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
 }
 
+/// phase_config.json made malformed during the run is left as it is at the run's end, and the
+/// summary says that the end is not recorded in it.
+#[test]
+fn a_phase_config_broken_during_the_run_is_kept_and_the_summary_says_so() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let script = "printf '{' > phases/phase_1/phase_config.json; exec \"$0\"";
+    p.config(json!({"worker": {"command": ["/bin/sh", "-c", script, worker]}}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    assert_eq!(start_and_wait(&daemon, &p), 0);
+    assert_eq!(p.read("phases/phase_1/phase_config.json"), "{", "never replaced");
+    let status = daemon.phase_status(p.path(), 1);
+    let summary = status["summary"].as_str().unwrap();
+    assert!(summary.contains("warning: the end of the run is not recorded in phase_config.json"), "{summary}");
+}
+
 #[test]
 fn unknown_fields_of_phase_config_survive_a_run() {
     let daemon = Daemon::start();

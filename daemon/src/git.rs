@@ -237,12 +237,19 @@ pub fn find_story_commit(
         return Ok(Some(commit.id()));
     }
     known.refresh(repo, since.unix)?;
-    let before_the_run =
-        |oid: Oid| since.head.is_some_and(|head| head == oid || repo.graph_descendant_of(head, oid).unwrap_or(false));
+    // In the history at the start: the start itself, or an ancestor of it. Only a commit no
+    // later than the start's can be one, which keeps the ancestry walk for the few commits of
+    // the start's second (a walk for every story would grow with the run's commits).
+    let start = since.head.and_then(|head| Some((head, repo.find_commit(head).ok()?.time().seconds())));
+    let before_the_run = |oid: Oid, time: i64| {
+        start.is_some_and(|(head, head_time)| {
+            head == oid || (time <= head_time && repo.graph_descendant_of(head, oid).unwrap_or(false))
+        })
+    };
     Ok(known
         .by_story
         .get(story)
-        .filter(|(oid, time)| *time >= since.unix && repo.find_commit(*oid).is_ok() && !before_the_run(*oid))
+        .filter(|(oid, time)| *time >= since.unix && repo.find_commit(*oid).is_ok() && !before_the_run(*oid, *time))
         .map(|(oid, _)| *oid))
 }
 

@@ -278,22 +278,27 @@ fn a_story_commit_from_before_the_run_is_not_taken_for_the_new_one() {
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     git(p.path(), &["init", "-q"]);
     git(p.path(), &["add", "-A"]);
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(p.path())
-        .args(["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "[US-P1-001] an earlier run's work"])
-        .env("GIT_AUTHOR_DATE", "3786912000 +0000")
-        .env("GIT_COMMITTER_DATE", "3786912000 +0000")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
+    // The earlier run's story commit, then its phase commit, in one second (dated ahead).
+    let commit = |subject: &str| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(p.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q", "--allow-empty", "-m", subject])
+            .env("GIT_AUTHOR_DATE", "3786912000 +0000")
+            .env("GIT_COMMITTER_DATE", "3786912000 +0000")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    };
+    commit("[US-P1-001] an earlier run's work");
     let old = git(p.path(), &["rev-parse", "HEAD"]).trim().to_string();
+    commit("[Phase 1] the earlier run's end");
     assert_eq!(run(&daemon, &p).status.code(), Some(0));
     let recorded = p.status_json("US-P1-001")["commit_hash"].as_str().unwrap().to_string();
     assert_ne!(recorded, old, "the earlier commit was taken for this run's");
     let subjects = subjects(p.path());
     assert!(
-        subjects[1].starts_with("[US-P1-001]") && subjects[2] == "[US-P1-001] an earlier run's work",
+        subjects[1].starts_with("[US-P1-001]") && subjects[3] == "[US-P1-001] an earlier run's work",
         "{subjects:?}"
     );
     assert_eq!(git(p.path(), &["rev-parse", "HEAD~1"]).trim(), recorded, "the story's new commit is recorded");

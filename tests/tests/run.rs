@@ -29,6 +29,19 @@ fn start_and_wait(daemon: &Daemon, p: &ProjectBuilder) -> i32 {
     out.status.code().unwrap_or_else(|| panic!("start --wait crashed: {}\n{}", describe(&out), daemon.dump(p.path())))
 }
 
+/// Waits until a worker of the project has written its pid to `pids.txt`.
+fn wait_for_worker(p: &ProjectBuilder) {
+    sticler_tests::poll(std::time::Duration::from_secs(20), "a worker running", || {
+        fs::read_to_string(p.path().join("pids.txt")).ok().filter(|t| !t.is_empty())
+    });
+}
+
+/// Kills phase 1's run and checks that it ended stopped.
+fn kill_run(daemon: &Daemon, p: &ProjectBuilder) {
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
+}
+
 #[test]
 fn dependencies_are_respected_and_the_parallel_limit_is_never_exceeded() {
     let daemon = Daemon::start();
@@ -287,8 +300,7 @@ fn start_refuses_completed_phases_unless_forced_and_refuses_a_second_run() {
     let out = daemon.ctl(&["-C", &q.path_str(), "start", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", describe(&out));
-    assert!(daemon.ctl(&["-C", &q.path_str(), "kill", "1"]).status.success());
-    assert_eq!(daemon.ctl(&["-C", &q.path_str(), "wait", "1"]).status.code(), Some(5));
+    kill_run(&daemon, &q);
 }
 
 /// Starts of one phase racing each other: exactly one run, every other start refused, and the
@@ -315,11 +327,8 @@ fn simultaneous_starts_of_one_phase_make_one_run() {
     for out in outs.iter().filter(|o| o.status.code() == Some(1)) {
         assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", describe(out));
     }
-    sticler_tests::poll(std::time::Duration::from_secs(20), "the worker started", || {
-        fs::read_to_string(p.path().join("pids.txt")).ok().filter(|t| !t.is_empty())
-    });
-    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
-    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
+    wait_for_worker(&p);
+    kill_run(&daemon, &p);
     assert_eq!(p.read("pids.txt").lines().count(), 1, "one worker for the one story that ran");
 }
 
@@ -337,15 +346,12 @@ fn a_story_waiting_only_for_a_slot_is_ready() {
         &[story("US-P1-001", &[]).script(hang), story("US-P1-002", &[]), story("US-P1-003", &["US-P1-001"])],
     );
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
-    sticler_tests::poll(std::time::Duration::from_secs(20), "the first story runs", || {
-        fs::read_to_string(p.path().join("pids.txt")).ok().filter(|t| !t.is_empty())
-    });
+    wait_for_worker(&p);
     let status = daemon.phase_status(p.path(), 1);
     let states: Vec<&str> =
         status["stories"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["running", "ready", "pending"], "{status}");
-    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
-    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5));
+    kill_run(&daemon, &p);
 }
 
 /// phase_config.json made malformed during the run is left as it is at the run's end, and the

@@ -55,9 +55,12 @@ enum Command {
     Version,
     /// Show phases and stories: state, iteration, criteria, dependencies, focus
     #[command(
-        after_help = "Examples:\n  sticlerctl status            # every phase of the project\n  sticlerctl status 1          # one phase\n  sticlerctl status 1 US-P1-003\n  sticlerctl --json status 1"
+        after_help = "Examples:\n  sticlerctl status            # every phase of the project\n  sticlerctl status 1          # one phase\n  sticlerctl status 1 US-P1-003\n  sticlerctl status --all      # every phase sticlerd runs or ran, of all projects\n  sticlerctl --json status 1"
     )]
     Status {
+        /// Every phase sticlerd runs or has run since it started, of all projects (no -C needed)
+        #[arg(long, conflicts_with_all = ["phase", "story"])]
+        all: bool,
         /// Phase number
         phase: Option<String>,
         /// Story id (narrows to one story)
@@ -326,7 +329,26 @@ fn run(cli: Cli) -> CmdResult {
                 }
             }
         }
-        Command::Status { phase, story } => {
+        Command::Status { all: true, .. } => {
+            let request = Request::Status { project: String::new(), phase: None, story: None };
+            if let Response::StatusAll(reports) = Client::connect(&socket)?.call(request)? {
+                if json {
+                    print_json(&reports);
+                } else if reports.is_empty() {
+                    println!("sticlerd has run no phase since it started");
+                } else {
+                    let text: Vec<String> = reports
+                        .iter()
+                        .map(|r| {
+                            let phases: Vec<String> = r.phases.iter().map(render::phase).collect();
+                            format!("{}\n{}", r.project, phases.join("\n"))
+                        })
+                        .collect();
+                    print!("{}", text.join("\n"));
+                }
+            }
+        }
+        Command::Status { phase, story, .. } => {
             let project = project_dir(dir)?;
             let phase = phase.as_deref().map(phase_number).transpose()?;
             let request = Request::Status { project, phase, story: story.clone() };

@@ -253,6 +253,9 @@ impl Daemon {
     }
 
     fn status(&self, project: &str, phase: Option<u32>, story: Option<&str>) -> Result<Response, ErrorReply> {
+        if project.is_empty() {
+            return Ok(Response::StatusAll(self.status_all()));
+        }
         let project = Project::open(Path::new(project))?;
         let numbers = match phase {
             Some(n) => vec![n],
@@ -274,6 +277,28 @@ impl Daemon {
             phases.push(view);
         }
         Ok(Response::Status(StatusReport { project: project.root.display().to_string(), phases }))
+    }
+
+    /// Every phase of every project this daemon runs or has run, by project path and phase.
+    /// A project or phase that is gone from disk since is left out.
+    fn status_all(&self) -> Vec<StatusReport> {
+        let mut known: std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<u32>> = Default::default();
+        for (root, phase) in lock(&self.runs).keys().chain(lock(&self.finished).keys()) {
+            known.entry(root.clone()).or_default().insert(*phase);
+        }
+        known
+            .into_iter()
+            .filter_map(|(root, numbers)| {
+                let project = Project::open(&root).ok()?;
+                let phases = numbers
+                    .into_iter()
+                    .filter_map(|n| {
+                        Some(self.phase_view(&project, &PhaseFiles::load(&project, n, &self.listings).ok()?))
+                    })
+                    .collect();
+                Some(StatusReport { project: project.root.display().to_string(), phases })
+            })
+            .collect()
     }
 
     pub fn phase_view(&self, project: &Project, files: &PhaseFiles) -> PhaseView {

@@ -40,8 +40,11 @@ pub struct PhaseRef {
 pub enum Request {
     Ping,
     Version,
-    /// `phase: None` lists every phase of the project; `story` narrows to one story.
+    /// `phase: None` lists every phase of the project; `story` narrows to one story. An empty
+    /// (or absent) `project` asks for every phase this daemon has run or runs, of all projects:
+    /// the answer is `StatusAll`.
     Status {
+        #[serde(default)]
         project: String,
         #[serde(default)]
         phase: Option<u32>,
@@ -122,6 +125,8 @@ pub enum Response {
         outcome: RunOutcome,
     },
     ShuttingDown,
+    /// Every phase this daemon runs or has run since it started, one report per project.
+    StatusAll(Vec<StatusReport>),
 }
 
 /// How a run ended.

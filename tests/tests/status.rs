@@ -108,6 +108,45 @@ fn json_errors_use_the_protocol_kinds() {
     assert!(err["error"]["message"].as_str().unwrap().contains('7'), "{err}");
 }
 
+/// `status --all` lists every phase the daemon has run, of every project, with no project
+/// folder needed; over the socket, a status request without a project asks the same.
+#[test]
+fn status_all_lists_every_project_the_daemon_ran() {
+    let daemon = Daemon::start();
+    let empty = daemon.ctl_json(&["status", "--all"]);
+    assert_eq!(empty, serde_json::json!([]), "nothing run yet");
+    let (p, q) = (ProjectBuilder::new(), ProjectBuilder::new());
+    for project in [&p, &q] {
+        project.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+        let out = daemon.ctl(&["-C", &project.path_str(), "start", "1", "--wait"]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    let nowhere = tempfile::tempdir().unwrap();
+    let out = daemon.ctl_command(&["--json", "status", "--all"]).current_dir(nowhere.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut projects: Vec<String> =
+        all.as_array().unwrap().iter().map(|r| r["project"].as_str().unwrap().into()).collect();
+    projects.sort();
+    let mut expected: Vec<String> =
+        [&p, &q].iter().map(|x| std::fs::canonicalize(x.path()).unwrap().display().to_string()).collect();
+    expected.sort();
+    assert_eq!(projects, expected);
+    for report in all.as_array().unwrap() {
+        assert_eq!(report["phases"][0]["status"], "completed", "{report}");
+        assert_eq!(report["phases"][0]["stories"][0]["state"], "completed", "{report}");
+    }
+    let text = String::from_utf8(daemon.ctl(&["status", "--all"]).stdout).unwrap();
+    assert!(text.contains(&expected[0]) && text.contains(&expected[1]), "{text}");
+
+    use std::io::{BufRead, Write};
+    let mut socket = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    socket.write_all(b"{\"request\":{\"status\":{}}}\n").unwrap();
+    let line = std::io::BufReader::new(socket).lines().next().unwrap().unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["response"]["status_all"].as_array().map(Vec::len), Some(2), "{reply}");
+}
+
 #[test]
 fn version_names_both_sides() {
     let daemon = Daemon::start();

@@ -155,6 +155,31 @@ impl Daemon {
         command
     }
 
+    /// The events `watch_args` (a `watch` command line) streams for project `p`, until `runs`
+    /// runs have ended: (kind, event).
+    pub fn project_events(&self, p: &ProjectBuilder, watch_args: &[&str], runs: usize) -> Vec<(String, Value)> {
+        use std::io::{BufRead, BufReader};
+        let dir = p.path_str();
+        let mut args = vec!["--json", "-C", &dir];
+        args.extend_from_slice(watch_args);
+        let mut watch = self.ctl_command(&args).stdout(Stdio::piped()).spawn().expect("spawn watch");
+        let lines = BufReader::new(watch.stdout.take().expect("watch stdout")).lines();
+        let mut all = vec![];
+        let mut ended = 0;
+        for line in lines {
+            let event: Value = serde_json::from_str(&line.expect("watch line")).expect("an event");
+            let kind = event["kind"].as_object().and_then(|k| k.keys().next().cloned()).expect("event kind");
+            ended += usize::from(kind == "run_ended");
+            all.push((kind, event));
+            if ended == runs {
+                break;
+            }
+        }
+        let _ = watch.kill();
+        let _ = watch.wait();
+        all
+    }
+
     /// Runs `sticlerctl --json ...`, asserts success and parses stdout.
     pub fn ctl_json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];

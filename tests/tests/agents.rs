@@ -2,9 +2,7 @@
 //! restart), cost and tokens per story and phase, cost budgets, the agent's own stuck signal,
 //! and the `claude` preset's command line.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -17,30 +15,7 @@ fn now() -> i64 {
 
 /// Every stored event of the project's phase 1 up to its first `run_ended`: (kind, event).
 fn events(daemon: &Daemon, p: &ProjectBuilder) -> Vec<(String, Value)> {
-    project_events(daemon, p, &["watch", "1", "--since", "0"], 1)
-}
-
-/// Stored events of `watch_args` until `runs` runs ended: (kind, event).
-fn project_events(daemon: &Daemon, p: &ProjectBuilder, watch_args: &[&str], runs: usize) -> Vec<(String, Value)> {
-    let dir = p.path_str();
-    let mut args = vec!["--json", "-C", &dir];
-    args.extend_from_slice(watch_args);
-    let mut watch = daemon.ctl_command(&args).stdout(Stdio::piped()).spawn().unwrap();
-    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let mut all = vec![];
-    let mut ended = 0;
-    for line in lines {
-        let event: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let kind = event["kind"].as_object().unwrap().keys().next().unwrap().clone();
-        ended += usize::from(kind == "run_ended");
-        all.push((kind, event));
-        if ended == runs {
-            break;
-        }
-    }
-    let _ = watch.kill();
-    let _ = watch.wait();
-    all
+    daemon.project_events(p, &["watch", "1", "--since", "0"], 1)
 }
 
 fn wait_code(daemon: &Daemon, p: &ProjectBuilder) -> Option<i32> {
@@ -143,7 +118,7 @@ fn a_limit_in_one_phase_holds_every_phase_of_the_project() {
             daemon.dump(p.path())
         );
     }
-    let events = project_events(&daemon, &p, &["watch", "--since", "0"], 2);
+    let events = daemon.project_events(&p, &["watch", "--since", "0"], 2);
     let seq_of = |kind: &str| events.iter().find(|(k, _)| k == kind).map(|(_, e)| e["seq"].as_u64().unwrap());
     let (wait, resumed) =
         (seq_of("usage_limit_wait").expect("a wait"), seq_of("usage_limit_resumed").expect("its end"));

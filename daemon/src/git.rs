@@ -61,7 +61,7 @@ pub fn head(root: &Path) -> Option<Oid> {
 }
 
 /// Which `[story]` commits count as made by a run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Since {
     /// Commits older than this (unix seconds) do not count.
     pub unix: i64,

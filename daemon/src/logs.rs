@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
@@ -45,6 +46,9 @@ enum Job {
 pub struct LogFiles {
     spares: Arc<Mutex<Vec<File>>>,
     jobs: mpsc::Sender<Job>,
+    /// False once a ready file could not be given a name (no /proc, another filesystem): the
+    /// cause lasts, so no more are made or used.
+    naming_works: AtomicBool,
 }
 
 impl LogFiles {
@@ -54,7 +58,7 @@ impl LogFiles {
         let (jobs, rx) = mpsc::channel();
         let thread_spares = Arc::clone(&spares);
         std::thread::Builder::new().name("logprep".into()).spawn(move || prepare(&root, &thread_spares, &rx))?;
-        let files = LogFiles { spares, jobs };
+        let files = LogFiles { spares, jobs, naming_works: AtomicBool::new(true) };
         files.request(Job::Refill);
         Ok(files)
     }
@@ -62,7 +66,7 @@ impl LogFiles {
     /// Opens the log at `path` for appending: an existing one as it is (a verify command writes
     /// into its iteration's log), else a new one, made from a ready file when there is one.
     pub fn open(&self, path: &Path) -> io::Result<File> {
-        let spare = lock(&self.spares).pop();
+        let spare = self.naming_works.load(Ordering::Relaxed).then(|| lock(&self.spares).pop()).flatten();
         if let Some(file) = spare {
             match name(&file, path) {
                 Ok(()) => return Ok(file),
@@ -70,7 +74,11 @@ impl LogFiles {
                     lock(&self.spares).push(file);
                     return OpenOptions::new().append(true).open(path);
                 }
-                Err(e) => tracing::debug!(path = %path.display(), "cannot name a ready log file, making one: {e}"),
+                Err(e) => {
+                    tracing::info!(path = %path.display(), "cannot name a ready log file ({e}); log files are made at each start");
+                    self.naming_works.store(false, Ordering::Relaxed);
+                    lock(&self.spares).clear();
+                }
             }
         }
         if let Some(dir) = path.parent() {
@@ -82,7 +90,9 @@ impl LogFiles {
     /// Makes up for the ready files used. Called once the worker that took one has started, so
     /// that making them never competes with a dispatch for the CPU.
     pub fn refill(&self) {
-        self.request(Job::Refill);
+        if self.naming_works.load(Ordering::Relaxed) {
+            self.request(Job::Refill);
+        }
     }
 
     /// Makes the folders of stories that may run soon, in the background.
@@ -125,6 +135,11 @@ fn prepare(root: &Path, spares: &Mutex<Vec<File>>, jobs: &mpsc::Receiver<Job>) {
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Refill if can_prepare => {
+                if let Err(e) = fs::create_dir_all(root) {
+                    tracing::info!(folder = %root.display(), "log files are made at each start: {e}");
+                    can_prepare = false;
+                    continue;
+                }
                 while lock(spares).len() < SPARES {
                     match unnamed(root) {
                         Ok(file) => lock(spares).push(file),
@@ -149,7 +164,6 @@ fn prepare(root: &Path, spares: &Mutex<Vec<File>>, jobs: &mpsc::Receiver<Job>) {
 }
 
 fn unnamed(root: &Path) -> io::Result<File> {
-    fs::create_dir_all(root)?;
     OpenOptions::new().append(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(root)
 }
 

@@ -241,10 +241,8 @@ fn phase_number(text: &str) -> Result<u32, CliError> {
 
 /// The phase a story id belongs to (`US-P3-007` → 3).
 fn story_phase(story: &str) -> Result<u32, CliError> {
-    story
-        .strip_prefix("US-P")
-        .and_then(|rest| rest.split_once('-'))
-        .and_then(|(n, _)| n.parse().ok())
+    sticler_proto::StoryId::parse(story)
+        .map(|id| id.phase)
         .ok_or_else(|| CliError::Usage(format!("{story:?} is not a story id like US-P1-003")))
 }
 

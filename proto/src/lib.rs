@@ -7,11 +7,13 @@
 pub mod codec;
 pub mod message;
 pub mod preset;
+pub mod story;
 pub mod time;
 pub mod view;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};
 pub use message::*;
+pub use story::StoryId;
 pub use view::*;
 
 /// Bumped whenever a message type changes shape. Client and daemon must agree exactly.

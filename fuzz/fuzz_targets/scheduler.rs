@@ -99,6 +99,10 @@ fn check(u: &mut Unstructured) -> Result<()> {
                 if let Some(story) = fresh.first().filter(|_| u.ratio(1, 4u8).unwrap_or(false)) {
                     sched.unstart(story);
                     model.running.remove(story);
+                    model.held -= 1;
+                } else if let Some(story) = fresh.last() {
+                    // A claim of completion whose verify command runs in the story's slot.
+                    sched.verifying(story);
                 }
             }
         }
@@ -175,6 +179,8 @@ struct Model {
     completed: BTreeSet<String>,
     failed: BTreeSet<String>,
     running: BTreeSet<String>,
+    /// Daemon-wide slots held: one per Start, given back by Release.
+    held: usize,
     ended: Option<RunOutcome>,
 }
 
@@ -187,6 +193,7 @@ impl Model {
             completed: inits.iter().filter(|s| s.completed).map(|s| s.id.clone()).collect(),
             failed: inits.iter().filter(|s| s.failed && !s.completed).map(|s| s.id.clone()).collect(),
             running: BTreeSet::new(),
+            held: 0,
             ended: None,
         }
     }
@@ -197,8 +204,16 @@ impl Model {
         for action in actions {
             assert!(self.ended.is_none(), "{action:?} after the run ended");
             match action {
+                Action::Next(id) => assert!(self.running.contains(id), "{id} continued without running"),
+                Action::Release(id) => {
+                    assert!(self.held > 0, "{id} released a slot nobody held");
+                    self.held -= 1;
+                    self.running.remove(id);
+                }
                 Action::Start(id) => {
-                    if !self.running.contains(id) {
+                    assert!(!self.running.contains(id), "{id} started twice");
+                    self.held += 1;
+                    {
                         for dep in &self.deps[id] {
                             assert!(self.completed.contains(dep), "{id} started before its dependency {dep} completed");
                         }
@@ -243,10 +258,10 @@ impl Model {
 
     fn ended_iteration(&mut self, story: &str, actions: &[Action]) {
         self.apply(actions);
-        // An iteration that is neither continued nor final gives its slot back (stop, stopped).
-        if !actions.iter().any(|a| matches!(a, Action::Start(id) if id == story)) {
-            self.running.remove(story);
-        }
+        // An iteration that is not continued gives its slot back.
+        let next = actions.iter().any(|a| matches!(a, Action::Next(id) if id == story));
+        let released = actions.iter().any(|a| matches!(a, Action::Release(id) if id == story));
+        assert!(next != released, "{story}: exactly one of Next and Release, got {actions:?}");
     }
 
     fn scheduled(&mut self, actions: &[Action], free: usize) -> Vec<String> {
@@ -256,9 +271,12 @@ impl Model {
     }
 
     fn agrees_with(&self, sched: &Scheduler, names: &[String]) {
+        assert_eq!(sched.running(), self.held, "the scheduler's count and the slots held differ");
+        assert_eq!(self.held, self.running.len(), "a slot per running story");
         for id in names {
             let state = sched.state(id);
-            assert_eq!(state == Some(StoryState::Running), self.running.contains(id), "{id}: {state:?}");
+            let running = matches!(state, Some(StoryState::Running | StoryState::Verifying));
+            assert_eq!(running, self.running.contains(id), "{id}: {state:?}");
             assert_eq!(state == Some(StoryState::Completed), self.completed.contains(id), "{id}: {state:?}");
             assert_eq!(state == Some(StoryState::Failed), self.failed.contains(id), "{id}: {state:?}");
         }

@@ -175,7 +175,7 @@ pub fn compile(patterns: &[String]) -> Result<Vec<Regex>, String> {
     patterns
         .iter()
         .map(|p| {
-            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = crate::lock::lock(cache);
             if let Some(regex) = cache.get(p) {
                 return Ok(regex.clone());
             }

@@ -29,7 +29,7 @@ impl EventBus {
     }
 
     pub fn emit(&self, project: &str, phase: u32, kind: EventKind) -> Event {
-        let mut guard = self.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = crate::lock::lock(&self.last_seq);
         let (last, reserved) = &mut *guard;
         *last += 1;
         if *last > *reserved {

@@ -74,7 +74,7 @@ impl Ledger {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Projects> {
-        self.projects.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.projects)
     }
 
     /// Records one iteration's usage (when it reported any) and returns the story's ledger.

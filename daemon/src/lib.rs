@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod agent_output;
 pub mod listing;
+pub mod lock;
 pub mod phase;
 pub mod project;
 pub mod scheduler;

@@ -101,7 +101,7 @@ impl Listings {
         let Some(inotify) = &self.inotify else {
             return scan(stories_dir, phase, &self.docs, |_| Ok(None::<WatchDescriptor>)).map(|(stories, _)| stories);
         };
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = crate::lock::lock(&self.state);
         state.drain(inotify);
         if let Some(listing) = state.listings.get_mut(stories_dir) {
             if listing.identity == identity {

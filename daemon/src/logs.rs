@@ -15,13 +15,29 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 
+use crate::lock::lock;
+
 /// Unnamed files kept ready: enough for every worker of a wide layer to start at once.
 const SPARES: usize = 16;
+
+/// A project's log folder: `<state>/logs/<name>-<hash of the path>`.
+pub fn project_logs(state_dir: &Path, project: &Path) -> PathBuf {
+    let name = project.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let hash = project
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    state_dir.join("logs").join(format!("{name}-{hash:016x}"))
+}
 
 /// The per-iteration log file.
 pub fn log_path(logs_root: &Path, story: &str, iteration: u32) -> PathBuf {
@@ -106,10 +122,6 @@ impl LogFiles {
         // A gone thread only costs speed: open() falls back to plain creation.
         let _ = self.jobs.send(job);
     }
-}
-
-fn lock(spares: &Mutex<Vec<File>>) -> MutexGuard<'_, Vec<File>> {
-    spares.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Gives the unnamed `file` the name `path`, making the parent folder when it is missing.

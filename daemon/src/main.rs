@@ -4,6 +4,7 @@ mod connection;
 mod daemon;
 mod events;
 mod git;
+mod handler;
 mod ledger;
 mod logging;
 mod logs;
@@ -11,25 +12,28 @@ mod notify;
 mod paths;
 mod pause;
 mod reaper;
+mod recover;
 mod run;
 mod server;
+mod slots;
 mod spawn;
 mod store;
 mod stream;
+mod views;
 mod worker;
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use sticlerd::{agent_output, listing, phase, project, scheduler};
+use sticlerd::{agent_output, listing, lock, phase, project, scheduler};
 
 use crate::daemon::{Daemon, DEFAULT_GRACE};
 use crate::run::RunMsg;
@@ -140,7 +144,7 @@ fn daemonize(state_dir: &std::path::Path) -> anyhow::Result<OwnedFd> {
                 .open(state_dir.join("sticlerd.log"))
                 .context("open sticlerd.log")?;
             let devnull = std::fs::File::open("/dev/null").context("/dev/null")?;
-            nix::unistd::dup2(devnull.into_raw_fd(), 0).context("dup2")?;
+            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), 0).context("dup2")?;
             nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 1).context("dup2")?;
             nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2).context("dup2")?;
             Ok(write_end)
@@ -150,8 +154,7 @@ fn daemonize(state_dir: &std::path::Path) -> anyhow::Result<OwnedFd> {
 
 fn report(ready: &mut Option<OwnedFd>, text: &str) {
     if let Some(fd) = ready.take() {
-        // SAFETY: we own the fd; File takes over closing it.
-        let mut pipe = unsafe { std::fs::File::from_raw_fd(fd.into_raw_fd()) };
+        let mut pipe = std::fs::File::from(fd);
         let _ = pipe.write_all(text.as_bytes());
     }
 }
@@ -203,7 +206,7 @@ fn serve(
         };
         tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), pid = std::process::id(), "sticlerd {} ready", sticler_proto::VERSION);
         report(&mut ready, &format!("ready pid {}, socket {}\n", std::process::id(), socket.display()));
-        daemon.recover();
+        recover::recover(&daemon).await;
         let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("signal handlers")?;
         let shutdown_tx = daemon.shutdown.clone();
         tokio::spawn(async move {
@@ -248,8 +251,9 @@ async fn stop_all_runs(daemon: &Daemon) {
     for run in daemon.active_runs() {
         run.stop(RunMsg::Interrupt { grace: DEFAULT_GRACE });
     }
-    let deadline = Instant::now() + DEFAULT_GRACE + Duration::from_secs(5);
-    while !daemon.active_runs().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut active = daemon.active_count();
+    let all_ended = active.wait_for(|runs| *runs == 0);
+    if tokio::time::timeout(DEFAULT_GRACE + Duration::from_secs(5), all_ended).await.is_err() {
+        tracing::warn!("{} run(s) did not end in time", daemon.active_runs().len());
     }
 }

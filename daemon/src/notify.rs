@@ -53,7 +53,7 @@ impl Notifier {
 
     /// `STATUS=text`, unless the daemon is stopping.
     pub fn status(&self, text: &str) {
-        let stopping = self.stopping.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stopping = crate::lock::lock(&self.stopping);
         if !*stopping {
             self.send(&format!("STATUS={text}"));
         }
@@ -62,7 +62,7 @@ impl Notifier {
     /// `STOPPING=1` with a status saying so; later `status` calls are ignored. Sent from the
     /// shutdown path itself (not a task) so it is out before the daemon exits.
     pub fn stopping(&self) {
-        let mut stopping = self.stopping.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stopping = crate::lock::lock(&self.stopping);
         *stopping = true;
         self.send("STOPPING=1\nSTATUS=stopping: workers get SIGTERM, then SIGKILL after the grace period");
     }

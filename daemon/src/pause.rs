@@ -59,7 +59,7 @@ impl Pauses {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PauseRecord>> {
-        self.projects.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.projects)
     }
 
     /// Bumped at every change of any project's wait.

@@ -36,8 +36,7 @@ impl Reaper {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<ExitReason>>> {
-        // A poisoned map is still a valid map: a panic elsewhere must not stop reaping.
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.waiters)
     }
 
     /// Runs `start`, which starts a child and returns its pid, and returns that pid and a

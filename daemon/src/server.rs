@@ -164,7 +164,7 @@ async fn dispatch(daemon: &Arc<Daemon>, conn: &mut Connection, request: Request)
         }
         Request::Wait(phase) => stream::wait(daemon, conn, &phase).await,
         other => {
-            let reply = match daemon.handle(other).await {
+            let reply = match crate::handler::handle(daemon, other).await {
                 Ok(response) => ServerMessage::Response(response),
                 Err(e) => ServerMessage::Error(e),
             };

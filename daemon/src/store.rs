@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sticler_proto::Event;
+use sticler_proto::{Event, StoryState};
 
 /// Version of the encoding of every stored value. A store written by another version is
 /// refused with a clear message instead of being misread.
@@ -42,9 +42,10 @@ pub struct RunRecord {
 /// What the daemon knows of one story of an active run: a restarted daemon continues its
 /// counts (the interrupted iteration is not counted) and kills its last worker's group, after
 /// checking that the pid still is that worker (same start time) and was not recycled.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoryRecord {
-    pub state: String,
+    /// The scheduler's state of the story when it was recorded.
+    pub state: StoryState,
     /// Iterations judged so far in this run.
     pub iterations: u32,
     /// Consecutive infrastructure failures.
@@ -103,7 +104,10 @@ impl Store {
         let events = db.open_tree("events")?;
         let runs = db.open_tree("runs")?;
         // Trees added later need no new format version: an older store simply lacks them.
-        let stories = db.open_tree("stories")?;
+        // Story records with a typed state; "stories" held them with the state as text, and
+        // only for runs in flight, so an older daemon's records are dropped (counts start over).
+        let stories = db.open_tree("story_records")?;
+        db.drop_tree("stories")?;
         let pauses = db.open_tree("pauses")?;
         let usage = db.open_tree("usage")?;
         Ok(Store { db, events, runs, stories, pauses, usage })
@@ -289,7 +293,15 @@ mod tests {
     fn story_records_belong_to_their_run_and_go_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let record = |n| StoryRecord { iterations: n, pid: Some(100 + n as i32), ..Default::default() };
+        let record = |n| StoryRecord {
+            state: StoryState::Running,
+            iterations: n,
+            infra_streak: 0,
+            pid: Some(100 + n as i32),
+            start_time: None,
+            last_exit: None,
+            log: None,
+        };
         store.put_story("/p\u{0}1", "US-P1-001", &record(1), false).unwrap();
         store.put_story("/p\u{0}1", "US-P1-002", &record(2), false).unwrap();
         store.put_story("/p\u{0}12", "US-P12-001", &record(3), true).unwrap();
@@ -299,6 +311,8 @@ mod tests {
         store.remove_run("/p\u{0}1").unwrap();
         assert!(ids("/p\u{0}1").is_empty());
         assert_eq!(ids("/p\u{0}12"), [("US-P12-001".to_string(), 3)]);
+        let (_, read_back) = &store.stories("/p\u{0}12").unwrap()[0];
+        assert_eq!(read_back, &record(3), "the typed state and every field read back");
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub async fn wait(daemon: &Arc<Daemon>, conn: &mut Connection, phase: &PhaseRef)
     let mut rx = daemon.bus.subscribe();
     let active = daemon.run(&project.root, phase.phase);
     // A run that announced its end just before we subscribed is still listed for a moment.
-    let ended = active.as_ref().and_then(|run| run.live.lock().ok()?.ended);
+    let ended = active.as_ref().and_then(|run| run.state.borrow().outcome);
     let outcome = if let Some(outcome) = ended {
         outcome
     } else if active.is_some() {
@@ -137,7 +137,7 @@ pub async fn wait(daemon: &Arc<Daemon>, conn: &mut Connection, phase: &PhaseRef)
 
 /// The outcome of a phase that is not running: its last run, else phase_config.json.
 fn ended_outcome(daemon: &Daemon, project: &Project, phase: u32) -> Result<RunOutcome, StreamError> {
-    if let Some(outcome) = daemon.last_run(&project.root, phase).and_then(|l| l.lock().ok()?.ended) {
+    if let Some(outcome) = daemon.last_run(&project.root, phase).and_then(|state| state.borrow().outcome) {
         return Ok(outcome);
     }
     let path = project.phase_dir(phase).join(crate::phase::PHASE_CONFIG);

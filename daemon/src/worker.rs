@@ -1,5 +1,7 @@
-//! How one iteration's process is run and how a story's processes are stopped. With `spawn`
-//! (which starts them) and `reaper` (which reaps them), the only module that touches processes.
+//! How one iteration's process is run and how it is ended: `terminate` is the one place where
+//! sticler ends a process (SIGTERM, a grace, SIGKILL, to the group and its strays). With `spawn`
+//! (which starts processes) and `reaper` (which reaps them), the only module that touches
+//! processes.
 //!
 //! Every worker runs in its own session (so its own process group) and carries a unique
 //! `STICLER_WORKER_TOKEN` in its environment. The group catches ordinary children; the token
@@ -8,6 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -31,9 +34,63 @@ pub struct SpawnSpec {
     pub token: String,
 }
 
-/// Starts the worker; returns its pid (which is also its session and process group id) and
-/// its exit.
-pub fn spawn(spawner: &Spawner, logs: &LogFiles, spec: &SpawnSpec) -> io::Result<(i32, oneshot::Receiver<ExitReason>)> {
+/// A started process: it leads its own session (so its pid is its process group) and every
+/// descendant carries its token.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub pid: i32,
+    pub token: String,
+}
+
+impl Group {
+    /// SIGKILL to what is left in the group once its leader exited.
+    pub fn kill_group(&self) {
+        signal_story(Some(self.pid), &[], Signal::SIGKILL);
+    }
+
+    /// SIGKILL to the descendants that escaped into a session of their own (a /proc scan: the
+    /// run does it off the way of the next dispatch).
+    pub fn sweep_strays(&self) {
+        kill_descendants_with(std::slice::from_ref(&self.token));
+    }
+}
+
+/// SIGKILL to every process of this daemon's tree whose token starts with one of `tokens` (a
+/// run's prefix at its end: nothing of the run may outlive it).
+pub fn kill_descendants_with(tokens: &[String]) {
+    signal_story(None, tokens, Signal::SIGKILL);
+}
+
+/// The one way sticler ends a process: SIGTERM to its group and its strays, `grace` for it to
+/// exit, then SIGKILL to both (at once when `grace` is zero, or when `kill_now` completes
+/// meanwhile: a `kill` after a `stop`). Returns how the process exited.
+pub async fn terminate(
+    group: &Group,
+    grace: Duration,
+    exit: &mut oneshot::Receiver<ExitReason>,
+    kill_now: impl std::future::Future<Output = ()>,
+) -> ExitReason {
+    // A closed channel means the reaper is gone, which only happens at exit.
+    let killed = ExitReason::Signalled(Signal::SIGKILL as i32);
+    let tokens = std::slice::from_ref(&group.token);
+    if !grace.is_zero() {
+        signal_story(Some(group.pid), tokens, Signal::SIGTERM);
+        tokio::select! {
+            reason = &mut *exit => return reason.unwrap_or(killed),
+            () = tokio::time::sleep(grace) => {}
+            () = kill_now => {}
+        }
+    }
+    signal_story(Some(group.pid), tokens, Signal::SIGKILL);
+    exit.await.unwrap_or(killed)
+}
+
+/// Starts the worker; returns its group and its exit.
+pub fn spawn(
+    spawner: &Spawner,
+    logs: &LogFiles,
+    spec: &SpawnSpec,
+) -> io::Result<(Group, oneshot::Receiver<ExitReason>)> {
     let (program, args) =
         spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty worker command"))?;
     let output = logs.open(&spec.log)?;
@@ -43,7 +100,7 @@ pub fn spawn(spawner: &Spawner, logs: &LogFiles, spec: &SpawnSpec) -> io::Result
     let launch = Launch { program: program.clone(), args: args.to_vec(), cwd: spec.cwd.clone(), env, stdin, output };
     let spawned = spawner.spawn(launch);
     logs.refill();
-    spawned
+    spawned.map(|(pid, exit)| (Group { pid, token: spec.token.clone() }, exit))
 }
 
 /// Opens the file given to the worker on stdin (spec.md). Only a regular file: a symlink could
@@ -67,7 +124,7 @@ fn open_stdin(path: &Path) -> io::Result<File> {
 /// of `tokens`. Returns how many processes still carry one of the tokens (before this signal
 /// lands). Every descendant of a worker stays in that tree: the daemon is a child subreaper, so a
 /// process that double-forks out of its group is reparented to the daemon.
-pub fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usize {
+fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usize {
     // Never 0 or 1: killpg(0) would be the daemon's own group.
     if let Some(pgid) = pgid.filter(|p| *p > 1) {
         let _ = killpg(Pid::from_raw(pgid), signal);

@@ -2,25 +2,20 @@
 //! error the agent ended with) turned into verdicts, the project's usage-limit wait, and the
 //! cost budgets. Kept apart from the loop itself so that `run` only calls in at a few places.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sticler_proto::EventKind;
 
-use super::{PhaseRun, Running};
-use crate::agent_output::{self, AgentReport};
-use crate::scheduler::{Hold, Verdict};
-
-/// An agent that ends this many iterations in a row with the same error is stuck.
-pub const SAME_ERROR_LIMIT: u32 = 3;
+use super::iteration::Running;
+use super::PhaseRun;
+use crate::agent_output;
+use crate::scheduler::{rules, Hold, Verdict};
 
 /// What a run tracks of its agents between iterations.
 #[derive(Debug, Default)]
 pub struct AgentWatch {
     /// The end of the project's usage-limit wait, as this run last saw it.
     pub paused_until: Option<i64>,
-    /// Per story: the last error result and how many iterations in a row ended with it.
-    same_error: HashMap<String, (String, u32)>,
     /// Why this run starts no new iteration for good (phase budget), for status and summary.
     pub spent: Option<String>,
     /// The worker's limit patterns, compiled when the run starts.
@@ -80,7 +75,7 @@ impl PhaseRun {
             Verdict::Limited
         } else if let Some(why) = self.story_over_budget(&usage, report.usage.cost_usd) {
             Verdict::Fail(why)
-        } else if let Some(why) = self.same_error(story, &report) {
+        } else if let Some(why) = self.state.update(|s| s.sched.agent_error(story, report.error.as_deref())) {
             Verdict::Fail(why)
         } else {
             verdict
@@ -113,7 +108,7 @@ impl PhaseRun {
         // The registry tells every run of the project (this one too) through `pause_changed`;
         // holding now keeps this story's next iteration from starting meanwhile.
         self.agent.paused_until = Some(until);
-        self.sched.hold(Some(Hold::Paused));
+        self.state.update(|s| s.sched.hold(Some(Hold::Paused)));
     }
 
     /// The project's wait changed or its time is up: hold or let go.
@@ -126,44 +121,31 @@ impl PhaseRun {
         match self.daemon.pauses.until(&self.project_name, now) {
             Some((until, _)) => {
                 self.agent.paused_until = Some(until);
-                self.sched.hold(Some(Hold::Paused));
+                self.state.update(|s| s.sched.hold(Some(Hold::Paused)));
             }
             None => {
                 let was_paused = self.agent.paused_until.take().is_some();
-                if was_paused && self.sched.held() == Some(Hold::Paused) {
-                    self.sched.hold(None);
-                    let actions = self.sched.schedule(self.daemon.slots.free());
-                    self.apply(actions);
+                if was_paused && self.state.read().sched.held() == Some(Hold::Paused) {
+                    self.state.update(|s| s.sched.hold(None));
+                    self.schedule();
                 }
             }
         }
     }
 
-    /// The story's budget is spent, or the next iteration would exceed it if it cost what the
-    /// last one did (the best guess there is: iterations of one story tend to cost alike).
-    /// Checked before every start: a wait that another run of the project began may not have
-    /// reached this run's loop yet. The story goes back to pending until the wait ends.
+    /// A usage-limit wait holds every start. Checked before every start: a wait that another
+    /// run of the project began may not have reached this run's loop yet.
     pub(super) fn pause_holds(&mut self, story: &str) -> bool {
         let Some((until, _)) = self.daemon.pauses.until(&self.project_name, now_unix()) else { return false };
         self.agent.paused_until = Some(until);
-        self.sched.hold(Some(Hold::Paused));
-        self.sched.unstart(story);
-        self.release(story, sticler_proto::StoryState::Pending);
+        self.state.update(|s| s.sched.hold(Some(Hold::Paused)));
+        tracing::info!(story_id = %story, "not started: the project waits for a usage limit");
         true
     }
 
+    /// The story's cost budget is spent, or the next iteration would exceed it.
     fn story_over_budget(&self, usage: &crate::ledger::StoryLedger, last: Option<f64>) -> Option<String> {
-        let budget = self.config.max_cost_usd_per_story?;
-        let spent = usage.budget_spent_usd();
-        if spent >= budget {
-            return Some(format!("cost ${spent:.2} reached max_cost_usd_per_story ${budget:.2}"));
-        }
-        let last = last.unwrap_or(0.0);
-        (spent + last > budget).then(|| {
-            format!(
-                "cost ${spent:.2}; another iteration like the last (${last:.2}) would exceed max_cost_usd_per_story ${budget:.2}"
-            )
-        })
+        rules::story_over_budget(usage.budget_spent_usd(), last, self.config.max_cost_usd_per_story?)
     }
 
     /// The phase's cost so far, over all its stories and runs.
@@ -178,33 +160,14 @@ impl PhaseRun {
             return;
         }
         let cost = self.phase_cost().0.unwrap_or(0.0);
-        if cost < budget {
-            return;
-        }
-        let why =
-            format!("phase budget spent: ${cost:.2} of max_cost_usd_per_phase ${budget:.2}; no new iterations start");
+        let Some(why) = rules::phase_budget_spent(cost, budget) else { return };
         tracing::warn!("{why}");
         self.agent.spent = Some(why.clone());
-        self.live().waiting = Some(why);
-        self.sched.hold(Some(Hold::Spent));
+        self.state.update(|s| {
+            s.waiting = Some(why);
+            s.sched.hold(Some(Hold::Spent));
+        });
         self.emit(EventKind::BudgetSpent { cost_usd: cost, budget_usd: budget });
-    }
-
-    /// The agent ended with an error result: the same text `SAME_ERROR_LIMIT` times in a row
-    /// means it is stuck (its own signal, next to the byte-identical status.json rule).
-    fn same_error(&mut self, story: &str, report: &AgentReport) -> Option<String> {
-        let Some(error) = &report.error else {
-            self.agent.same_error.remove(story);
-            return None;
-        };
-        let entry = self.agent.same_error.entry(story.to_string()).or_insert_with(|| (error.clone(), 0));
-        if entry.0 != *error {
-            *entry = (error.clone(), 0);
-        }
-        entry.1 += 1;
-        (entry.1 >= SAME_ERROR_LIMIT).then(|| {
-            format!("stuck: the agent ended {SAME_ERROR_LIMIT} iterations in a row with the same error: {error}")
-        })
     }
 
     /// Cost and budget for the run's summary ("" when nothing was reported).

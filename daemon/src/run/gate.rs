@@ -2,10 +2,11 @@
 //! then the commit check, which finds the story's `[story]` commit or makes it (auto_commit)
 //! and records `commit_hash` in status.json. A claim that fails either goes back to the worker.
 
-use serde_json::Value;
-use sticler_proto::{ExitReason, StoryState};
+use sticler_proto::ExitReason;
 
-use super::{append_log, push_reason, PhaseRun, Running, StoryPaths};
+use super::command::{append_log, StoryPaths};
+use super::iteration::{Ended, Process, Running};
+use super::{status_edits, PhaseRun};
 use crate::daemon::Daemon;
 use crate::git;
 use crate::project::{JsonDoc, StatusFields};
@@ -17,46 +18,42 @@ impl PhaseRun {
     /// to the iteration's log); its end comes back as `Exited` like a worker's. Returns `None`
     /// when it started, else the verdict of the claim (stopping, or the command cannot start).
     pub(super) fn start_verify(&mut self, story: &str, worker: &Running) -> Option<Verdict> {
-        if self.sched.is_stopping() || worker.stop_signalled {
+        if self.state.read().sched.is_stopping() {
             return Some(Verdict::Stopped);
         }
         let (Some(paths), Some(verify)) = (self.stories.get(story).cloned(), self.config.verify.clone()) else {
             return Some(Verdict::Stopped);
         };
         // Not under the worker's token, whose stray sweep must not reach the verify command.
-        let token = format!("{}-verify/", worker.token.trim_end_matches('/'));
-        let spec =
-            SpawnSpec { stdin: None, ..self.spawn_spec(story, &paths, worker.iteration, token.clone(), &verify) };
+        let token = format!("{}-verify/", worker.group.token.trim_end_matches('/'));
+        let spec = SpawnSpec { stdin: None, ..self.spawn_spec(story, &paths, worker.iteration, token, &verify) };
         match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
-            Ok((pid, exit)) => {
-                self.watch_exit(story, worker.iteration, exit);
+            Ok((group, exit)) => {
+                let stop = self.supervise(story, worker.iteration, group.clone(), exit);
                 let running = Running {
-                    pid,
                     iteration: worker.iteration,
-                    token,
+                    group,
                     before: worker.before.clone(),
-                    timed_out: false,
-                    stop_signalled: false,
-                    verifying: true,
+                    process: Process::Verify,
+                    stop,
                 };
                 self.running.insert(story.to_string(), running);
-                if let Some(live) = self.live().stories.get_mut(story) {
-                    live.state = StoryState::Verifying;
-                }
+                self.state.update(|s| s.sched.verifying(story));
                 None
             }
             Err(e) => {
                 let reason = format!("cannot start the verify command {:?}: {e}", spec.argv.join(" "));
                 let _ = append_log(&spec.log, &format!("sticler: {reason}\n"));
-                self.reopen(story, &paths, &reason);
+                reopen(story, &paths, &reason);
                 Some(Verdict::Progress)
             }
         }
     }
 
     /// The verify command ended: accept the claim (then the commit step), or turn it back.
-    pub(super) fn verified(&mut self, story: &str, verify: &Running, exit: ExitReason) -> Verdict {
-        if verify.stop_signalled && exit != ExitReason::Exited(0) {
+    pub(super) fn verified(&mut self, story: &str, verify: &Running, ended: Ended) -> Verdict {
+        let exit = ended.exit;
+        if ended.stopped && exit != ExitReason::Exited(0) {
             return Verdict::Stopped;
         }
         let Some(paths) = self.stories.get(story).cloned() else { return Verdict::Stopped };
@@ -71,7 +68,7 @@ impl PhaseRun {
         let reason = format!("verify command {command:?} failed: {exit}");
         let log = crate::logs::log_path(&self.logs_root, story, verify.iteration);
         let _ = append_log(&log, &format!("sticler: {reason}; the story goes back to in_progress\n"));
-        self.reopen(story, &paths, &reason);
+        reopen(story, &paths, &reason);
         Verdict::Progress
     }
 
@@ -85,7 +82,7 @@ impl PhaseRun {
             Ok(Some(oid)) => {
                 let (story, status) = (story.to_string(), paths.status.clone());
                 self.later.push(Box::new(move || {
-                    if let Err(why) = record_hash(&status, oid) {
+                    if let Err(why) = status_edits::record_hash(&status, oid) {
                         // The commit exists and carries the story's subject: it is found again.
                         tracing::warn!(story_id = %story, "{why}");
                     }
@@ -95,17 +92,12 @@ impl PhaseRun {
             Err(why) => Verdict::Rejected(why),
         }
     }
+}
 
-    /// A claim of completion was turned back: `in_progress` again, with the reason.
-    fn reopen(&self, story: &str, paths: &StoryPaths, reason: &str) {
-        let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
-            doc.map.insert("status".into(), Value::String("in_progress".into()));
-            push_reason(&mut doc, reason);
-            doc.write()
-        });
-        if let Err(e) = result {
-            tracing::warn!(story_id = %story, "cannot reopen the story in status.json: {e}");
-        }
+/// A claim of completion was turned back: `in_progress` again, with the reason.
+fn reopen(story: &str, paths: &StoryPaths, reason: &str) {
+    if let Err(e) = status_edits::reopen(&paths.status, reason) {
+        tracing::warn!(story_id = %story, "cannot reopen the story in status.json: {e}");
     }
 }
 
@@ -121,7 +113,7 @@ pub(super) fn commit_step(
     since: git::Since,
 ) -> Result<Option<git2::Oid>, String> {
     let lock = daemon.git_lock(root);
-    let mut known = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut known = crate::lock::lock(&lock);
     let doc = JsonDoc::read(&paths.status).map_err(|e| e.to_string())?;
     let found =
         tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since, &mut known));
@@ -139,15 +131,4 @@ pub(super) fn commit_step(
         Err(e) => return Err(e.to_string()),
     };
     Ok((doc.commit_hash() != oid.to_string()).then_some(oid))
-}
-
-/// Records `commit_hash` in status.json, read afresh so that nothing written since the commit
-/// check is lost.
-pub(super) fn record_hash(status: &std::path::Path, oid: git2::Oid) -> Result<(), String> {
-    let mut doc = JsonDoc::read(status).map_err(|e| format!("cannot record commit_hash {oid}: {e}"))?;
-    if doc.commit_hash() == oid.to_string() {
-        return Ok(());
-    }
-    doc.map.insert("commit_hash".into(), Value::String(oid.to_string()));
-    doc.write().map_err(|e| format!("cannot record commit_hash {oid}: {e}"))
 }

@@ -1,0 +1,46 @@
+//! Requests that answer with one reply, one handler file each (as pueue's message handlers):
+//! this `match` only routes. Streaming requests (watch, logs, wait) live in `stream`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sticler_proto::{ErrorKind, ErrorReply, Request, Response, PROTOCOL_VERSION, VERSION};
+
+use crate::daemon::{error, Daemon, DEFAULT_GRACE};
+
+mod resume;
+mod retry;
+pub mod start;
+mod status;
+mod stop;
+mod validate;
+
+pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, ErrorReply> {
+    match request {
+        Request::Ping => Ok(Response::Pong),
+        Request::Version => Ok(Response::Version {
+            daemon_version: VERSION.into(),
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        }),
+        Request::Status { project, phase, story } => status::status(daemon, &project, phase, story.as_deref()),
+        Request::Validate(phase) => validate::validate(daemon, &phase),
+        // Validation, git and the sweep for leftover workers may take a while: the runtime
+        // moves its other tasks off this thread meanwhile.
+        Request::Start { phase, force } => tokio::task::block_in_place(|| start::start(daemon, &phase, force)),
+        Request::Stop { phase, grace_secs } => {
+            let grace = grace_secs.map_or(DEFAULT_GRACE, Duration::from_secs);
+            stop::stop(daemon, &phase, grace, false)
+        }
+        Request::Kill(phase) => stop::stop(daemon, &phase, Duration::ZERO, true),
+        Request::Retry { phase, stories, all_failed } => retry::retry(daemon, &phase, stories, all_failed).await,
+        Request::Shutdown => {
+            daemon.shutdown.send_replace(true);
+            Ok(Response::ShuttingDown)
+        }
+        Request::Resume(phase) => resume::resume(daemon, &phase),
+        Request::Logs { .. } | Request::Watch { .. } | Request::Wait(_) => {
+            Err(error(ErrorKind::BadRequest, "streaming request reached the single-reply handler"))
+        }
+    }
+}

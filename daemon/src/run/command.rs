@@ -1,0 +1,73 @@
+//! The command line of one iteration's process (the worker, or the verify command): its
+//! placeholders filled in, its environment, its stdin and its log.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::PhaseRun;
+use crate::project::{CommandSpec, StdinMode};
+use crate::worker::SpawnSpec;
+
+/// Where a story's files are.
+#[derive(Clone)]
+pub struct StoryPaths {
+    pub dir: PathBuf,
+    pub status: PathBuf,
+    pub spec: PathBuf,
+}
+
+impl PhaseRun {
+    /// The command (worker or verify) of one iteration with its placeholders, environment,
+    /// stdin and log.
+    pub(super) fn spawn_spec(
+        &self,
+        story: &str,
+        paths: &StoryPaths,
+        iteration: u32,
+        token: String,
+        command: &CommandSpec,
+    ) -> SpawnSpec {
+        let vars: [(&str, String); 7] = [
+            ("story_id", story.to_string()),
+            ("story_dir", paths.dir.display().to_string()),
+            ("spec", paths.spec.display().to_string()),
+            ("status", paths.status.display().to_string()),
+            ("phase", self.phase.to_string()),
+            ("project_dir", self.project.root.display().to_string()),
+            ("iteration", iteration.to_string()),
+        ];
+        let argv = command
+            .argv()
+            .iter()
+            .map(|arg| vars.iter().fold(arg.clone(), |acc, (k, v)| acc.replace(&format!("{{{k}}}"), v)))
+            .collect();
+        let mut env: Vec<(String, String)> =
+            self.config.worker.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(vars.iter().map(|(k, v)| (format!("STICLER_{}", env_name(k)), v.clone())));
+        SpawnSpec {
+            argv,
+            cwd: self.project.root.clone(),
+            env,
+            stdin: (self.config.worker.stdin == StdinMode::Spec).then(|| paths.spec.clone()),
+            log: crate::logs::log_path(&self.logs_root, story, iteration),
+            token,
+        }
+    }
+}
+
+fn env_name(placeholder: &str) -> String {
+    match placeholder {
+        "spec" => "SPEC_FILE".into(),
+        "status" => "STATUS_FILE".into(),
+        other => other.to_ascii_uppercase(),
+    }
+}
+
+/// Adds sticler's own line to a process's log (why it could not start, why a claim failed).
+pub fn append_log(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(text.as_bytes())
+}

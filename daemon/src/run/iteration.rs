@@ -1,0 +1,221 @@
+//! One iteration of a story: its process started, supervised to its end (the iteration
+//! timeout and stop requests end it through `worker::terminate`), and judged from its exit and
+//! status.json into a verdict for the scheduler.
+
+use std::time::{Duration, Instant};
+
+use sticler_proto::{EventKind, ExitReason, StoryState};
+use tokio::sync::{oneshot, watch};
+
+use super::command::append_log;
+use super::{PhaseRun, RunMsg};
+use crate::project::{JsonDoc, StatusFields};
+use crate::scheduler::{Action, Verdict};
+use crate::worker::{self, Group};
+
+/// The process a story has running.
+pub(super) struct Running {
+    pub iteration: u32,
+    pub group: Group,
+    /// status.json bytes when the iteration started, to see whether it changed.
+    pub before: Vec<u8>,
+    pub process: Process,
+    /// Asks the process's supervisor to end it, with this grace (zero: at once).
+    pub stop: watch::Sender<Option<Duration>>,
+}
+
+/// What the running process is doing for its story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Process {
+    /// The worker, working on the story.
+    Worker,
+    /// The verify command, checking the worker's claim of completion.
+    Verify,
+}
+
+/// How a process ended, as its supervisor saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// `TimedOut` when the iteration timeout ended it.
+    pub exit: ExitReason,
+    /// sticler asked it to stop (stop, kill, daemon shutdown) before it ended.
+    pub stopped: bool,
+}
+
+impl PhaseRun {
+    /// Starts the next iteration of `story`. `fresh`: the story was just dispatched and needs a
+    /// daemon-wide slot (else it holds one). On failure to start, returns what the scheduler
+    /// decides about that failed iteration.
+    pub(super) fn start_iteration(&mut self, story: &str, fresh: bool) -> Option<Vec<Action>> {
+        if self.pause_holds(story) {
+            self.state.update(|s| s.sched.unstart(story));
+            if !fresh {
+                self.daemon.slots.release();
+            }
+            return None;
+        }
+        if fresh && !self.daemon.slots.try_take() {
+            // Another run took the last slot first: wait for the next free one.
+            self.state.update(|s| s.sched.unstart(story));
+            return None;
+        }
+        let paths = self.stories.get(story)?;
+        let iteration = crate::logs::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
+        let token = format!("{}/{}/{}/", self.nonce, story, iteration);
+        let spec = self.spawn_spec(story, paths, iteration, token, &self.config.worker.command);
+        let before = crate::project::read_limited(&paths.status).unwrap_or_default();
+        match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
+            Ok((group, exit)) => {
+                let pid = group.pid;
+                let stop = self.supervise(story, iteration, group.clone(), exit);
+                self.running
+                    .insert(story.to_string(), Running { iteration, group, before, process: Process::Worker, stop });
+                let first_run = self.state.update(|s| {
+                    s.sched.iteration_started(story);
+                    s.started_at.insert(story.to_string(), Instant::now());
+                    s.sched.runs(story) == 1
+                });
+                if first_run {
+                    // Its dependents may be next: their log folders are made now, off the way
+                    // from this story's end to their start.
+                    let dependents = self.state.read().sched.dependents(story).to_vec();
+                    self.daemon.logs.prepare_folders(dependents.iter().map(|d| self.logs_root.join(d)).collect());
+                }
+                self.record_story(story, Some((pid, &spec.log)), None);
+                self.emit(EventKind::IterationStarted { story: story.to_string(), iteration, pid: pid as u32 });
+                None
+            }
+            Err(e) => {
+                let why = format!("cannot start worker {:?}: {e}", spec.argv.first().map_or("", |s| s.as_str()));
+                tracing::warn!(story_id = %story, iteration, "{why}");
+                let _ = append_log(&spec.log, &format!("sticler: {why}\n"));
+                self.emit(EventKind::IterationEnded {
+                    story: story.to_string(),
+                    iteration,
+                    exit: ExitReason::Exited(127),
+                    verdict: Verdict::Infra(why.clone()).label(),
+                });
+                let free = self.daemon.slots.free();
+                Some(self.state.update(|s| {
+                    let mut actions = s.sched.iteration_ended(story, Verdict::Infra(why));
+                    actions.extend(s.sched.schedule(free));
+                    actions
+                }))
+            }
+        }
+    }
+
+    /// Watches a process (worker or verify) of `story` to its end and reports it to the run:
+    /// the iteration timeout and stop requests (sent through the returned channel) end it the
+    /// one way processes are ended, `worker::terminate`.
+    pub(super) fn supervise(
+        &self,
+        story: &str,
+        iteration: u32,
+        group: Group,
+        exit: oneshot::Receiver<ExitReason>,
+    ) -> watch::Sender<Option<Duration>> {
+        let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
+        let (stop, mut stop_asked) = watch::channel(None::<Duration>);
+        let tx = self.tx.clone();
+        let story = story.to_string();
+        tokio::spawn(async move {
+            let mut exit = exit;
+            let mut kill_asked = stop_asked.clone();
+            let kill_now = async move {
+                let _ = kill_asked.wait_for(|grace| grace.is_some_and(|g| g.is_zero())).await;
+            };
+            let ended = tokio::select! {
+                reason = &mut exit => {
+                    let exit = reason.unwrap_or(ExitReason::Signalled(nix::sys::signal::Signal::SIGKILL as i32));
+                    Ended { exit, stopped: false }
+                }
+                () = tokio::time::sleep(timeout) => {
+                    tracing::warn!(story_id = %story, iteration, "iteration timed out; killing it");
+                    worker::terminate(&group, Duration::ZERO, &mut exit, std::future::pending()).await;
+                    Ended { exit: ExitReason::TimedOut, stopped: false }
+                }
+                Ok(()) = stop_asked.changed() => {
+                    let grace = stop_asked.borrow_and_update().unwrap_or_default();
+                    Ended { exit: worker::terminate(&group, grace, &mut exit, kill_now).await, stopped: true }
+                }
+            };
+            let _ = tx.send(RunMsg::Exited { story, iteration, ended });
+        });
+        stop
+    }
+
+    /// A process of `story` ended: judge it and apply what the scheduler decides.
+    pub(super) fn iteration_exited(&mut self, story: String, iteration: u32, ended: Ended) {
+        let Some(run) = self.running.remove(&story) else { return };
+        if run.iteration != iteration {
+            self.running.insert(story, run);
+            return;
+        }
+        // Whatever the process left behind in its group dies with it; descendants that escaped
+        // into their own session are found by their token once the next dispatch is done.
+        run.group.kill_group();
+        let group = run.group.clone();
+        self.later.push(Box::new(move || group.sweep_strays()));
+        let verdict = match run.process {
+            Process::Verify => self.verified(&story, &run, ended),
+            Process::Worker => {
+                let judged = self.judge(&story, &run, ended);
+                match self.agent_verdict(&story, &run, judged) {
+                    Verdict::Completed if self.config.verify.is_some() => match self.start_verify(&story, &run) {
+                        Some(verdict) => verdict,
+                        None => return,
+                    },
+                    Verdict::Completed => self.commit_step(&story),
+                    verdict => verdict,
+                }
+            }
+        };
+        self.emit(EventKind::IterationEnded {
+            story: story.clone(),
+            iteration,
+            exit: ended.exit,
+            verdict: verdict.label(),
+        });
+        let actions = self.state.update(|s| {
+            let actions = s.sched.iteration_ended(&story, verdict);
+            if s.sched.state(&story) != Some(StoryState::Running) {
+                s.started_at.remove(&story);
+            }
+            actions
+        });
+        self.record_story(&story, None, Some(ended.exit.to_string()));
+        // The story's own actions first: a story that ends gives its slot back, and the next
+        // story may need that very slot (with `--max-workers 1`, it always does).
+        self.apply(actions);
+        self.schedule();
+    }
+
+    /// What the worker's iteration meant, from its exit and status.json.
+    fn judge(&self, story: &str, run: &Running, ended: Ended) -> Verdict {
+        let exit = ended.exit;
+        if exit == ExitReason::TimedOut {
+            let secs = self.config.worker.iteration_timeout_secs;
+            return Verdict::Infra(format!("iteration timed out after {secs} s"));
+        }
+        if ended.stopped && exit != ExitReason::Exited(0) {
+            return Verdict::Stopped;
+        }
+        let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
+        let after = match crate::project::read_limited(&paths.status) {
+            Ok(bytes) => bytes,
+            Err(e) => return Verdict::Infra(format!("cannot read {e}")),
+        };
+        let doc = match crate::project::parse_object(&paths.status, &after) {
+            Ok(map) => JsonDoc::new(paths.status.clone(), after, map),
+            Err(e) => return Verdict::Infra(format!("status.json left invalid: {e}")),
+        };
+        match doc.status() {
+            "completed" => Verdict::Completed,
+            "failed" => Verdict::SelfFailed,
+            _ if doc.raw != run.before => Verdict::Progress,
+            _ if exit == ExitReason::Exited(0) => Verdict::NoChange,
+            _ => Verdict::Infra(format!("{exit} without any change to status.json")),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! How a run begins: the phase's stories read from disk into the scheduler (a story completed
+//! without a recorded commit gets its commit step now), the counts of a recovered run continued
+//! from the store, and the run's task started.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use super::command::StoryPaths;
+use super::gate::commit_step;
+use super::state::{RunState, SharedState};
+use super::{status_edits, PhaseRun, RunHandle};
+use crate::daemon::Daemon;
+use crate::git;
+use crate::phase::{PhaseFiles, StoryFiles};
+use crate::project::{JsonDoc, OrchestratorConfig, Project, StatusFields};
+use crate::scheduler::{Limits, Scheduler, StoryInit};
+
+/// How a run begins: fresh from `start`, or recovered by a restarted daemon.
+pub struct RunStart {
+    pub nonce: String,
+    pub started_unix: i64,
+    /// HEAD when a fresh run started (unknown for a recovered one).
+    pub head: Option<git2::Oid>,
+    pub recovered: bool,
+}
+
+impl PhaseRun {
+    /// Builds the run from a validated phase and starts its task.
+    pub fn launch(
+        daemon: Arc<Daemon>,
+        project: Project,
+        files: &PhaseFiles,
+        config: OrchestratorConfig,
+        start: RunStart,
+    ) -> RunHandle {
+        let mut inits = Vec::new();
+        let mut stories = BTreeMap::new();
+        for story in &files.stories {
+            let Ok(doc) = &story.status else { continue };
+            let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
+            let (deps, unmet_external) = split_dependencies(&project, files.number, doc.dependencies());
+            let disk = settle_completed(&daemon, &project, story, doc, &paths, &config, &start);
+            inits.push(StoryInit {
+                id: story.id.to_string(),
+                deps,
+                unmet_external,
+                completed: disk == "completed",
+                failed: disk == "failed",
+            });
+            stories.insert(story.id.to_string(), paths);
+        }
+        let limits = Limits {
+            max_parallel: config.max_parallel_workers.max(1),
+            max_iterations: config.max_iterations_per_task.max(1),
+            retry_limit: config.retry_limit.max(1),
+        };
+        let mut sched = Scheduler::new(inits, limits);
+        let run_key = crate::daemon::run_key(&project.root, files.number);
+        if start.recovered {
+            restore_counts(&daemon, &run_key, &mut sched);
+        }
+        let (state, view) = SharedState::new(RunState::new(sched, config.max_cost_usd_per_phase));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stopping, stop_requested) = watch::channel(false);
+        let handle = RunHandle { tx: tx.clone(), state: view, stopping: Arc::new(stopping) };
+        let run = PhaseRun {
+            run_key,
+            project_name: project.root.display().to_string(),
+            logs_root: daemon.logs_root(&project.root),
+            daemon,
+            project,
+            phase: files.number,
+            config,
+            state,
+            stories,
+            running: HashMap::new(),
+            tx,
+            stop_requested,
+            nonce: start.nonce,
+            started: Instant::now(),
+            since: git::Since { unix: start.started_unix, head: start.head },
+            interrupted: false,
+            later: Vec::new(),
+            background: Vec::new(),
+            finished: false,
+            agent: super::agent::AgentWatch::default(),
+        };
+        let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
+        tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
+        handle
+    }
+}
+
+/// The story's status on disk as the run starts. Completed without a recorded commit: the
+/// daemon died (or the run was stopped) between the worker's claim and the commit step, or the
+/// story was completed outside sticler. Its commit step happens now. A resumed run counts
+/// commits since its first start, so it happens exactly once; a new run accepts any `[story]`
+/// commit of the history.
+fn settle_completed(
+    daemon: &Daemon,
+    project: &Project,
+    story: &StoryFiles,
+    doc: &JsonDoc,
+    paths: &StoryPaths,
+    config: &OrchestratorConfig,
+    start: &RunStart,
+) -> &'static str {
+    let disk = match doc.status() {
+        "completed" => "completed",
+        "failed" => return "failed",
+        _ => return "",
+    };
+    if !doc.commit_hash().is_empty() {
+        return disk;
+    }
+    let since = git::Since { unix: if start.recovered { start.started_unix } else { 0 }, head: None };
+    let checked = commit_step(daemon, &project.root, story.id.as_str(), paths, config.auto_commit, since)
+        .and_then(|oid| oid.map_or(Ok(()), |oid| status_edits::record_hash(&paths.status, oid)));
+    match checked {
+        Ok(()) => disk,
+        // The user says it is done and sticler may not commit: leave it so.
+        Err(why) if !start.recovered && !config.auto_commit => {
+            tracing::warn!(story_id = %story.id, "completed without a commit, left as it is: {why}");
+            disk
+        }
+        Err(why) => {
+            tracing::warn!(story_id = %story.id, "{why}");
+            if let Err(e) = status_edits::mark_failed(&paths.status, &why) {
+                tracing::warn!(story_id = %story.id, "cannot record the failure in status.json: {e}");
+            }
+            "failed"
+        }
+    }
+}
+
+/// A recovered run continues each story's counts from the last daemon's records.
+fn restore_counts(daemon: &Daemon, run_key: &str, sched: &mut Scheduler) {
+    match daemon.bus.store().stories(run_key) {
+        Ok(records) => {
+            for (story, record) in records {
+                tracing::info!(story_id = %story, state = record.state.as_str(), iterations = record.iterations, infra_streak = record.infra_streak, "counts continued from the last daemon");
+                sched.restore_counts(&story, record.iterations, record.infra_streak);
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the story records; counts start over: {e}"),
+    }
+}
+
+/// Splits dependencies into those inside this phase and those in other phases that are not
+/// completed on disk (those block the story).
+fn split_dependencies(project: &Project, phase: u32, deps: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut inside = Vec::new();
+    let mut unmet = Vec::new();
+    for dep in deps {
+        match crate::project::StoryId::parse(dep) {
+            Some(id) if id.phase == phase => inside.push(dep.clone()),
+            Some(id) => {
+                let status = project.story_dir(&id).join(crate::phase::STATUS_FILE);
+                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.status() == "completed");
+                if !done {
+                    unmet.push(dep.clone());
+                }
+            }
+            None => unmet.push(dep.clone()),
+        }
+    }
+    (inside, unmet)
+}

@@ -1,0 +1,174 @@
+//! What `status` shows of a phase: each story's files on disk joined with the state its run's
+//! scheduler gives it (while a run is active, or blocked by the last one), its cost, and the
+//! phase's counts, cost, budget and usage-limit wait. These views are the stable `--json`.
+
+use std::collections::HashMap;
+
+use sticler_proto::{PhaseView, Problem, StoryCounts, StoryState, StoryView};
+
+use crate::daemon::Daemon;
+use crate::phase::{PhaseFiles, StoryFiles};
+use crate::project::{Project, StatusFields};
+use crate::run::RunState;
+
+/// What the run knows of one story, taken from its state in one short read.
+struct LiveStory {
+    state: StoryState,
+    runs: u32,
+    blocked_by: Vec<String>,
+    note: Option<String>,
+    running_secs: Option<u64>,
+}
+
+/// What the phase's run (active, or the last one) adds to the files.
+#[derive(Default)]
+struct LivePhase {
+    stories: HashMap<String, LiveStory>,
+    summary: Option<String>,
+    waiting: Option<String>,
+    budget_usd: Option<f64>,
+}
+
+impl LivePhase {
+    fn of(state: &RunState) -> LivePhase {
+        let sched = &state.sched;
+        let stories = sched
+            .stories()
+            .map(|id| {
+                let live = LiveStory {
+                    state: sched.shown_state(id).unwrap_or(StoryState::Pending),
+                    runs: sched.runs(id),
+                    blocked_by: sched.blocked_by(id).to_vec(),
+                    note: sched.note(id).map(str::to_string),
+                    running_secs: state.started_at.get(id).map(|t| t.elapsed().as_secs()),
+                };
+                (id.to_string(), live)
+            })
+            .collect();
+        LivePhase {
+            stories,
+            summary: state.summary.clone(),
+            waiting: state.waiting.clone(),
+            budget_usd: state.budget_usd,
+        }
+    }
+}
+
+pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> PhaseView {
+    let live = daemon.last_run(&project.root, files.number).map(|state| LivePhase::of(&state.borrow()));
+    let running = daemon.run(&project.root, files.number).is_some();
+    let mut problems = files.problems.clone();
+    let (title, status) = match &files.config {
+        Ok(doc) => (doc.str_field("title").to_string(), doc.str_field("status").to_string()),
+        Err(e) => {
+            problems.push(Problem {
+                path: files.dir.join(crate::phase::PHASE_CONFIG).display().to_string(),
+                message: e.detail(),
+            });
+            (String::new(), String::new())
+        }
+    };
+    let project_name = project.root.display().to_string();
+    let stories: Vec<StoryView> = files
+        .stories
+        .iter()
+        .map(|story| {
+            let live_story = live.as_ref().and_then(|l| l.stories.get(story.id.as_str()));
+            let mut view = story_view(story, live_story, running, &mut problems);
+            if let Some(ledger) = daemon.ledger.story(&project_name, story.id.as_str()) {
+                view.cost_usd = ledger.cost_usd();
+                view.tokens = ledger.tokens();
+            }
+            view
+        })
+        .collect();
+    let (cost_usd, tokens) = daemon.ledger.total(&project_name, files.stories.iter().map(|s| s.id.as_str()));
+    // The wait is the project's; a phase shows it while a run of it is there to wait.
+    let paused = running.then(|| daemon.pauses.until(&project_name, crate::run::now_unix())).flatten();
+    let waiting = match &paused {
+        Some((until, _)) => Some(format!("waiting for usage limit until {}", crate::run::clock(*until))),
+        None => live.as_ref().filter(|_| running).and_then(|l| l.waiting.clone()),
+    };
+    PhaseView {
+        project: project_name,
+        phase: files.number,
+        title,
+        status,
+        running,
+        counts: counts(&stories),
+        stories,
+        summary: live.as_ref().and_then(|l| l.summary.clone()),
+        problems,
+        cost_usd,
+        tokens,
+        budget_usd: live.and_then(|l| l.budget_usd),
+        paused_until: paused.map(|(until, _)| until),
+        waiting,
+    }
+}
+
+fn counts(stories: &[StoryView]) -> StoryCounts {
+    let mut counts = StoryCounts { total: stories.len() as u32, ..Default::default() };
+    for s in stories {
+        match s.state {
+            StoryState::Pending | StoryState::Ready => counts.pending += 1,
+            StoryState::Running | StoryState::Verifying => counts.running += 1,
+            StoryState::Completed => counts.completed += 1,
+            StoryState::Failed => counts.failed += 1,
+            StoryState::Blocked => counts.blocked += 1,
+            StoryState::Invalid => counts.invalid += 1,
+        }
+    }
+    counts
+}
+
+/// One story: its status.json, and the run's state while the run is active (a story the last
+/// run blocked stays shown blocked: nothing on disk says so).
+fn story_view(
+    story: &StoryFiles,
+    live: Option<&LiveStory>,
+    run_active: bool,
+    problems: &mut Vec<Problem>,
+) -> StoryView {
+    let (doc, disk_state) = match &story.status {
+        Ok(doc) => {
+            let state = match doc.status() {
+                "completed" => StoryState::Completed,
+                "failed" => StoryState::Failed,
+                _ => StoryState::Pending,
+            };
+            (Some(doc), state)
+        }
+        Err(e) => {
+            problems.push(Problem { path: story.status_path().display().to_string(), message: e.detail() });
+            (None, StoryState::Invalid)
+        }
+    };
+    let state = match live {
+        Some(l) if run_active || l.state == StoryState::Blocked => l.state,
+        _ => disk_state,
+    };
+    let (criteria_done, criteria_total) = doc.map_or((0, 0), |d| d.criteria());
+    let mut failed_reasons = doc.map_or_else(Vec::new, |d| d.failed_reasons().to_vec());
+    if let Some(note) = live.and_then(|l| l.note.clone()) {
+        failed_reasons.push(note);
+    }
+    StoryView {
+        id: story.id.to_string(),
+        title: doc.map_or_else(String::new, |d| d.title().to_string()),
+        state,
+        disk_status: doc.map_or_else(String::new, |d| d.status().to_string()),
+        iteration: doc.map_or(0, |d| d.iteration()),
+        runs: live.map_or(0, |l| l.runs),
+        criteria_done,
+        criteria_total,
+        dependencies: doc.map_or_else(Vec::new, |d| d.dependencies().to_vec()),
+        focus: doc.map_or_else(String::new, |d| d.focus().to_string()),
+        failed_reasons,
+        blocked_by: live.map_or_else(Vec::new, |l| l.blocked_by.clone()),
+        running_secs: live.and_then(|l| l.running_secs),
+        commit_hash: doc.map_or_else(String::new, |d| d.commit_hash().to_string()),
+        cost_usd: None,
+        tokens: None,
+    }
+}

@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use crate::events::EventBus;
 use crate::listing::Listings;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{JsonDoc, OrchestratorConfig, Project, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, OrchestratorConfig, Project, StatusFields};
 use crate::run::{LiveRun, PhaseRun, RunHandle, RunMsg, RunStart};
 use crate::store::RunRecord;
 
@@ -531,7 +531,7 @@ impl Daemon {
         let files = PhaseFiles::load(&project, phase.phase, &self.listings)?;
         let live = self.last_run(&project.root, phase.phase).map(|l| lock(&l).clone());
         let retryable = |story: &StoryFiles| {
-            let disk_failed = story.status.as_ref().is_ok_and(|d| d.status() == "failed");
+            let disk_failed = story.status.as_ref().is_ok_and(|d| d.disk_status() == DiskStatus::Failed);
             let live_state = live.as_ref().and_then(|l| l.stories.get(story.id.as_str())).map(|s| s.state);
             // A worker still running owns its status.json, even if it just wrote `failed`.
             let busy = matches!(live_state, Some(StoryState::Running | StoryState::Verifying));
@@ -558,9 +558,9 @@ impl Daemon {
         }
         for story in &targets {
             let mut doc = JsonDoc::read(&story.status_path())?;
-            if doc.status() == "failed" {
+            if doc.disk_status() == DiskStatus::Failed {
                 // failed_reasons stay as history; only the status goes back.
-                doc.map.insert("status".into(), Value::String("pending".into()));
+                doc.set_status(DiskStatus::Pending);
                 doc.write()?;
             }
         }
@@ -613,9 +613,9 @@ fn story_view(
 ) -> StoryView {
     let (doc, disk_state) = match &story.status {
         Ok(doc) => {
-            let state = match doc.status() {
-                "completed" => StoryState::Completed,
-                "failed" => StoryState::Failed,
+            let state = match doc.disk_status() {
+                DiskStatus::Completed => StoryState::Completed,
+                DiskStatus::Failed => StoryState::Failed,
                 _ => StoryState::Pending,
             };
             (Some(doc), state)

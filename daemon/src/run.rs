@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use crate::daemon::Daemon;
 use crate::git;
 use crate::phase::PhaseFiles;
-use crate::project::{CommandSpec, JsonDoc, OrchestratorConfig, Project, StatusFields, StdinMode};
+use crate::project::{CommandSpec, DiskStatus, JsonDoc, OrchestratorConfig, Project, StatusFields, StdinMode};
 use crate::scheduler::{Action, Limits, Scheduler, StoryInit, Verdict};
 use crate::worker::{self, SpawnSpec};
 
@@ -178,8 +178,8 @@ impl PhaseRun {
         for story in &files.stories {
             let Ok(doc) = &story.status else { continue };
             let (deps, unmet_external) = split_dependencies(&project, files.number, doc.dependencies());
-            let mut disk = doc.status();
-            if disk == "completed" && doc.commit_hash().is_empty() {
+            let mut disk = doc.disk_status();
+            if disk == DiskStatus::Completed && doc.commit_hash().is_empty() {
                 // Completed without a recorded commit: the daemon died (or the run was stopped)
                 // between the worker's claim and the commit step, or the story was completed
                 // outside sticler. Its commit step happens now. A resumed run counts commits
@@ -198,7 +198,7 @@ impl PhaseRun {
                     Err(why) => {
                         tracing::warn!(story_id = %story.id, "{why}");
                         let _ = fail_on_disk(story.id.as_str(), &paths, &why);
-                        disk = "failed";
+                        disk = DiskStatus::Failed;
                     }
                 }
             }
@@ -206,16 +206,16 @@ impl PhaseRun {
                 id: story.id.to_string(),
                 deps,
                 unmet_external,
-                completed: disk == "completed",
-                failed: disk == "failed",
+                completed: disk == DiskStatus::Completed,
+                failed: disk == DiskStatus::Failed,
             });
             stories.insert(
                 story.id.to_string(),
                 StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() },
             );
             let state = match disk {
-                "completed" => StoryState::Completed,
-                "failed" => StoryState::Failed,
+                DiskStatus::Completed => StoryState::Completed,
+                DiskStatus::Failed => StoryState::Failed,
                 _ => StoryState::Pending,
             };
             live.stories.insert(
@@ -662,9 +662,9 @@ impl PhaseRun {
             Ok(map) => JsonDoc::new(paths.status.clone(), after, map),
             Err(e) => return Verdict::Infra(format!("status.json left invalid: {e}")),
         };
-        match doc.status() {
-            "completed" => Verdict::Completed,
-            "failed" => Verdict::SelfFailed,
+        match doc.disk_status() {
+            DiskStatus::Completed => Verdict::Completed,
+            DiskStatus::Failed => Verdict::SelfFailed,
             _ if doc.raw != run.before => Verdict::Progress,
             _ if exit == ExitReason::Exited(0) => Verdict::NoChange,
             _ => Verdict::Infra(format!("{exit} without any change to status.json")),
@@ -853,7 +853,7 @@ impl PhaseRun {
 /// status.json gets `failed` and the reason, other fields kept; never replaces a malformed file.
 fn fail_on_disk(story: &str, paths: &StoryPaths, reason: &str) -> Result<(), crate::project::ProjectError> {
     let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
-        doc.map.insert("status".into(), Value::String("failed".into()));
+        doc.set_status(DiskStatus::Failed);
         push_reason(&mut doc, reason);
         doc.write()
     });
@@ -892,7 +892,7 @@ fn split_dependencies(project: &Project, phase: u32, deps: &[String]) -> (Vec<St
             Some(id) if id.phase == phase => inside.push(dep.clone()),
             Some(id) => {
                 let status = project.story_dir(&id).join(crate::phase::STATUS_FILE);
-                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.status() == "completed");
+                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.disk_status() == DiskStatus::Completed);
                 if !done {
                     unmet.push(dep.clone());
                 }

@@ -19,7 +19,7 @@ pub use config::{CommandSpec, OrchestratorConfig, StdinMode, UsageLimitConfig, W
 pub use doc_cache::DocCache;
 pub use error::ProjectError;
 pub use json_doc::{parse_object, read_limited, write_atomic, JsonDoc, MAX_JSON_FILE};
-pub use story::{StatusFields, StatusSummary};
+pub use story::{DiskStatus, StatusFields, StatusSummary};
 
 /// A project: the folder holding `phases/`, by its canonical path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,12 +1,62 @@
-//! The fields of a story's `status.json` that sticler reads (`StatusSummary`, through the
-//! `StatusFields` accessors).
+//! A story's `status.json` as sticler sees it: the fields it reads (`StatusSummary`, through the
+//! `StatusFields` accessors), its `status` as a `DiskStatus`, and the one field sticler writes
+//! there itself (`JsonDoc::set_status`).
 
 use serde_json::{Map, Value};
+
+use super::JsonDoc;
+
+/// `status` of status.json.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskStatus {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    /// Missing, not a string, or none of the four. Every reader treats it as not done yet, like
+    /// `pending`; it has no text, so sticler never writes it.
+    #[default]
+    Other,
+}
+
+impl DiskStatus {
+    pub fn parse(text: &str) -> DiskStatus {
+        match text {
+            "pending" => DiskStatus::Pending,
+            "in_progress" => DiskStatus::InProgress,
+            "completed" => DiskStatus::Completed,
+            "failed" => DiskStatus::Failed,
+            _ => DiskStatus::Other,
+        }
+    }
+
+    /// The text in status.json; `None` for `Other`.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            DiskStatus::Pending => Some("pending"),
+            DiskStatus::InProgress => Some("in_progress"),
+            DiskStatus::Completed => Some("completed"),
+            DiskStatus::Failed => Some("failed"),
+            DiskStatus::Other => None,
+        }
+    }
+}
+
+impl JsonDoc {
+    /// Sets `status` (written by the next `write`; other fields are left as they are). `Other`
+    /// has no text to write: the field is then left as it is too.
+    pub fn set_status(&mut self, status: DiskStatus) {
+        if let Some(text) = status.as_str() {
+            self.map.insert("status".into(), Value::String(text.into()));
+        }
+    }
+}
 
 /// The fields of status.json that sticler reads.
 #[derive(Debug, Clone, Default)]
 pub struct StatusSummary {
     status: String,
+    disk_status: DiskStatus,
     title: String,
     focus: String,
     commit_hash: String,
@@ -27,8 +77,10 @@ impl StatusSummary {
             }
             _ => (0, 0),
         };
+        let status = text("status");
         StatusSummary {
-            status: text("status"),
+            disk_status: DiskStatus::parse(&status),
+            status,
             title: text("title"),
             focus: text("focus"),
             commit_hash: text("commit_hash"),
@@ -44,8 +96,12 @@ impl StatusSummary {
 pub trait StatusFields {
     fn summary(&self) -> &StatusSummary;
 
+    /// `status` as written, for showing it to a user; decisions use `disk_status`.
     fn status(&self) -> &str {
         &self.summary().status
+    }
+    fn disk_status(&self) -> DiskStatus {
+        self.summary().disk_status
     }
     fn title(&self) -> &str {
         &self.summary().title
@@ -81,5 +137,38 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
             })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_other_than_the_four_is_other_and_keeps_its_text() {
+        for (json, disk, text) in [
+            (r#"{"status": "pending"}"#, DiskStatus::Pending, "pending"),
+            (r#"{"status": "in_progress"}"#, DiskStatus::InProgress, "in_progress"),
+            (r#"{"status": "completed"}"#, DiskStatus::Completed, "completed"),
+            (r#"{"status": "failed"}"#, DiskStatus::Failed, "failed"),
+            (r#"{"status": "Completed"}"#, DiskStatus::Other, "Completed"),
+            (r#"{"status": "done"}"#, DiskStatus::Other, "done"),
+            (r#"{"status": 1}"#, DiskStatus::Other, ""),
+            (r#"{}"#, DiskStatus::Other, ""),
+        ] {
+            let map: Map<String, Value> = serde_json::from_str(json).unwrap();
+            let doc = JsonDoc::new("status.json".into(), json.into(), map);
+            assert_eq!((doc.disk_status(), doc.status()), (disk, text), "{json}");
+            assert_eq!(disk.as_str().map(DiskStatus::parse), (disk != DiskStatus::Other).then_some(disk));
+        }
+    }
+
+    #[test]
+    fn set_status_writes_the_text_and_other_leaves_the_field() {
+        let mut doc = JsonDoc::new("status.json".into(), Vec::new(), Map::new());
+        doc.set_status(DiskStatus::InProgress);
+        assert_eq!(doc.map["status"], "in_progress");
+        doc.set_status(DiskStatus::Other);
+        assert_eq!(doc.map["status"], "in_progress");
     }
 }

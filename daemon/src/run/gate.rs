@@ -8,7 +8,7 @@ use sticler_proto::{ExitReason, StoryState};
 use super::{append_log, push_reason, PhaseRun, Running, StoryPaths};
 use crate::daemon::Daemon;
 use crate::git;
-use crate::project::{JsonDoc, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, StatusFields};
 use crate::scheduler::Verdict;
 use crate::worker::{self, SpawnSpec};
 
@@ -99,7 +99,7 @@ impl PhaseRun {
     /// A claim of completion was turned back: `in_progress` again, with the reason.
     fn reopen(&self, story: &str, paths: &StoryPaths, reason: &str) {
         let result = JsonDoc::read(&paths.status).and_then(|mut doc| {
-            doc.map.insert("status".into(), Value::String("in_progress".into()));
+            doc.set_status(DiskStatus::InProgress);
             push_reason(&mut doc, reason);
             doc.write()
         });

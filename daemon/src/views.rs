@@ -8,7 +8,7 @@ use sticler_proto::{PhaseView, Problem, StoryCounts, StoryState, StoryView};
 
 use crate::daemon::Daemon;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{Project, StatusFields};
+use crate::project::{DiskStatus, Project, StatusFields};
 use crate::run::RunState;
 
 /// What the run knows of one story, taken from its state in one short read.
@@ -132,10 +132,10 @@ fn story_view(
 ) -> StoryView {
     let (doc, disk_state) = match &story.status {
         Ok(doc) => {
-            let state = match doc.status() {
-                "completed" => StoryState::Completed,
-                "failed" => StoryState::Failed,
-                _ => StoryState::Pending,
+            let state = match doc.disk_status() {
+                DiskStatus::Completed => StoryState::Completed,
+                DiskStatus::Failed => StoryState::Failed,
+                DiskStatus::Pending | DiskStatus::InProgress | DiskStatus::Other => StoryState::Pending,
             };
             (Some(doc), state)
         }

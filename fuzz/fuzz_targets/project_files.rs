@@ -13,6 +13,8 @@ fuzz_target!(|data: &[u8]| {
         let doc = JsonDoc::new(path.to_path_buf(), data.to_vec(), map.clone());
         // Every field sticler reads has a value, whatever its type on disk.
         let _ = (doc.status(), doc.title(), doc.focus(), doc.commit_hash(), doc.iteration());
+        // A status sticler knows reads back as the same text; any other is `Other`.
+        assert_eq!(doc.disk_status().as_str().unwrap_or(doc.status()), doc.status());
         let (done, total) = doc.criteria();
         assert!(done <= total);
         for dep in doc.dependencies() {

@@ -4,13 +4,12 @@
 
 use std::path::Path;
 
-use serde_json::Value;
 use sticler_proto::{ErrorKind, ErrorReply, EventKind, PhaseRef, Response};
 use tokio::sync::oneshot;
 
 use crate::daemon::{error, Daemon};
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{JsonDoc, Project, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, Project, StatusFields};
 use crate::run::RunMsg;
 
 pub async fn retry(
@@ -27,9 +26,9 @@ pub async fn retry(
     }
     for story in &targets {
         let mut doc = JsonDoc::read(&story.status_path())?;
-        if doc.status() == "failed" {
+        if doc.disk_status() == DiskStatus::Failed {
             // failed_reasons stay as history; only the status goes back.
-            doc.map.insert("status".into(), Value::String("pending".into()));
+            doc.set_status(DiskStatus::Pending);
             doc.write()?;
         }
     }
@@ -65,7 +64,7 @@ fn targets<'a>(
 ) -> Result<Vec<&'a StoryFiles>, ErrorReply> {
     let live = daemon.last_run(&project.root, files.number);
     let retryable = |story: &StoryFiles| {
-        let disk_failed = story.status.as_ref().is_ok_and(|d| d.status() == "failed");
+        let disk_failed = story.status.as_ref().is_ok_and(|d| d.disk_status() == DiskStatus::Failed);
         let live_state = live.as_ref().and_then(|l| l.borrow().sched.state(story.id.as_str()));
         crate::scheduler::retryable(live_state, disk_failed)
     };

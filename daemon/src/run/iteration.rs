@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::command::append_log;
 use super::{PhaseRun, RunMsg};
-use crate::project::{JsonDoc, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, StatusFields};
 use crate::scheduler::{Action, Verdict};
 use crate::worker::{self, Group};
 
@@ -210,9 +210,9 @@ impl PhaseRun {
             Ok(map) => JsonDoc::new(paths.status.clone(), after, map),
             Err(e) => return Verdict::Infra(format!("status.json left invalid: {e}")),
         };
-        match doc.status() {
-            "completed" => Verdict::Completed,
-            "failed" => Verdict::SelfFailed,
+        match doc.disk_status() {
+            DiskStatus::Completed => Verdict::Completed,
+            DiskStatus::Failed => Verdict::SelfFailed,
             _ if doc.raw != run.before => Verdict::Progress,
             _ if exit == ExitReason::Exited(0) => Verdict::NoChange,
             _ => Verdict::Infra(format!("{exit} without any change to status.json")),

@@ -15,7 +15,7 @@ use super::{status_edits, PhaseRun, RunHandle};
 use crate::daemon::Daemon;
 use crate::git;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{JsonDoc, OrchestratorConfig, Project, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, OrchestratorConfig, Project, StatusFields};
 use crate::scheduler::{Limits, Scheduler, StoryInit};
 
 /// How a run begins: fresh from `start`, or recovered by a restarted daemon.
@@ -47,8 +47,8 @@ impl PhaseRun {
                 id: story.id.to_string(),
                 deps,
                 unmet_external,
-                completed: disk == "completed",
-                failed: disk == "failed",
+                completed: disk == DiskStatus::Completed,
+                failed: disk == DiskStatus::Failed,
             });
             stories.insert(story.id.to_string(), paths);
         }
@@ -107,13 +107,9 @@ fn settle_completed(
     paths: &StoryPaths,
     config: &OrchestratorConfig,
     start: &RunStart,
-) -> &'static str {
-    let disk = match doc.status() {
-        "completed" => "completed",
-        "failed" => return "failed",
-        _ => return "",
-    };
-    if !doc.commit_hash().is_empty() {
+) -> DiskStatus {
+    let disk = doc.disk_status();
+    if disk != DiskStatus::Completed || !doc.commit_hash().is_empty() {
         return disk;
     }
     let since = git::Since { unix: if start.recovered { start.started_unix } else { 0 }, head: None };
@@ -131,7 +127,7 @@ fn settle_completed(
             if let Err(e) = status_edits::mark_failed(&paths.status, &why) {
                 tracing::warn!(story_id = %story.id, "cannot record the failure in status.json: {e}");
             }
-            "failed"
+            DiskStatus::Failed
         }
     }
 }
@@ -159,7 +155,7 @@ fn split_dependencies(project: &Project, phase: u32, deps: &[String]) -> (Vec<St
             Some(id) if id.phase == phase => inside.push(dep.clone()),
             Some(id) => {
                 let status = project.story_dir(&id).join(crate::phase::STATUS_FILE);
-                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.status() == "completed");
+                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.disk_status() == DiskStatus::Completed);
                 if !done {
                     unmet.push(dep.clone());
                 }

@@ -7,12 +7,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::project::{JsonDoc, ProjectError, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, ProjectError, StatusFields};
 
 /// `failed`, with `sticler: <reason>` appended to `failed_reasons`.
 pub fn mark_failed(status: &Path, reason: &str) -> Result<(), ProjectError> {
     edit(status, |doc| {
-        doc.map.insert("status".into(), Value::String("failed".into()));
+        doc.set_status(DiskStatus::Failed);
         push_reason(doc, reason);
     })
 }
@@ -20,7 +20,7 @@ pub fn mark_failed(status: &Path, reason: &str) -> Result<(), ProjectError> {
 /// A claim of completion was turned back: `in_progress` again, with the reason.
 pub fn reopen(status: &Path, reason: &str) -> Result<(), ProjectError> {
     edit(status, |doc| {
-        doc.map.insert("status".into(), Value::String("in_progress".into()));
+        doc.set_status(DiskStatus::InProgress);
         push_reason(doc, reason);
     })
 }

@@ -1,0 +1,305 @@
+//! `orchestrator.config.json`: the project's optional settings (`OrchestratorConfig`), with the
+//! worker's command expanded from its preset.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::json_doc::read_limited;
+use super::ProjectError;
+use crate::agent::{self, OutputFormat};
+
+/// How a command is given in orchestrator.config.json: an argv array, or a string run by `sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CommandSpec {
+    Argv(Vec<String>),
+    Shell(String),
+}
+
+impl CommandSpec {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            CommandSpec::Argv(argv) => argv.clone(),
+            CommandSpec::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdinMode {
+    /// spec.md on the worker's stdin.
+    Spec,
+    /// /dev/null.
+    None,
+}
+
+/// `worker` of orchestrator.config.json, with its preset expanded (see `agent`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawWorkerConfig")]
+pub struct WorkerConfig {
+    /// The preset's name; `command` when the command is given explicitly.
+    pub preset: String,
+    pub command: CommandSpec,
+    pub stdin: StdinMode,
+    pub iteration_timeout_secs: u64,
+    pub env: BTreeMap<String, String>,
+    pub output: OutputFormat,
+    /// The preset's limit patterns, then the user's `limit_patterns` (checked to compile; the
+    /// run compiles them all when it starts, so `validate` and `status` pay nothing for them).
+    pub limit_patterns: Vec<String>,
+}
+
+/// `worker` as written: a preset (default `command`), or an explicit command.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawWorkerConfig {
+    preset: Option<String>,
+    command: Option<CommandSpec>,
+    /// Appended to the preset's argv (e.g. `["--model", "opus"]`).
+    args: Vec<String>,
+    stdin: Option<StdinMode>,
+    iteration_timeout_secs: Option<u64>,
+    env: BTreeMap<String, String>,
+    /// More regexes of output lines meaning a usage or rate limit (named group `reset`: epoch).
+    limit_patterns: Vec<String>,
+}
+
+impl TryFrom<RawWorkerConfig> for WorkerConfig {
+    type Error = String;
+
+    fn try_from(raw: RawWorkerConfig) -> Result<Self, String> {
+        let name = raw.preset.as_deref().unwrap_or("command");
+        let preset = agent::preset(name).ok_or_else(|| {
+            format!("unknown worker.preset {name:?}; one of {} (see `sticlerctl presets`)", agent::names())
+        })?;
+        let command = match (name, raw.command) {
+            ("command", Some(command)) => command,
+            ("command", None) => CommandSpec::Argv(preset.argv.iter().map(|s| s.to_string()).collect()),
+            (_, Some(_)) => {
+                return Err(format!(
+                    "worker.command and worker.preset {name:?} are both given; use \"preset\": \"command\" to run your own command, or worker.args to add flags to the preset"
+                ))
+            }
+            (_, None) => CommandSpec::Argv(preset.argv.iter().map(|s| s.to_string()).collect()),
+        };
+        let command = match command {
+            CommandSpec::Argv(mut argv) => {
+                argv.extend(raw.args);
+                CommandSpec::Argv(argv)
+            }
+            CommandSpec::Shell(_) if !raw.args.is_empty() => {
+                return Err("worker.args needs an argv command, not a shell string".into())
+            }
+            shell => shell,
+        };
+        crate::agent_output::compile(&raw.limit_patterns).map_err(|e| format!("worker.limit_patterns: {e}"))?;
+        let mut patterns: Vec<String> = preset.limit_patterns.iter().map(|p| p.to_string()).collect();
+        patterns.extend(raw.limit_patterns);
+        Ok(WorkerConfig {
+            preset: name.to_string(),
+            command,
+            stdin: raw.stdin.unwrap_or(if preset.stdin == "spec" { StdinMode::Spec } else { StdinMode::None }),
+            iteration_timeout_secs: raw.iteration_timeout_secs.unwrap_or(1800),
+            env: raw.env,
+            output: preset.output,
+            limit_patterns: patterns,
+        })
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        // The built-in presets' patterns are known to compile (agent's tests).
+        WorkerConfig::try_from(RawWorkerConfig::default()).unwrap_or_else(|_| WorkerConfig {
+            preset: "command".into(),
+            command: CommandSpec::Argv(vec!["claude".into()]),
+            stdin: StdinMode::Spec,
+            iteration_timeout_secs: 1800,
+            env: BTreeMap::new(),
+            output: OutputFormat::Text,
+            limit_patterns: Vec::new(),
+        })
+    }
+}
+
+/// How long a project waits when an agent hits its usage limit.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageLimitConfig {
+    /// Added to the reset time the agent reported.
+    pub margin_secs: u64,
+    /// Wait after the first hit with no reset time; doubled at each further hit, up to the max.
+    pub backoff_min_secs: u64,
+    pub backoff_max_secs: u64,
+}
+
+impl Default for UsageLimitConfig {
+    fn default() -> Self {
+        UsageLimitConfig { margin_secs: 60, backoff_min_secs: 60, backoff_max_secs: 1800 }
+    }
+}
+
+/// `orchestrator.config.json` at the project root; every field is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorConfig {
+    pub max_parallel_workers: usize,
+    pub max_iterations_per_task: u32,
+    pub retry_limit: u32,
+    pub auto_commit: bool,
+    pub worker: WorkerConfig,
+    pub verify: Option<CommandSpec>,
+    pub push: bool,
+    /// A story whose iterations cost this much (USD, as the agent reports) fails.
+    pub max_cost_usd_per_story: Option<f64>,
+    /// Once the phase's stories cost this much, no new iteration starts.
+    pub max_cost_usd_per_phase: Option<f64>,
+    pub usage_limit: UsageLimitConfig,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            max_parallel_workers: 3,
+            max_iterations_per_task: 20,
+            retry_limit: 3,
+            auto_commit: true,
+            worker: WorkerConfig::default(),
+            verify: None,
+            push: true,
+            max_cost_usd_per_story: None,
+            max_cost_usd_per_phase: None,
+            usage_limit: UsageLimitConfig::default(),
+        }
+    }
+}
+
+pub const CONFIG_FILE: &str = "orchestrator.config.json";
+
+impl OrchestratorConfig {
+    /// Reads the project's config, or the defaults when the file does not exist.
+    pub fn load(project: &Path) -> Result<OrchestratorConfig, ProjectError> {
+        let path = project.join(CONFIG_FILE);
+        let raw = match read_limited(&path) {
+            Ok(raw) => raw,
+            Err(ProjectError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(e),
+        };
+        Self::parse(&path, &raw)
+    }
+
+    /// Parses the bytes of the config file at `path` (named in errors).
+    pub fn parse(path: &Path, raw: &[u8]) -> Result<OrchestratorConfig, ProjectError> {
+        let path = path.to_path_buf();
+        let config: OrchestratorConfig = serde_json::from_slice(raw).map_err(|e| {
+            if e.is_data() {
+                ProjectError::Invalid {
+                    path: path.clone(),
+                    message: format!("line {}, column {}: {e}", e.line(), e.column()),
+                }
+            } else {
+                ProjectError::malformed(&path, &e)
+            }
+        })?;
+        if config.worker.command.argv().first().is_none_or(|p| p.is_empty()) {
+            return Err(ProjectError::Invalid { path, message: "worker.command is empty".into() });
+        }
+        // Zero would mean no worker, no iteration or no retry at all: a typo, not a setting.
+        for (name, value) in [
+            ("max_parallel_workers", config.max_parallel_workers as u64),
+            ("max_iterations_per_task", u64::from(config.max_iterations_per_task)),
+            ("retry_limit", u64::from(config.retry_limit)),
+            ("worker.iteration_timeout_secs", config.worker.iteration_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ProjectError::Invalid { path, message: format!("{name} must be at least 1") });
+            }
+        }
+        for (name, budget) in [
+            ("max_cost_usd_per_story", config.max_cost_usd_per_story),
+            ("max_cost_usd_per_phase", config.max_cost_usd_per_phase),
+        ] {
+            if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
+                return Err(ProjectError::Invalid {
+                    path,
+                    message: format!("{name} must be a positive number of USD"),
+                });
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn zero_limits_are_refused_with_their_name() {
+        let path = Path::new("/p/orchestrator.config.json");
+        for (json, name) in [
+            (r#"{"max_parallel_workers": 0}"#, "max_parallel_workers"),
+            (r#"{"max_iterations_per_task": 0}"#, "max_iterations_per_task"),
+            (r#"{"retry_limit": 0}"#, "retry_limit"),
+            (r#"{"worker": {"iteration_timeout_secs": 0}}"#, "worker.iteration_timeout_secs"),
+        ] {
+            match OrchestratorConfig::parse(path, json.as_bytes()) {
+                Err(ProjectError::Invalid { message, .. }) => {
+                    assert_eq!(message, format!("{name} must be at least 1"), "{json}")
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        assert!(OrchestratorConfig::parse(path, br#"{"max_parallel_workers": 1, "retry_limit": 1}"#).is_ok());
+    }
+
+    #[test]
+    fn config_defaults_match_the_design() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OrchestratorConfig::load(dir.path()).unwrap();
+        assert_eq!(config.max_parallel_workers, 3);
+        assert_eq!(config.max_iterations_per_task, 20);
+        assert_eq!(config.retry_limit, 3);
+        assert!(config.auto_commit && config.push);
+        assert_eq!(config.worker.stdin, StdinMode::Spec);
+        assert_eq!(config.worker.iteration_timeout_secs, 1800);
+        fs::write(dir.path().join(CONFIG_FILE), r#"{"worker": {"command": "echo hi"}}"#).unwrap();
+        let config = OrchestratorConfig::load(dir.path()).unwrap();
+        assert_eq!(config.worker.command.argv(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(config.max_parallel_workers, 3);
+    }
+
+    #[test]
+    fn a_preset_expands_to_its_command_and_takes_extra_args() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+        write(r#"{"worker": {"preset": "claude", "args": ["--model", "opus"], "limit_patterns": ["quota"]}}"#);
+        let config = OrchestratorConfig::load(dir.path()).unwrap();
+        let argv = config.worker.command.argv();
+        assert_eq!(argv[..4], ["claude", "-p", "/phase-worker {story_id}", "--output-format"]);
+        assert_eq!(argv[argv.len() - 2..], ["--model", "opus"]);
+        assert_eq!(config.worker.output, OutputFormat::ClaudeStreamJson);
+        assert_eq!(config.worker.stdin, StdinMode::Spec);
+        assert_eq!(config.worker.limit_patterns.last().map(String::as_str), Some("quota"));
+        assert!(config.worker.limit_patterns.len() > 1, "the preset's patterns come first");
+        write(r#"{"worker": {"preset": "aider"}}"#);
+        assert_eq!(OrchestratorConfig::load(dir.path()).unwrap().worker.stdin, StdinMode::None);
+        for (bad, says) in [
+            (r#"{"worker": {"preset": "nope"}}"#, "unknown worker.preset"),
+            (r#"{"worker": {"preset": "claude", "command": ["x"]}}"#, "both given"),
+            (r#"{"worker": {"limit_patterns": ["("]}}"#, "limit_patterns"),
+            (r#"{"max_cost_usd_per_story": 0}"#, "max_cost_usd_per_story"),
+        ] {
+            write(bad);
+            let err = OrchestratorConfig::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}

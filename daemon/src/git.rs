@@ -34,7 +34,11 @@ fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) 
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match op() {
-            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {}
+            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
+                // The racing file settles within a write: a short pause, not a spin that keeps
+                // the project's git lock (and a core) busy.
+                std::thread::sleep(Duration::from_millis(2));
+            }
             Err(e) if e.code() == ErrorCode::Locked && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }

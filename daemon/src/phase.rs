@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sticler_proto::Problem;
 
@@ -68,9 +68,6 @@ impl PhaseFiles {
     /// Every reason this phase cannot run, in a stable order. Empty means valid.
     pub fn validate(&self, project: &Project) -> Vec<Problem> {
         let mut problems = self.problems.clone();
-        let push = |problems: &mut Vec<Problem>, path: &PathBuf, message: String| {
-            problems.push(Problem { path: path.display().to_string(), message })
-        };
         if let Err(e) = &self.config {
             push(&mut problems, &self.dir.join(PHASE_CONFIG), e.detail());
         }
@@ -78,15 +75,7 @@ impl PhaseFiles {
         let mut claimed: HashMap<String, &PathBuf> = HashMap::new();
         let mut edges: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for story in &self.stories {
-            match fs::symlink_metadata(story.spec_path()) {
-                Ok(meta) if meta.file_type().is_symlink() => push(
-                    &mut problems,
-                    &story.spec_path(),
-                    "spec.md is a symlink; the worker only gets regular files inside the project".into(),
-                ),
-                Ok(meta) if meta.is_file() => {}
-                _ => push(&mut problems, &story.spec_path(), "missing spec.md".into()),
-            }
+            check_spec(story, &mut problems);
             let doc = match &story.status {
                 Ok(doc) => doc,
                 Err(e) => {
@@ -111,41 +100,67 @@ impl PhaseFiles {
                     );
                 }
             }
-            let mut deps = Vec::new();
-            for dep in doc.dependencies() {
-                match StoryId::parse(dep) {
-                    None => push(&mut problems, &story.status_path(), format!("dependency {dep:?} is not a story id")),
-                    Some(dep_id) if dep_id.phase == self.number => {
-                        if ids.contains(dep_id.as_str()) {
-                            deps.push(dep.clone());
-                        } else {
-                            push(
-                                &mut problems,
-                                &story.status_path(),
-                                format!("unknown dependency {dep}: no such story in this phase"),
-                            );
-                        }
-                    }
-                    Some(dep_id) => {
-                        if !project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
-                            push(
-                                &mut problems,
-                                &story.status_path(),
-                                format!(
-                                    "unknown dependency {dep}: no status.json in {}",
-                                    project.story_dir(&dep_id).display()
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
+            let deps = self.check_dependencies(project, story, doc.dependencies(), &ids, &mut problems);
             edges.insert(story.id.as_str(), deps);
         }
         if let Some(cycle) = find_cycle(&edges) {
             push(&mut problems, &self.dir.join("stories"), format!("dependency cycle: {}", cycle.join(" -> ")));
         }
         problems
+    }
+
+    /// Each dependency names a story of this phase (returned, for the cycle check) or an
+    /// existing story of another phase.
+    fn check_dependencies(
+        &self,
+        project: &Project,
+        story: &StoryFiles,
+        dependencies: &[String],
+        ids: &BTreeSet<&str>,
+        problems: &mut Vec<Problem>,
+    ) -> Vec<String> {
+        let mut inside = Vec::new();
+        for dep in dependencies {
+            match StoryId::parse(dep) {
+                None => push(problems, &story.status_path(), format!("dependency {dep:?} is not a story id")),
+                Some(dep_id) if dep_id.phase == self.number => {
+                    if ids.contains(dep_id.as_str()) {
+                        inside.push(dep.clone());
+                    } else {
+                        push(
+                            problems,
+                            &story.status_path(),
+                            format!("unknown dependency {dep}: no such story in this phase"),
+                        );
+                    }
+                }
+                Some(dep_id) => {
+                    if !project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
+                        let dir = project.story_dir(&dep_id);
+                        let message = format!("unknown dependency {dep}: no status.json in {}", dir.display());
+                        push(problems, &story.status_path(), message);
+                    }
+                }
+            }
+        }
+        inside
+    }
+}
+
+fn push(problems: &mut Vec<Problem>, path: &Path, message: String) {
+    problems.push(Problem { path: path.display().to_string(), message });
+}
+
+/// spec.md must be a regular file: the worker gets only regular files inside the project.
+fn check_spec(story: &StoryFiles, problems: &mut Vec<Problem>) {
+    match fs::symlink_metadata(story.spec_path()) {
+        Ok(meta) if meta.file_type().is_symlink() => push(
+            problems,
+            &story.spec_path(),
+            "spec.md is a symlink; the worker only gets regular files inside the project".into(),
+        ),
+        Ok(meta) if meta.is_file() => {}
+        _ => push(problems, &story.spec_path(), "missing spec.md".into()),
     }
 }
 

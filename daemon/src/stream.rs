@@ -170,9 +170,10 @@ pub async fn logs(
         return Err(error(ErrorKind::BadRequest, "iterations are numbered from 1").into());
     }
     let root = daemon.logs_root(&project.root);
-    let mut rx = daemon.bus.subscribe();
+    // Subscribed before the logs are listed: no iteration starts unseen in between.
+    let events = follow.then(|| daemon.bus.subscribe());
     let known = crate::logs::logged_iterations(&root, story);
-    let mut current = match iteration.or_else(|| known.last().copied()) {
+    let current = match iteration.or_else(|| known.last().copied()) {
         Some(n) => n,
         None if follow => 0,
         None => {
@@ -186,61 +187,83 @@ pub async fn logs(
             error(ErrorKind::NotFound, format!("{story} has no iteration {current} (logged: {known:?})")).into()
         );
     }
-    let mut offset = 0u64;
-    if current != 0 {
-        offset = send_new(conn, &crate::logs::log_path(&root, story, current), current, 0).await?;
+    let mut cursor = LogCursor { root: &root, story, iteration: current, offset: 0 };
+    cursor.catch_up(conn).await?;
+    if let Some(events) = events {
+        follow_logs(daemon, conn, phase, &project, &mut cursor, events).await?;
     }
-    if !follow {
-        return send(conn, ServerMessage::Response(Response::LogEnd)).await;
+    send(conn, ServerMessage::Response(Response::LogEnd)).await
+}
+
+/// The log a `logs` request reads: its iteration (0: none yet) and how much of it was sent.
+struct LogCursor<'a> {
+    root: &'a Path,
+    story: &'a str,
+    iteration: u32,
+    offset: u64,
+}
+
+impl LogCursor<'_> {
+    /// Sends what the current log gained since the last call.
+    async fn catch_up(&mut self, conn: &mut Connection) -> Result<(), StreamError> {
+        if self.iteration != 0 {
+            let path = crate::logs::log_path(self.root, self.story, self.iteration);
+            self.offset = send_new(conn, &path, self.iteration, self.offset).await?;
+        }
+        Ok(())
     }
+
+    /// Finishes the current log and moves on to iteration `next`.
+    async fn move_to(&mut self, conn: &mut Connection, next: u32) -> Result<(), StreamError> {
+        self.catch_up(conn).await?;
+        self.iteration = next;
+        self.offset = 0;
+        Ok(())
+    }
+}
+
+/// `logs -f`: follows the story's logs across iterations until the run ends. It may be started
+/// before the phase: it follows until a run it saw has ended.
+async fn follow_logs(
+    daemon: &Arc<Daemon>,
+    conn: &mut Connection,
+    phase: &PhaseRef,
+    project: &Project,
+    cursor: &mut LogCursor<'_>,
+    mut rx: tokio::sync::broadcast::Receiver<Event>,
+) -> Result<(), StreamError> {
     let name = project.root.display().to_string();
     let mut tick = tokio::time::interval(FOLLOW_POLL);
-    // `logs -f` may be started before the phase: it follows until a run it saw has ended.
     let mut seen_running = daemon.run(&project.root, phase.phase).is_some();
     loop {
         tokio::select! {
             event = rx.recv() => match event {
                 Ok(Event { kind: EventKind::IterationStarted { story: s, iteration: next, .. }, project: p, .. })
-                    if s == story && p == name && next > current =>
+                    if s == cursor.story && p == name && next > cursor.iteration =>
                 {
-                    if current != 0 {
-                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
-                    }
-                    current = next;
-                    offset = 0;
+                    cursor.move_to(conn, next).await?;
                 }
                 Ok(Event { kind: EventKind::RunEnded { .. }, project: p, phase: n, .. })
                     if p == name && n == phase.phase =>
                 {
-                    if current != 0 {
-                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
-                    }
-                    return send(conn, ServerMessage::Response(Response::LogEnd)).await;
+                    return cursor.catch_up(conn).await;
                 }
                 Err(RecvError::Closed) => return Err(StreamError::Gone),
                 _ => {}
             },
             _ = tick.tick() => {
-                if current != 0 {
-                    offset = send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
-                }
+                cursor.catch_up(conn).await?;
                 // Also covers events missed by a lagging subscriber: move on to the next log,
                 // and end once the run that was seen has gone.
-                let next = crate::logs::logged_iterations(&root, story).into_iter().find(|n| *n > current);
-                if let Some(next) = next {
-                    if current != 0 {
-                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
-                    }
-                    current = next;
-                    offset = send_new(conn, &crate::logs::log_path(&root, story, current), current, 0).await?;
+                let logged = crate::logs::logged_iterations(cursor.root, cursor.story);
+                if let Some(next) = logged.into_iter().find(|n| *n > cursor.iteration) {
+                    cursor.move_to(conn, next).await?;
+                    cursor.catch_up(conn).await?;
                 }
                 let running = daemon.run(&project.root, phase.phase).is_some();
                 seen_running |= running;
                 if seen_running && !running {
-                    if current != 0 {
-                        send_new(conn, &crate::logs::log_path(&root, story, current), current, offset).await?;
-                    }
-                    return send(conn, ServerMessage::Response(Response::LogEnd)).await;
+                    return cursor.catch_up(conn).await;
                 }
             }
         }

@@ -9,7 +9,7 @@ use super::iteration::{Ended, Process, Running};
 use super::{status_edits, PhaseRun};
 use crate::daemon::Daemon;
 use crate::git;
-use crate::project::{JsonDoc, StatusFields};
+use crate::project::{JsonDoc, ProjectError, StatusFields};
 use crate::scheduler::Verdict;
 use crate::worker::{self, SpawnSpec};
 
@@ -84,12 +84,12 @@ impl PhaseRun {
                 self.later.push(Box::new(move || {
                     if let Err(why) = status_edits::record_hash(&status, oid) {
                         // The commit exists and carries the story's subject: it is found again.
-                        tracing::warn!(story_id = %story, "{why}");
+                        tracing::warn!(story_id = %story, "cannot record commit_hash {oid}: {why}");
                     }
                 }));
                 Verdict::Completed
             }
-            Err(why) => Verdict::Rejected(why),
+            Err(why) => Verdict::Rejected(why.to_string()),
         }
     }
 }
@@ -101,9 +101,24 @@ fn reopen(story: &str, paths: &StoryPaths, reason: &str) {
     }
 }
 
+/// Why a claim of completion is turned back at the commit check.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(transparent)]
+    Status(#[from] ProjectError),
+    #[error(transparent)]
+    Git(#[from] git::GitError),
+    #[error("auto-commit failed: {0}")]
+    AutoCommit(git::GitError),
+    #[error("cannot record commit_hash {oid}: {source}")]
+    RecordHash { oid: git2::Oid, source: ProjectError },
+    #[error("no commit whose subject starts with [{0}] was made since the run started, and auto_commit is off")]
+    NoCommit(String),
+}
+
 /// The commit check of a story that claims completed: its `[story]` commit (recorded, or made
-/// since the run started, as `since` tells), else one made now when `auto_commit` is on. Returns the commit when
-/// status.json does not record it yet, or why the claim is turned back.
+/// since the run started, as `since` tells), else one made now when `auto_commit` is on.
+/// Returns the commit when status.json does not record it yet.
 pub(super) fn commit_step(
     daemon: &Daemon,
     root: &std::path::Path,
@@ -111,24 +126,19 @@ pub(super) fn commit_step(
     paths: &StoryPaths,
     auto_commit: bool,
     since: git::Since,
-) -> Result<Option<git2::Oid>, String> {
+) -> Result<Option<git2::Oid>, ClaimError> {
     let lock = daemon.git_lock(root);
     let mut known = crate::lock::lock(&lock);
-    let doc = JsonDoc::read(&paths.status).map_err(|e| e.to_string())?;
+    let doc = JsonDoc::read(&paths.status)?;
     let found =
-        tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since, &mut known));
+        tokio::task::block_in_place(|| git::find_story_commit(root, story, doc.commit_hash(), since, &mut known))?;
     let oid = match found {
-        Ok(Some(oid)) => oid,
-        Ok(None) if auto_commit => {
+        Some(oid) => oid,
+        None if auto_commit => {
             tokio::task::block_in_place(|| git::commit_story(root, story, &doc, &paths.dir, &mut known))
-                .map_err(|e| format!("auto-commit failed: {e}"))?
+                .map_err(ClaimError::AutoCommit)?
         }
-        Ok(None) => {
-            return Err(format!(
-                "no commit whose subject starts with [{story}] was made since the run started, and auto_commit is off"
-            ))
-        }
-        Err(e) => return Err(e.to_string()),
+        None => return Err(ClaimError::NoCommit(story.to_string())),
     };
     Ok((doc.commit_hash() != oid.to_string()).then_some(oid))
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use super::command::StoryPaths;
-use super::gate::commit_step;
+use super::gate::{commit_step, ClaimError};
 use super::state::{RunState, SharedState};
 use super::{status_edits, PhaseRun, RunHandle};
 use crate::daemon::Daemon;
@@ -113,8 +113,11 @@ fn settle_completed(
         return disk;
     }
     let since = git::Since { unix: if start.recovered { start.started_unix } else { 0 }, head: None };
-    let checked = commit_step(daemon, &project.root, story.id.as_str(), paths, config.auto_commit, since)
-        .and_then(|oid| oid.map_or(Ok(()), |oid| status_edits::record_hash(&paths.status, oid)));
+    let checked =
+        commit_step(daemon, &project.root, story.id.as_str(), paths, config.auto_commit, since).and_then(|oid| {
+            let Some(oid) = oid else { return Ok(()) };
+            status_edits::record_hash(&paths.status, oid).map_err(|source| ClaimError::RecordHash { oid, source })
+        });
     match checked {
         Ok(()) => disk,
         // The user says it is done and sticler may not commit: leave it so.
@@ -124,7 +127,7 @@ fn settle_completed(
         }
         Err(why) => {
             tracing::warn!(story_id = %story.id, "{why}");
-            if let Err(e) = status_edits::mark_failed(&paths.status, &why) {
+            if let Err(e) = status_edits::mark_failed(&paths.status, &why.to_string()) {
                 tracing::warn!(story_id = %story.id, "cannot record the failure in status.json: {e}");
             }
             DiskStatus::Failed

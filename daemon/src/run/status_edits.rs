@@ -26,13 +26,13 @@ pub fn reopen(status: &Path, reason: &str) -> Result<(), ProjectError> {
 }
 
 /// Records `commit_hash`, read afresh so that nothing written since the commit check is lost.
-pub fn record_hash(status: &Path, oid: git2::Oid) -> Result<(), String> {
-    let mut doc = JsonDoc::read(status).map_err(|e| format!("cannot record commit_hash {oid}: {e}"))?;
+pub fn record_hash(status: &Path, oid: git2::Oid) -> Result<(), ProjectError> {
+    let mut doc = JsonDoc::read(status)?;
     if doc.commit_hash() == oid.to_string() {
         return Ok(());
     }
     doc.map.insert("commit_hash".into(), Value::String(oid.to_string()));
-    doc.write().map_err(|e| format!("cannot record commit_hash {oid}: {e}"))
+    doc.write()
 }
 
 fn edit(status: &Path, change: impl FnOnce(&mut JsonDoc)) -> Result<(), ProjectError> {

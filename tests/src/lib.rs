@@ -2,7 +2,7 @@
 //!
 //! `Daemon` owns a daemon, its socket and its temp folders and kills everything on drop,
 //! including any worker process it left behind. `ProjectBuilder` writes a project in the
-//! worker contract's formats, with `sticler-demo-worker` as the scripted worker.
+//! worker contract's formats, with `sticler-test-worker` as the scripted worker.
 
 pub mod raw;
 
@@ -350,7 +350,7 @@ impl ProjectBuilder {
             "retry_limit": 3,
             "auto_commit": true,
             "push": false,
-            "worker": {"command": [bin("sticler-demo-worker").display().to_string()], "stdin": "spec",
+            "worker": {"command": [bin("sticler-test-worker").display().to_string()], "stdin": "spec",
                        "iteration_timeout_secs": 60, "env": {}},
         });
         merge(&mut config, extra);

@@ -306,7 +306,7 @@ fn the_claude_preset_runs_claude_non_interactively_with_stream_json_and_its_cost
          \"usage\":{{\"input_tokens\":7,\"output_tokens\":8,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0}}}}'\n",
         record.display(),
         stdin.display(),
-        bin("sticler-demo-worker").display()
+        bin("sticler-test-worker").display()
     );
     let claude = fake.path().join("claude");
     std::fs::write(&claude, script).unwrap();

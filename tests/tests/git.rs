@@ -38,7 +38,7 @@ fn committing_worker(p: &ProjectBuilder, record: bool) {
         "\"$0\" || exit $?; if grep -q '\"status\": \"completed\"' \"$STICLER_STATUS_FILE\"; then git add -A && git -c user.name=w -c user.email=w@x commit -qm \"[$STICLER_STORY_ID] done by the worker\" && {record}; fi"
     );
     p.config(
-        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-test-worker").display().to_string()]}}),
     );
 }
 
@@ -98,8 +98,8 @@ fn a_worker_that_forgets_gets_the_exact_auto_commit() {
     assert_eq!(p.status_json("US-P1-001")["commit_hash"], hash);
     let message = git(p.path(), &["log", "-1", "--format=%B", &hash]);
     let expected = "[US-P1-001] Story US-P1-001\n\n## What was implemented\n\
-        - criterion 1: done in iteration 1 by sticler-demo-worker\n\
-        - criterion 2: done in iteration 2 by sticler-demo-worker\n";
+        - criterion 1: done in iteration 1 by sticler-test-worker\n\
+        - criterion 2: done in iteration 2 by sticler-test-worker\n";
     assert!(message.starts_with(expected), "{message}");
     assert!(
         message.contains("\n## Files changed\n- M phases/phase_1/stories/US-P1-001/status.json\n- A src/a.txt\n"),
@@ -338,7 +338,7 @@ fn a_workers_index_lock_is_waited_out_never_deleted() {
     // would while busy); the test plays that git and releases the lock a little later.
     let script = "\"$0\" || exit $?; if grep -q '\"status\": \"completed\"' \"$STICLER_STATUS_FILE\"; then touch .git/index.lock; fi";
     p.config(
-        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-test-worker").display().to_string()]}}),
     );
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     git(p.path(), &["init", "-q"]);
@@ -360,7 +360,7 @@ fn auto_commit_without_files_modified_takes_deletions_and_honours_gitignore() {
     let p = ProjectBuilder::new();
     let script = "rm -f old.txt; echo secret > ignored.log; echo new > new.txt; exec \"$0\"";
     p.config(
-        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-test-worker").display().to_string()]}}),
     );
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     p.write("old.txt", "to be deleted\n");

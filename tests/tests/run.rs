@@ -241,7 +241,7 @@ fn invalid_status_json_from_the_worker_is_never_replaced() {
 fn placeholders_environment_stdin_and_cwd_reach_the_worker() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     let script = "printf '%s|%s|%s|%s|%s|%s|%s|%s|%s' {story_id} {phase} {iteration} \"$STICLER_STORY_ID\" \"$STICLER_STATUS_FILE\" \"$STICLER_SPEC_FILE\" \"$STICLER_PROJECT_DIR\" \"$STICLER_ITERATION\" \"$(pwd)\" > seen-{story_id}.txt; cat > stdin-{story_id}.txt; exec \"$0\"";
     p.config(json!({"worker": {"command": ["/bin/sh", "-c", script, worker], "env": {"EXTRA": "x"}}}));
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
@@ -260,7 +260,7 @@ fn placeholders_environment_stdin_and_cwd_reach_the_worker() {
 fn the_worker_leads_its_own_session_with_default_signals_and_its_own_path() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     // Shell builtins only, before any child: a shell waiting for a child blocks signals itself.
     let script = "read -r stat < /proc/$$/stat; while read -r line; do case $line in Sig*) echo \"$line\";; esac; \
                   done < /proc/$$/status > signals.txt; echo \"$stat\" > stat.txt; exec \"$0\"";
@@ -362,7 +362,7 @@ fn a_story_waiting_only_for_a_slot_is_ready() {
 fn a_phase_config_broken_during_the_run_is_kept_and_the_summary_says_so() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     let script = "printf '{' > phases/phase_1/phase_config.json; exec \"$0\"";
     p.config(json!({"worker": {"command": ["/bin/sh", "-c", script, worker]}}));
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);

@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> CmdResult {
     })?;
     let ctx = Context { socket, json: cli.json, dir: cli.dir.as_deref() };
     match &cli.command {
+        // Answered above, before a socket was needed.
         Command::Presets | Command::Completions { .. } | Command::Man => Ok(0),
         Command::Demo { into } => demo::run(into.clone()),
         Command::Ping => daemon::ping(&ctx),

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{GenericFilePath, Stream};
 use sticler_proto::codec::{self, CodecError};
-use sticler_proto::{ClientMessage, ErrorReply, Request, ServerMessage, PROTOCOL_VERSION};
+use sticler_proto::{
+    ClientMessage, ErrorReply, PhaseView, Request, Response, RunOutcome, ServerMessage, StatusReport, ValidationReport,
+    PROTOCOL_VERSION,
+};
 
 /// What went wrong talking to the daemon; each maps to an exit code.
 #[derive(Debug)]
@@ -88,11 +91,105 @@ impl Client {
     }
 
     /// Sends one request and returns its single reply.
-    pub fn call(&mut self, request: Request) -> Result<sticler_proto::Response, ClientError> {
+    pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         self.send(request)?;
         match self.next()? {
             ServerMessage::Response(r) => Ok(r),
             other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Sends one request and returns its reply as the payload `T` it must carry. Any other reply
+    /// is an error (exit 1): a daemon answering something else (another version, a bug) must
+    /// not pass for success with nothing printed.
+    pub fn call_expect<T: Reply>(&mut self, request: Request) -> Result<T, ClientError> {
+        expect_reply(self.call(request)?)
+    }
+}
+
+/// `response` as the payload `T`, or an error naming the reply expected and the one that came.
+pub fn expect_reply<T: Reply>(response: Response) -> Result<T, ClientError> {
+    T::take(response).map_err(|other| {
+        // The variant's name only: the Debug text of a whole status report would bury the point.
+        let debug = format!("{other:?}");
+        let got = debug.split(['(', ' ', '{']).next().unwrap_or(&debug);
+        ClientError::Protocol(format!("expected a {} reply, got {got}", T::VARIANT))
+    })
+}
+
+/// The payload of one kind of `Response`, for `call_expect`.
+pub trait Reply: Sized {
+    /// The `Response` variant that carries it, for the error when another one came.
+    const VARIANT: &'static str;
+    /// The payload, or the response back when it is of another kind.
+    fn take(response: Response) -> Result<Self, Response>;
+}
+
+macro_rules! reply {
+    ($payload:ty, $variant:literal, $pattern:pat => $value:expr) => {
+        impl Reply for $payload {
+            const VARIANT: &'static str = $variant;
+            fn take(response: Response) -> Result<Self, Response> {
+                match response {
+                    $pattern => Ok($value),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+/// `Pong`: the daemon answers.
+pub struct Pong;
+/// `ShuttingDown`: the daemon accepted to stop.
+pub struct ShuttingDown;
+/// `Done`: a request that changes state was accepted; the text says what happened.
+pub struct Done(pub String);
+/// `Version`: who answers.
+pub struct DaemonVersion {
+    pub daemon_version: String,
+    pub protocol_version: u32,
+    pub pid: u32,
+}
+
+reply!(Pong, "Pong", Response::Pong => Pong);
+reply!(ShuttingDown, "ShuttingDown", Response::ShuttingDown => ShuttingDown);
+reply!(Done, "Done", Response::Done { message } => Done(message));
+reply!(
+    DaemonVersion,
+    "Version",
+    Response::Version { daemon_version, protocol_version, pid } => DaemonVersion { daemon_version, protocol_version, pid }
+);
+reply!(StatusReport, "Status", Response::Status(report) => report);
+reply!(Vec<StatusReport>, "StatusAll", Response::StatusAll(reports) => reports);
+reply!(ValidationReport, "Validated", Response::Validated(report) => report);
+reply!(Box<PhaseView>, "Started", Response::Started(view) => view);
+reply!(RunOutcome, "Waited", Response::Waited { outcome } => outcome);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expected_reply_yields_its_payload() {
+        let done: Done = expect_reply(Response::Done { message: "stopped".into() }).map_err(|e| e.to_string()).unwrap();
+        assert_eq!(done.0, "stopped");
+        let outcome: RunOutcome =
+            expect_reply(Response::Waited { outcome: RunOutcome::Failed }).map_err(|e| e.to_string()).unwrap();
+        assert_eq!(outcome, RunOutcome::Failed);
+    }
+
+    #[test]
+    fn another_reply_is_a_protocol_error_naming_both() {
+        let Err(e) = expect_reply::<StatusReport>(Response::Pong) else { panic!("Pong accepted as a status report") };
+        assert!(matches!(e, ClientError::Protocol(_)), "{e}");
+        assert!(e.to_string().contains("expected a Status reply, got Pong"), "{e}");
+
+        let Err(e) = expect_reply::<Done>(Response::Waited { outcome: RunOutcome::Completed }) else {
+            panic!("Waited accepted as Done")
+        };
+        assert!(e.to_string().contains("expected a Done reply, got Waited"), "{e}");
+        let Err(e) = expect_reply::<RunOutcome>(Response::StatusAll(vec![])) else { panic!("StatusAll accepted") };
+        assert!(e.to_string().contains("expected a Waited reply, got StatusAll"), "{e}");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! `Daemon` owns a daemon, its socket and its temp folders and kills everything on drop,
 //! including any worker process it left behind. `ProjectBuilder` writes a project in the
-//! worker contract's formats, with `sticler-demo-worker` as the scripted worker.
+//! worker contract's formats, with `sticler-test-worker` as the scripted worker.
 
 pub mod raw;
 
@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use sticler_proto::{PhaseView, StatusReport, StoryView};
 
 /// A binary of this workspace, from the same target folder as the running test.
 pub fn bin(name: &str) -> PathBuf {
@@ -190,15 +191,35 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {}", describe(&out)))
     }
 
-    /// `status --json` of one phase.
-    pub fn phase_status(&self, project: &Path, phase: u32) -> Value {
+    /// Runs `sticlerctl --json ...`, asserts success and reads stdout as `T`: a field renamed
+    /// or retyped on one side fails here, instead of reading as a quiet `null` in an assertion.
+    pub fn ctl_typed<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all);
+        assert!(out.status.success(), "sticlerctl {args:?} failed: {}", describe(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("sticlerctl {args:?} printed no {}: {e}: {}", std::any::type_name::<T>(), describe(&out))
+        })
+    }
+
+    /// `status --json` of `project` (every phase, or the phase and story `args` name).
+    pub fn status_report(&self, project: &Path, args: &[&str]) -> StatusReport {
         let dir = project.display().to_string();
-        let status = self.ctl_json(&["-C", &dir, "status", &phase.to_string()]);
-        status["phases"][0].clone()
+        let mut all = vec!["-C", &dir, "status"];
+        all.extend_from_slice(args);
+        self.ctl_typed(&all)
+    }
+
+    /// `status --json` of one phase.
+    pub fn phase_status(&self, project: &Path, phase: u32) -> PhaseView {
+        let mut report = self.status_report(project, &[&phase.to_string()]);
+        assert_eq!(report.phases.len(), 1, "status of phase {phase} of {}", project.display());
+        report.phases.remove(0)
     }
 
     /// Polls until the phase is not running any more and returns its status.
-    pub fn wait_phase(&self, project: &Path, phase: u32) -> Value {
+    pub fn wait_phase(&self, project: &Path, phase: u32) -> PhaseView {
         let dir = project.display().to_string();
         let out = self.ctl(&["-C", &dir, "wait", &phase.to_string()]);
         assert!(out.status.code().is_some(), "wait crashed: {}", describe(&out));
@@ -236,6 +257,19 @@ impl Drop for Daemon {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// Story `id` of `phase`; panics naming the phase's stories when it has none of that id.
+pub fn story_of<'a>(phase: &'a PhaseView, id: &str) -> &'a StoryView {
+    phase.stories.iter().find(|s| s.id == id).unwrap_or_else(|| {
+        let ids: Vec<&str> = phase.stories.iter().map(|s| s.id.as_str()).collect();
+        panic!("no story {id} in phase {} (stories: {ids:?})", phase.phase)
+    })
+}
+
+/// The daemon-side state of each story of `phase`, in order, as `--json` spells them.
+pub fn states(phase: &PhaseView) -> Vec<&'static str> {
+    phase.stories.iter().map(|s| s.state.as_str()).collect()
 }
 
 /// Stdout and stderr of a finished command, for assertion messages.
@@ -350,7 +384,7 @@ impl ProjectBuilder {
             "retry_limit": 3,
             "auto_commit": true,
             "push": false,
-            "worker": {"command": [bin("sticler-demo-worker").display().to_string()], "stdin": "spec",
+            "worker": {"command": [bin("sticler-test-worker").display().to_string()], "stdin": "spec",
                        "iteration_timeout_secs": 60, "env": {}},
         });
         merge(&mut config, extra);

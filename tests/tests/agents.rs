@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use sticler_tests::{bin, describe, poll, story, Daemon, ProjectBuilder};
+use sticler_proto::{StoryState, TokenUsage};
+use sticler_tests::{bin, describe, poll, story, story_of, Daemon, ProjectBuilder};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
@@ -22,17 +23,13 @@ fn wait_code(daemon: &Daemon, p: &ProjectBuilder) -> Option<i32> {
     daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code()
 }
 
-fn story_view<'a>(phase: &'a Value, id: &str) -> &'a Value {
-    phase["stories"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap()
-}
-
 /// Polls `status` until the project waits for a usage limit; returns paused_until.
 fn wait_for_pause(daemon: &Daemon, p: &ProjectBuilder) -> i64 {
     poll(Duration::from_secs(20), "the usage-limit wait in status", || {
         let phase = daemon.phase_status(p.path(), 1);
-        let waiting = phase["waiting"].as_str()?;
+        let waiting = phase.waiting?;
         assert!(waiting.starts_with("waiting for usage limit until "), "{waiting}");
-        phase["paused_until"].as_i64()
+        phase.paused_until
     })
 }
 
@@ -58,9 +55,9 @@ fn a_usage_limit_pauses_the_whole_project_without_counting_then_resumes_after_th
     assert!(until >= started + 3 && until <= now() + 4, "reset (2 s) + margin (1 s): {until}, started {started}");
     assert_eq!(wait_code(&daemon, &p), Some(0), "{}", daemon.dump(p.path()));
     let phase = daemon.phase_status(p.path(), 1);
-    let one = story_view(&phase, "US-P1-001");
-    assert_eq!(one["state"], "completed");
-    assert_eq!(one["runs"], 3, "two limited iterations and the real one");
+    let one = story_of(&phase, "US-P1-001");
+    assert_eq!(one.state, StoryState::Completed);
+    assert_eq!(one.runs, 3, "two limited iterations and the real one");
 
     let events = events(&daemon, &p);
     let waits: Vec<&Value> = events.iter().filter(|(k, _)| k == "usage_limit_wait").map(|(_, e)| e).collect();
@@ -93,7 +90,7 @@ fn a_usage_limit_pauses_the_whole_project_without_counting_then_resumes_after_th
         }
     }
     // The other story's iterations were held too: it ran, and waited like everybody else.
-    assert_eq!(story_view(&phase, "US-P1-002")["state"], "completed");
+    assert_eq!(story_of(&phase, "US-P1-002").state, StoryState::Completed);
 }
 
 #[test]
@@ -109,7 +106,7 @@ fn a_limit_in_one_phase_holds_every_phase_of_the_project() {
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "2"]).status.success());
     let until = wait_for_pause(&daemon, &p);
     let phase_2 = daemon.phase_status(p.path(), 2);
-    assert_eq!(phase_2["paused_until"].as_i64(), Some(until), "phase 2 waits too: {phase_2}");
+    assert_eq!(phase_2.paused_until, Some(until), "phase 2 waits too: {phase_2:?}");
     for phase in ["1", "2"] {
         assert_eq!(
             daemon.ctl(&["-C", &p.path_str(), "wait", phase]).status.code(),
@@ -132,7 +129,7 @@ fn a_limit_in_one_phase_holds_every_phase_of_the_project() {
         .map(|(_, e)| e)
         .collect();
     assert!(during.len() <= 1, "no iteration of any phase starts during the wait: {during:?}");
-    assert_eq!(story_view(&daemon.phase_status(p.path(), 2), "US-P2-001")["runs"], 3);
+    assert_eq!(story_of(&daemon.phase_status(p.path(), 2), "US-P2-001").runs, 3);
 }
 
 #[test]
@@ -155,8 +152,8 @@ fn resume_ends_a_long_wait_early_and_the_wait_survives_a_daemon_restart() {
     let after = wait_for_pause(&daemon, &p);
     assert_eq!(after, until, "the restarted daemon keeps the same wait");
     let phase = daemon.phase_status(p.path(), 1);
-    assert!(phase["running"].as_bool().unwrap(), "the run was recovered and waits");
-    assert_eq!(story_view(&phase, "US-P1-001")["disk_status"], "pending", "no iteration ran during the wait");
+    assert!(phase.running, "the run was recovered and waits");
+    assert_eq!(story_of(&phase, "US-P1-001").disk_status, "pending", "no iteration ran during the wait");
     let human = daemon.ctl(&["-C", &p.path_str(), "status", "1"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains("waiting for usage limit until"), "{}", describe(&human));
 
@@ -168,7 +165,7 @@ fn resume_ends_a_long_wait_early_and_the_wait_survives_a_daemon_restart() {
         events.iter().any(|(k, e)| k == "usage_limit_resumed" && e["kind"]["usage_limit_resumed"]["early"] == true),
         "{events:?}"
     );
-    assert_eq!(daemon.phase_status(p.path(), 1)["paused_until"], Value::Null);
+    assert_eq!(daemon.phase_status(p.path(), 1).paused_until, None);
 }
 
 #[test]
@@ -185,8 +182,9 @@ fn stop_works_during_the_wait_and_a_limit_without_a_time_backs_off() {
     let out = daemon.ctl(&["-C", &p.path_str(), "stop", "1"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(wait_code(&daemon, &p), Some(5), "stopped at once: {}", daemon.dump(p.path()));
-    let s = story_view(&daemon.phase_status(p.path(), 1), "US-P1-001").clone();
-    assert_eq!((s["runs"].as_u64(), s["disk_status"].as_str()), (Some(1), Some("pending")), "nothing ran: {s}");
+    let phase = daemon.phase_status(p.path(), 1);
+    let s = story_of(&phase, "US-P1-001");
+    assert_eq!((s.runs, s.disk_status.as_str()), (1, "pending"), "nothing ran: {s:?}");
 }
 
 #[test]
@@ -205,13 +203,14 @@ fn cost_and_tokens_are_read_per_iteration_and_shown_per_story_and_phase() {
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.success());
     let phase = daemon.phase_status(p.path(), 1);
     for id in ["US-P1-001", "US-P1-002"] {
-        let s = story_view(&phase, id);
-        assert_eq!(s["cost_usd"], 0.5, "two iterations of $0.25: {s}");
-        assert_eq!(s["tokens"], json!({"input": 200, "output": 400, "cache_creation": 2000, "cache_read": 10000}));
+        let s = story_of(&phase, id);
+        assert_eq!(s.cost_usd, Some(0.5), "two iterations of $0.25: {s:?}");
+        let tokens = TokenUsage { input: 200, output: 400, cache_creation: 2000, cache_read: 10000 };
+        assert_eq!(s.tokens, Some(tokens));
     }
-    assert_eq!(phase["cost_usd"], 1.0);
-    assert_eq!(phase["tokens"]["input"], 400);
-    assert!(phase["summary"].as_str().unwrap().contains("cost $1.00"), "{}", phase["summary"]);
+    assert_eq!(phase.cost_usd, Some(1.0));
+    assert_eq!(phase.tokens.map(|t| t.input), Some(400));
+    assert!(phase.summary.as_deref().unwrap().contains("cost $1.00"), "{:?}", phase.summary);
     let human = daemon.ctl(&["-C", &p.path_str(), "status", "1", "US-P1-001"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains("cost:         $0.50"), "{}", describe(&human));
 }
@@ -237,8 +236,8 @@ fn a_story_that_would_exceed_its_budget_fails_with_that_reason() {
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(4));
     let phase = daemon.phase_status(p.path(), 1);
     let runs_and_state = |id: &str| {
-        let s = story_view(&phase, id);
-        (s["runs"].as_u64().unwrap(), s["state"].as_str().unwrap().to_string())
+        let s = story_of(&phase, id);
+        (s.runs, s.state.as_str().to_string())
     };
     assert_eq!(runs_and_state("US-P1-001"), (2, "failed".to_string()));
     assert_eq!(runs_and_state("US-P1-002"), (1, "failed".to_string()));
@@ -264,17 +263,17 @@ fn a_spent_phase_budget_stops_scheduling_and_says_so() {
     p.phase(1, "decomposed", &stories);
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(4));
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(story_view(&phase, "US-P1-002")["state"], "completed", "the running one finished");
-    let third = story_view(&phase, "US-P1-003");
-    assert_eq!((third["state"].as_str(), third["runs"].as_u64()), (Some("pending"), Some(0)), "{third}");
-    let summary = phase["summary"].as_str().unwrap();
+    assert_eq!(story_of(&phase, "US-P1-002").state, StoryState::Completed, "the running one finished");
+    let third = story_of(&phase, "US-P1-003");
+    assert_eq!((third.state, third.runs), (StoryState::Pending, 0), "{third:?}");
+    let summary = phase.summary.as_deref().unwrap();
     assert!(summary.contains("phase budget spent: $0.60 of max_cost_usd_per_phase $0.50"), "{summary}");
-    assert_eq!(phase["budget_usd"], 0.5);
+    assert_eq!(phase.budget_usd, Some(0.5));
     let events = events(&daemon, &p);
     assert!(events.iter().any(|(k, _)| k == "budget_spent"), "{events:?}");
     // A new start of a phase whose budget is spent ends at once, starting nothing.
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(4));
-    assert_eq!(story_view(&daemon.phase_status(p.path(), 1), "US-P1-003")["runs"], 0);
+    assert_eq!(story_of(&daemon.phase_status(p.path(), 1), "US-P1-003").runs, 0);
 }
 
 #[test]
@@ -287,7 +286,7 @@ fn the_same_error_result_three_times_in_a_row_fails_the_story_as_stuck() {
     p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(9).script(script)]);
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(4));
     let s = daemon.phase_status(p.path(), 1);
-    assert_eq!(story_view(&s, "US-P1-001")["runs"], 3);
+    assert_eq!(story_of(&s, "US-P1-001").runs, 3);
     let reasons = p.status_json("US-P1-001")["failed_reasons"].to_string();
     assert!(reasons.contains("stuck") && reasons.contains("cannot reach the test database"), "{reasons}");
 }
@@ -306,7 +305,7 @@ fn the_claude_preset_runs_claude_non_interactively_with_stream_json_and_its_cost
          \"usage\":{{\"input_tokens\":7,\"output_tokens\":8,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0}}}}'\n",
         record.display(),
         stdin.display(),
-        bin("sticler-demo-worker").display()
+        bin("sticler-test-worker").display()
     );
     let claude = fake.path().join("claude");
     std::fs::write(&claude, script).unwrap();
@@ -336,8 +335,8 @@ fn the_claude_preset_runs_claude_non_interactively_with_stream_json_and_its_cost
     );
     assert_eq!(std::fs::read_to_string(&stdin).unwrap(), p.read(&format!("{}/spec.md", p.story_rel("US-P1-001"))));
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(story_view(&phase, "US-P1-001")["cost_usd"], 0.42);
-    assert_eq!(story_view(&phase, "US-P1-001")["tokens"]["output"], 8);
+    assert_eq!(story_of(&phase, "US-P1-001").cost_usd, Some(0.42));
+    assert_eq!(story_of(&phase, "US-P1-001").tokens.map(|t| t.output), Some(8));
 }
 
 #[test]

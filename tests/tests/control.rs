@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sticler_tests::{describe, poll, process_alive, story, wait_socket_connected, Daemon, ProjectBuilder};
+use sticler_proto::StoryState;
+use sticler_tests::{describe, poll, process_alive, states, story, wait_socket_connected, Daemon, ProjectBuilder};
 
 fn pids(file: &std::path::Path) -> Vec<i32> {
     fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
@@ -51,8 +52,8 @@ fn stop_kills_grandchildren_that_ignore_sigterm_after_the_grace_period() {
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert_all_gone(&daemon, &all);
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["status"], "stopped");
-    assert_eq!(phase["running"], false);
+    assert_eq!(phase.status, "stopped");
+    assert!(!phase.running);
     // The stories are resumable: make them behave and start again.
     for id in ["US-P1-001", "US-P1-002"] {
         let rel = format!("{}/status.json", p.story_rel(id));
@@ -125,9 +126,9 @@ fn retry_in_a_running_phase_and_at_the_next_start() {
     );
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     poll(Duration::from_secs(20), "US-P1-001 to fail", || {
-        (daemon.phase_status(p.path(), 1)["stories"][0]["state"] == "failed").then_some(())
+        (daemon.phase_status(p.path(), 1).stories[0].state == StoryState::Failed).then_some(())
     });
-    assert_eq!(daemon.phase_status(p.path(), 1)["stories"][1]["state"], "blocked");
+    assert_eq!(daemon.phase_status(p.path(), 1).stories[1].state, StoryState::Blocked);
     // "Fix" the story, then retry it while the phase still runs (US-P1-003 hangs).
     let rel = format!("{}/status.json", p.story_rel("US-P1-001"));
     let mut status: Value = serde_json::from_str(&p.read(&rel)).unwrap();
@@ -137,7 +138,7 @@ fn retry_in_a_running_phase_and_at_the_next_start() {
     assert!(out.status.success(), "{}", describe(&out));
     poll(Duration::from_secs(20), "US-P1-001 and 002 to complete", || {
         let phase = daemon.phase_status(p.path(), 1);
-        (phase["stories"][0]["state"] == "completed" && phase["stories"][1]["state"] == "completed").then_some(())
+        (states(&phase)[..2] == ["completed", "completed"]).then_some(())
     });
     let status = p.status_json("US-P1-001");
     assert_eq!(status["failed_reasons"].as_array().unwrap().len(), 1, "failed_reasons are kept as history");

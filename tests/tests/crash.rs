@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use sticler_proto::StoryState;
 use sticler_tests::{describe, poll, story, Daemon, ProjectBuilder, StorySpec};
 
 /// A small xorshift generator: the kill moments are random but replayable from the seed.
@@ -104,7 +105,7 @@ fn six_stories_one_completed() -> (Daemon, ProjectBuilder) {
     p.phase(1, "decomposed", &phase_of(6));
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     poll(Duration::from_secs(20), "a first story completed", || {
-        (daemon.phase_status(p.path(), 1)["counts"]["completed"].as_u64() >= Some(1)).then_some(())
+        (daemon.phase_status(p.path(), 1).counts.completed >= 1).then_some(())
     });
     (daemon, p)
 }
@@ -132,8 +133,8 @@ fn a_run_stopped_by_the_user_stays_stopped_after_a_restart() {
     daemon.signal_and_wait(Signal::SIGTERM);
     daemon.launch(&[]);
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["running"], false);
-    assert_eq!(phase["status"], "stopped");
+    assert!(!phase.running);
+    assert_eq!(phase.status, "stopped");
 }
 
 #[test]
@@ -149,7 +150,7 @@ fn status_json_replaced_by_a_folder_mid_run_fails_the_story_safely() {
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     let status = p.path().join("phases/phase_1/stories/US-P1-001/status.json");
     poll(Duration::from_secs(20), "a first iteration", || {
-        (daemon.phase_status(p.path(), 1)["stories"][0]["iteration"].as_u64() >= Some(1)).then_some(())
+        (daemon.phase_status(p.path(), 1).stories[0].iteration >= 1).then_some(())
     });
     std::fs::remove_file(&status).unwrap();
     std::fs::create_dir(&status).unwrap();
@@ -157,8 +158,9 @@ fn status_json_replaced_by_a_folder_mid_run_fails_the_story_safely() {
     assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
     assert!(status.is_dir(), "sticler never replaces what it cannot read");
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["stories"][1]["state"], "blocked");
-    let problems = phase["problems"].to_string();
+    assert_eq!(phase.stories[1].state, StoryState::Blocked);
+    let problems: Vec<String> = phase.problems.iter().map(ToString::to_string).collect();
+    let problems = problems.join("\n");
     assert!(problems.contains("US-P1-001/status.json") && problems.contains("directory"), "{problems}");
     assert!(daemon.ctl(&["ping"]).status.success());
 }
@@ -211,7 +213,7 @@ fn an_unreadable_store_is_named_and_moving_it_aside_resumes_from_disk() {
     std::fs::remove_file(&store).unwrap();
     daemon.launch(&[]);
     // A fresh store knows no run; the phase on disk is still in_progress and starts again.
-    assert_eq!(daemon.phase_status(p.path(), 1)["running"], false);
+    assert!(!daemon.phase_status(p.path(), 1).running);
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     assert_finished_cleanly(&daemon, &p, 6);
 }

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sticler_proto::StoryState;
 use sticler_tests::{describe, poll, story, Daemon, ProjectBuilder};
 
 /// A tmpfs mounted over a folder for the life of the guard.
@@ -101,16 +102,16 @@ fn assert_fault_then_finish(daemon: &Daemon, p: &ProjectBuilder, fault: &str, re
 /// so the files still say `in_progress` (whole, untouched) and a later start resumes.
 fn assert_stopped_with_reason(daemon: &Daemon, p: &ProjectBuilder, fault: &str) {
     let status = daemon.phase_status(p.path(), 1);
-    assert!(status["summary"].as_str().unwrap_or("").contains("failed: US-P1-001"), "{status}");
-    let reasons = status["stories"][0]["failed_reasons"].to_string();
+    assert!(status.summary.as_deref().unwrap_or("").contains("failed: US-P1-001"), "{status:?}");
+    let reasons = status.stories[0].failed_reasons.join("\n");
     assert!(reasons.contains("infrastructure failures") && reasons.contains(fault), "{reasons}");
-    assert_eq!(status["stories"][0]["disk_status"], "in_progress", "{status}");
-    assert_eq!(status["stories"][1]["state"], "blocked", "{status}");
+    assert_eq!(status.stories[0].disk_status, "in_progress", "{status:?}");
+    assert_eq!(status.stories[1].state, StoryState::Blocked, "{status:?}");
     assert_files_whole(p.path());
 }
 
 fn iteration_of_first(daemon: &Daemon, p: &ProjectBuilder) -> u64 {
-    daemon.phase_status(p.path(), 1)["stories"][0]["iteration"].as_u64().unwrap_or(0)
+    u64::from(daemon.phase_status(p.path(), 1).stories[0].iteration)
 }
 
 #[test]
@@ -197,7 +198,7 @@ fn spec_md_replaced_by_a_fifo_mid_run_fails_the_story_without_blocking() {
     let ended = poll(Duration::from_secs(30), "the run to end", || wait.try_wait().unwrap());
     assert_eq!(ended.code(), Some(4), "{}", daemon.dump(p.path()));
     let status = daemon.phase_status(p.path(), 1);
-    let reasons = status["stories"][0]["failed_reasons"].to_string();
+    let reasons = status.stories[0].failed_reasons.join("\n");
     assert!(reasons.contains("spec.md is not a regular file"), "{reasons}");
     assert!(daemon.ctl(&["ping"]).status.success());
 }

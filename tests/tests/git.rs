@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sticler_proto::StoryState;
 use sticler_tests::{bin, describe, story, Daemon, ProjectBuilder};
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -38,7 +39,7 @@ fn committing_worker(p: &ProjectBuilder, record: bool) {
         "\"$0\" || exit $?; if grep -q '\"status\": \"completed\"' \"$STICLER_STATUS_FILE\"; then git add -A && git -c user.name=w -c user.email=w@x commit -qm \"[$STICLER_STORY_ID] done by the worker\" && {record}; fi"
     );
     p.config(
-        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-test-worker").display().to_string()]}}),
     );
 }
 
@@ -98,8 +99,8 @@ fn a_worker_that_forgets_gets_the_exact_auto_commit() {
     assert_eq!(p.status_json("US-P1-001")["commit_hash"], hash);
     let message = git(p.path(), &["log", "-1", "--format=%B", &hash]);
     let expected = "[US-P1-001] Story US-P1-001\n\n## What was implemented\n\
-        - criterion 1: done in iteration 1 by sticler-demo-worker\n\
-        - criterion 2: done in iteration 2 by sticler-demo-worker\n";
+        - criterion 1: done in iteration 1 by sticler-test-worker\n\
+        - criterion 2: done in iteration 2 by sticler-test-worker\n";
     assert!(message.starts_with(expected), "{message}");
     assert!(
         message.contains("\n## Files changed\n- M phases/phase_1/stories/US-P1-001/status.json\n- A src/a.txt\n"),
@@ -118,9 +119,11 @@ fn a_worker_that_forgets_gets_the_exact_auto_commit() {
     let text = String::from_utf8(daemon.ctl(&["-C", &p.path_str(), "status", "1"]).stdout).unwrap();
     let row = text.lines().find(|l| l.trim_start().starts_with("US-P1-001")).unwrap();
     assert!(row.contains(&hash[..7]) && !row.contains(&hash[..9]), "{row}");
-    assert_eq!(daemon.phase_status(p.path(), 1)["stories"][0]["commit_hash"], hash);
-    assert!(daemon.phase_status(p.path(), 1)["summary"]
-        .as_str()
+    assert_eq!(daemon.phase_status(p.path(), 1).stories[0].commit_hash, hash);
+    assert!(daemon
+        .phase_status(p.path(), 1)
+        .summary
+        .as_deref()
         .unwrap()
         .contains(&format!("US-P1-001 {}", &hash[..7])));
 }
@@ -143,7 +146,7 @@ fn a_bogus_commit_hash_fails_the_story() {
         "{reasons}"
     );
     assert_eq!(subjects(p.path()).iter().filter(|s| s.starts_with("[US-P1-001]")).count(), 0);
-    let summary = daemon.phase_status(p.path(), 1)["summary"].as_str().unwrap().to_string();
+    let summary = daemon.phase_status(p.path(), 1).summary.as_deref().unwrap().to_string();
     assert!(summary.contains("failed: US-P1-001") && !summary.contains("0123456"), "no commit listed: {summary}");
 }
 
@@ -176,7 +179,7 @@ fn the_verify_gate_turns_a_claim_back_once_then_passes() {
     assert!(reasons.contains("verify command") && reasons.contains("exit code 7"), "{reasons}");
     assert!(!reasons.contains("{story_dir}") && reasons.contains("US-P1-001/.verified"), "as it ran: {reasons}");
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["stories"][0]["runs"], 2, "the failed verify counted as an iteration");
+    assert_eq!(phase.stories[0].runs, 2, "the failed verify counted as an iteration");
     let first =
         String::from_utf8(daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001", "--iteration", "1"]).stdout).unwrap();
     assert!(first.contains("verify-says-no"), "verify output goes to the story's log: {first}");
@@ -232,8 +235,8 @@ fn push_to_origin_and_a_rejected_push_still_completes() {
     let out = run(&daemon, &q);
     assert_eq!(out.status.code(), Some(0), "a failed push never fails the phase: {}", describe(&out));
     let phase = daemon.phase_status(q.path(), 1);
-    assert_eq!(phase["status"], "completed");
-    let summary = phase["summary"].as_str().unwrap();
+    assert_eq!(phase.status, "completed");
+    let summary = phase.summary.as_deref().unwrap();
     assert!(summary.contains("warning: git push origin") && summary.contains("failed"), "{summary}");
     assert!(subjects(q.path())[0].starts_with("[Phase 1]"), "the phase commit stays");
 }
@@ -261,7 +264,7 @@ fn kill_cuts_a_hanging_push_short() {
     assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
     let waited = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
     assert_eq!(waited.status.code(), Some(0), "the phase itself completed: {}", describe(&waited));
-    let summary = daemon.phase_status(p.path(), 1)["summary"].as_str().unwrap().to_string();
+    let summary = daemon.phase_status(p.path(), 1).summary.as_deref().unwrap().to_string();
     assert!(summary.contains("was cut short"), "{summary}");
     sticler_tests::poll(Duration::from_secs(10), "the hook's process is gone", || {
         (!sticler_tests::process_alive(hook_pid)).then_some(())
@@ -338,7 +341,7 @@ fn a_workers_index_lock_is_waited_out_never_deleted() {
     // would while busy); the test plays that git and releases the lock a little later.
     let script = "\"$0\" || exit $?; if grep -q '\"status\": \"completed\"' \"$STICLER_STATUS_FILE\"; then touch .git/index.lock; fi";
     p.config(
-        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-test-worker").display().to_string()]}}),
     );
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     git(p.path(), &["init", "-q"]);
@@ -360,7 +363,7 @@ fn auto_commit_without_files_modified_takes_deletions_and_honours_gitignore() {
     let p = ProjectBuilder::new();
     let script = "rm -f old.txt; echo secret > ignored.log; echo new > new.txt; exec \"$0\"";
     p.config(
-        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-demo-worker").display().to_string()]}}),
+        json!({"worker": {"command": ["/bin/sh", "-c", script, bin("sticler-test-worker").display().to_string()]}}),
     );
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     p.write("old.txt", "to be deleted\n");
@@ -385,8 +388,8 @@ fn a_commit_hash_that_is_not_ascii_fails_the_story_without_harming_the_daemon() 
     p.write(rel, &status.to_string());
     assert_eq!(run(&daemon, &p).status.code(), Some(4), "{}", daemon.dump(p.path()));
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["running"], false);
-    assert_eq!(phase["stories"][1]["state"], "completed");
+    assert!(!phase.running);
+    assert_eq!(phase.stories[1].state, StoryState::Completed);
     assert!(daemon.ctl(&["ping"]).status.success());
 }
 
@@ -400,7 +403,7 @@ fn stop_is_heard_while_a_verify_command_runs() {
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     sticler_tests::poll(std::time::Duration::from_secs(20), "the verify command", || marker.exists().then_some(()));
-    assert_eq!(daemon.phase_status(p.path(), 1)["stories"][0]["state"], "verifying");
+    assert_eq!(daemon.phase_status(p.path(), 1).stories[0].state, StoryState::Verifying);
     assert!(daemon.ctl(&["-C", &p.path_str(), "stop", "1", "--grace", "1"]).status.success());
     let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sticler_proto::codec::MAX_FRAME_LEN;
-use sticler_proto::{ClientMessage, ErrorKind, EventKind, PhaseRef, Request, Response, RunOutcome, ServerMessage};
+use sticler_proto::{
+    ClientMessage, ErrorKind, EventKind, PhaseRef, Request, Response, RunOutcome, ServerMessage, StoryState,
+};
 use sticler_tests::raw::{memory_kib, open_fds, read_json_line, RawClient};
 use sticler_tests::{describe, poll, story, Daemon, ProjectBuilder, StorySpec};
 
@@ -310,7 +312,7 @@ fn hostile_clients_get_errors_or_are_dropped_and_the_run_is_undisturbed() {
     cases += connection_churn(&daemon);
     assert!(daemon.ctl(&["ping"]).status.success(), "the daemon serves after the churn");
     let running = daemon.phase_status(p.path(), 1);
-    assert_eq!(running["running"], true, "the adversarial cases ran while the phase was running");
+    assert!(running.running, "the adversarial cases ran while the phase was running");
 
     for handle in slow {
         let outcome = handle.join().unwrap();
@@ -326,9 +328,9 @@ fn hostile_clients_get_errors_or_are_dropped_and_the_run_is_undisturbed() {
     let out = daemon.ctl(&["-C", &dir, "wait", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
     let phase = daemon.phase_status(p.path(), 1);
-    for s in phase["stories"].as_array().unwrap() {
-        assert_eq!(s["state"], "completed", "{s}");
-        assert_eq!(s["runs"], ITERATIONS, "{}: exactly its scripted iterations, none lost or repeated", s["id"]);
+    for s in &phase.stories {
+        assert_eq!(s.state, StoryState::Completed, "{s:?}");
+        assert_eq!(u64::from(s.runs), ITERATIONS, "{}: exactly its scripted iterations, none lost or repeated", s.id);
     }
     let events = events.join().unwrap();
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq), "events in order");

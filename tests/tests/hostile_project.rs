@@ -12,22 +12,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::json;
+use sticler_proto::{StoryState, ValidationReport};
 use sticler_tests::raw::memory_kib;
-use sticler_tests::{describe, story, Daemon, ProjectBuilder, StorySpec};
+use sticler_tests::{describe, states, story, Daemon, ProjectBuilder, StorySpec};
 
 /// `validate <phase> --json`: the problems as `path: message` lines (none when valid).
 fn problems(daemon: &Daemon, project: &ProjectBuilder, phase: u32) -> Vec<String> {
     let out = daemon.ctl(&["--json", "-C", &project.path_str(), "validate", &phase.to_string()]);
-    let report: serde_json::Value =
+    let report: ValidationReport =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
-    report["problems"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|p| format!("{}: {}", p["path"].as_str().unwrap(), p["message"].as_str().unwrap()))
-                .collect()
-        })
-        .unwrap_or_default()
+    report.problems.iter().map(ToString::to_string).collect()
 }
 
 fn assert_problem(list: &[String], path_end: &str, needle: &str) {
@@ -106,8 +100,7 @@ fn symlinks_leading_outside_the_project_are_refused_and_nothing_outside_is_touch
     assert_problem(&list, "US-P1-003/status.json", "is a symlink");
     assert_problem(&list, "US-P1-004/spec.md", "spec.md is a symlink");
     let phase = daemon.phase_status(p.path(), 1);
-    let states: Vec<_> = phase["stories"].as_array().unwrap().iter().map(|s| s["state"].clone()).collect();
-    assert_eq!(states, [json!("pending"), json!("invalid"), json!("pending")], "the symlinked folder is not a story");
+    assert_eq!(states(&phase), ["pending", "invalid", "pending"], "the symlinked folder is not a story");
     assert_start_refused(&daemon, &p, 1);
 
     // A symlinked phase folder, and a phase whose stories/ folder is a symlink.
@@ -163,7 +156,7 @@ fn a_50_mb_status_json_is_refused_without_being_read() {
     p.write(rel, &big);
     let list = problems(&daemon, &p, 1);
     assert_problem(&list, "US-P1-002/status.json", &format!("is {} bytes, more than the 4194304 bytes", big.len()));
-    assert_eq!(daemon.phase_status(p.path(), 1)["stories"][1]["state"], "invalid");
+    assert_eq!(daemon.phase_status(p.path(), 1).stories[1].state, StoryState::Invalid);
     let (_, peak_after) = memory_kib(daemon.pid());
     eprintln!("50 MB status.json: daemon peak RSS {peak_before} -> {peak_after} KiB");
     assert!(peak_after - peak_before < 10 * 1024, "the daemon's peak memory grew by {} KiB", peak_after - peak_before);
@@ -182,7 +175,7 @@ fn a_worker_that_grows_status_json_to_50_mb_fails_its_story_with_bounded_memory(
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
     assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
     let phase = daemon.phase_status(p.path(), 1);
-    let reasons = phase["stories"][0]["failed_reasons"].to_string();
+    let reasons = phase.stories[0].failed_reasons.join("\n");
     assert!(reasons.contains("2 consecutive infrastructure failures"), "{reasons}");
     assert!(reasons.contains("more than the 4194304 bytes sticler reads"), "{reasons}");
     let (_, peak_after) = memory_kib(daemon.pid());
@@ -240,15 +233,15 @@ fn a_phase_of_10000_stories_in_one_10000_long_chain() {
     let t = Instant::now();
     let phase = daemon.phase_status(p.path(), 1);
     let status_secs = t.elapsed().as_secs_f64();
-    assert_eq!(phase["counts"]["total"], N);
+    assert_eq!(phase.counts.total as usize, N);
     let t = Instant::now();
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     let run_secs = t.elapsed().as_secs_f64();
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["counts"]["failed"], 1);
-    assert_eq!(phase["counts"]["blocked"], N - 1);
-    assert_eq!(phase["stories"][N - 1]["blocked_by"], json!([id(1)]));
+    assert_eq!(phase.counts.failed, 1);
+    assert_eq!(phase.counts.blocked as usize, N - 1);
+    assert_eq!(phase.stories[N - 1].blocked_by, [id(1)]);
     let (rss, peak) = memory_kib(daemon.pid());
     eprintln!(
         "10,000 stories: cycle found in {cycle_secs:.2} s, validate {validate_secs:.2} s, status {status_secs:.2} s, \

@@ -174,7 +174,7 @@ fn fifty_clients_during_a_200_story_run_fail_nothing_and_lose_nothing() {
     // Logs clients need a story with logs: the first one's first iteration.
     poll(Duration::from_secs(60), "US-P1-001 has a log", || {
         let phase = daemon.phase_status(p.path(), 1);
-        (phase["stories"][0]["runs"].as_u64() >= Some(1)).then_some(())
+        (phase.stories[0].runs >= 1).then_some(())
     });
     let (rss_before, _) = memory_kib(daemon.pid());
     let stop = Arc::new(AtomicBool::new(false));
@@ -230,5 +230,5 @@ fn fifty_clients_during_a_200_story_run_fail_nothing_and_lose_nothing() {
     assert_eq!(outcome, RunOutcome::Completed);
     assert_eq!(completed.len(), STORIES, "the watcher saw every story complete");
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["counts"]["completed"], STORIES);
+    assert_eq!(phase.counts.completed as usize, STORIES);
 }

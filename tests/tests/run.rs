@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::fs;
 
 use serde_json::{json, Value};
-use sticler_tests::{describe, story, Daemon, ProjectBuilder};
+use sticler_proto::{PhaseView, StoryState};
+use sticler_tests::{describe, states, story, Daemon, ProjectBuilder};
 
 /// Parses the scripted worker's `events.log`: (kind, story, nanos) in file order.
 fn record_events(dir: &std::path::Path) -> Vec<(String, String, u128)> {
@@ -102,9 +103,9 @@ fn dependencies_are_respected_and_the_parallel_limit_is_never_exceeded() {
     }
     assert_eq!(&firsts[..3], ["US-P1-001", "US-P1-002", "US-P1-003"]);
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["status"], "completed");
-    assert_eq!(phase["counts"]["completed"], 8);
-    assert!(phase["summary"].as_str().unwrap().contains("8/8 stories completed, 16 iterations"), "{phase}");
+    assert_eq!(phase.status, "completed");
+    assert_eq!(phase.counts.completed, 8);
+    assert!(phase.summary.as_deref().unwrap().contains("8/8 stories completed, 16 iterations"), "{phase:?}");
     let config: Value = serde_json::from_str(&p.read("phases/phase_1/phase_config.json")).unwrap();
     assert_eq!(config["status"], "completed");
     assert!(config["started_at"].is_string() && config["completed_at"].is_string());
@@ -152,18 +153,17 @@ fn a_self_failed_story_blocks_its_dependents_and_fails_the_phase() {
     );
     assert_eq!(start_and_wait(&daemon, &p), 4);
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["status"], "failed");
-    let st: Vec<&str> = phase["stories"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(st, ["failed", "blocked", "blocked", "completed"]);
-    assert_eq!(phase["stories"][2]["blocked_by"], json!(["US-P1-001"]));
-    assert!(phase["summary"].as_str().unwrap().contains("failed: US-P1-001"), "{phase}");
+    assert_eq!(phase.status, "failed");
+    assert_eq!(states(&phase), ["failed", "blocked", "blocked", "completed"]);
+    assert_eq!(phase.stories[2].blocked_by, ["US-P1-001"]);
+    assert!(phase.summary.as_deref().unwrap().contains("failed: US-P1-001"), "{phase:?}");
     let text = String::from_utf8(daemon.ctl(&["-C", &p.path_str(), "status", "1"]).stdout).unwrap();
     assert!(text.contains("blocked by US-P1-001"), "{text}");
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(4));
 }
 
 /// Runs a one-story phase with the given script and config; returns the story's failed_reasons.
-fn fail_with(script: Value, config: Value) -> (ProjectBuilder, Vec<String>, Value) {
+fn fail_with(script: Value, config: Value) -> (ProjectBuilder, Vec<String>, PhaseView) {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
     p.config(config);
@@ -186,7 +186,7 @@ fn max_iterations_per_task_fails_the_story_with_the_reason_on_disk() {
     assert_eq!(status["status"], "failed");
     assert_eq!(status["iteration"], 3, "the worker's own fields are kept");
     assert_eq!(status["script"], json!({}), "unknown fields survive sticler's rewrite");
-    assert_eq!(phase["stories"][0]["state"], "failed");
+    assert_eq!(phase.stories[0].state, StoryState::Failed);
 }
 
 #[test]
@@ -207,7 +207,7 @@ fn crashes_below_retry_limit_are_survived() {
     p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(2).script(json!({"crash_first": 2}))]);
     assert_eq!(start_and_wait(&daemon, &p), 0);
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["stories"][0]["runs"], 4, "2 crashes + 2 progress iterations");
+    assert_eq!(phase.stories[0].runs, 4, "2 crashes + 2 progress iterations");
 }
 
 #[test]
@@ -232,16 +232,15 @@ fn invalid_status_json_from_the_worker_is_never_replaced() {
     let (p, _, phase) = fail_with(json!({"mode": "invalid_json"}), json!({}));
     let raw = p.read("phases/phase_1/stories/US-P1-001/status.json");
     assert_eq!(raw, "{\"story_id\": broken\n", "sticler must not overwrite a malformed file");
-    let story = &phase["stories"][0];
-    assert_eq!(story["state"], "invalid");
-    assert!(phase["problems"].to_string().contains("malformed JSON at line 1"), "{phase}");
+    assert_eq!(phase.stories[0].state, StoryState::Invalid);
+    assert!(phase.problems.iter().any(|p| p.to_string().contains("malformed JSON at line 1")), "{phase:?}");
 }
 
 #[test]
 fn placeholders_environment_stdin_and_cwd_reach_the_worker() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     let script = "printf '%s|%s|%s|%s|%s|%s|%s|%s|%s' {story_id} {phase} {iteration} \"$STICLER_STORY_ID\" \"$STICLER_STATUS_FILE\" \"$STICLER_SPEC_FILE\" \"$STICLER_PROJECT_DIR\" \"$STICLER_ITERATION\" \"$(pwd)\" > seen-{story_id}.txt; cat > stdin-{story_id}.txt; exec \"$0\"";
     p.config(json!({"worker": {"command": ["/bin/sh", "-c", script, worker], "env": {"EXTRA": "x"}}}));
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
@@ -260,7 +259,7 @@ fn placeholders_environment_stdin_and_cwd_reach_the_worker() {
 fn the_worker_leads_its_own_session_with_default_signals_and_its_own_path() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     // Shell builtins only, before any child: a shell waiting for a child blocks signals itself.
     let script = "read -r stat < /proc/$$/stat; while read -r line; do case $line in Sig*) echo \"$line\";; esac; \
                   done < /proc/$$/status > signals.txt; echo \"$stat\" > stat.txt; exec \"$0\"";
@@ -294,7 +293,7 @@ fn start_refuses_completed_phases_unless_forced_and_refuses_a_second_run() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("use --force"), "{}", describe(&out));
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--force", "--wait"]).status.code(), Some(0));
-    assert_eq!(daemon.phase_status(p.path(), 1)["stories"][0]["runs"], 0, "completed stories are not rerun");
+    assert_eq!(daemon.phase_status(p.path(), 1).stories[0].runs, 0, "completed stories are not rerun");
 
     let q = ProjectBuilder::new();
     q.phase(1, "decomposed", &[story("US-P1-001", &[]).script(json!({"mode": "hang"}))]);
@@ -350,9 +349,7 @@ fn a_story_waiting_only_for_a_slot_is_ready() {
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     wait_for_worker(&p);
     let status = daemon.phase_status(p.path(), 1);
-    let states: Vec<&str> =
-        status["stories"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["running", "ready", "pending"], "{status}");
+    assert_eq!(states(&status), ["running", "ready", "pending"], "{status:?}");
     kill_run(&daemon, &p);
 }
 
@@ -362,14 +359,14 @@ fn a_story_waiting_only_for_a_slot_is_ready() {
 fn a_phase_config_broken_during_the_run_is_kept_and_the_summary_says_so() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
-    let worker = sticler_tests::bin("sticler-demo-worker").display().to_string();
+    let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     let script = "printf '{' > phases/phase_1/phase_config.json; exec \"$0\"";
     p.config(json!({"worker": {"command": ["/bin/sh", "-c", script, worker]}}));
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     assert_eq!(start_and_wait(&daemon, &p), 0);
     assert_eq!(p.read("phases/phase_1/phase_config.json"), "{", "never replaced");
     let status = daemon.phase_status(p.path(), 1);
-    let summary = status["summary"].as_str().unwrap();
+    let summary = status.summary.as_deref().unwrap();
     assert!(summary.contains("warning: the end of the run is not recorded in phase_config.json"), "{summary}");
 }
 
@@ -397,7 +394,6 @@ fn dependencies_in_earlier_phases_count_when_completed_on_disk() {
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "2", "--wait"]);
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     let phase = daemon.phase_status(p.path(), 2);
-    assert_eq!(phase["stories"][0]["state"], "completed");
-    assert_eq!(phase["stories"][1]["state"], "blocked");
-    assert_eq!(phase["stories"][1]["blocked_by"], json!(["US-P1-002"]));
+    assert_eq!(states(&phase), ["completed", "blocked"]);
+    assert_eq!(phase.stories[1].blocked_by, ["US-P1-002"]);
 }

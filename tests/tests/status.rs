@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use sticler_tests::{bin, describe, story, Daemon, ProjectBuilder};
+use sticler_proto::StatusReport;
+use sticler_tests::{bin, describe, states, story, Daemon, ProjectBuilder};
 
 fn demo_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -62,8 +63,8 @@ fn status_json_is_complete_and_stable() {
     ] {
         assert!(s5.get(key).is_some(), "story JSON lacks {key}: {s5}");
     }
-    let one = daemon.ctl_json(&["-C", &dir, "status", "1", "US-P1-003"]);
-    assert_eq!(one["phases"][0]["stories"].as_array().unwrap().len(), 1);
+    let one = daemon.status_report(demo.path(), &["1", "US-P1-003"]);
+    assert_eq!(one.phases[0].stories.len(), 1);
     let out = daemon.ctl(&["-C", &dir, "status", "1", "US-P1-999"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no story US-P1-999"), "{}", describe(&out));
@@ -113,8 +114,8 @@ fn json_errors_use_the_protocol_kinds() {
 #[test]
 fn status_all_lists_every_project_the_daemon_ran() {
     let daemon = Daemon::start();
-    let empty = daemon.ctl_json(&["status", "--all"]);
-    assert_eq!(empty, serde_json::json!([]), "nothing run yet");
+    let empty: Vec<StatusReport> = daemon.ctl_typed(&["status", "--all"]);
+    assert_eq!(empty, [], "nothing run yet");
     let (p, q) = (ProjectBuilder::new(), ProjectBuilder::new());
     for project in [&p, &q] {
         project.phase(1, "decomposed", &[story("US-P1-001", &[])]);
@@ -124,17 +125,16 @@ fn status_all_lists_every_project_the_daemon_ran() {
     let nowhere = tempfile::tempdir().unwrap();
     let out = daemon.ctl_command(&["--json", "status", "--all"]).current_dir(nowhere.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut projects: Vec<String> =
-        all.as_array().unwrap().iter().map(|r| r["project"].as_str().unwrap().into()).collect();
+    let all: Vec<StatusReport> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut projects: Vec<String> = all.iter().map(|r| r.project.clone()).collect();
     projects.sort();
     let mut expected: Vec<String> =
         [&p, &q].iter().map(|x| std::fs::canonicalize(x.path()).unwrap().display().to_string()).collect();
     expected.sort();
     assert_eq!(projects, expected);
-    for report in all.as_array().unwrap() {
-        assert_eq!(report["phases"][0]["status"], "completed", "{report}");
-        assert_eq!(report["phases"][0]["stories"][0]["state"], "completed", "{report}");
+    for report in &all {
+        assert_eq!(report.phases[0].status, "completed", "{report:?}");
+        assert_eq!(states(&report.phases[0]), ["completed"], "{report:?}");
     }
     let text = String::from_utf8(daemon.ctl(&["status", "--all"]).stdout).unwrap();
     assert!(text.contains(&expected[0]) && text.contains(&expected[1]), "{text}");

@@ -1,17 +1,13 @@
 //! Phase validation: every error names the file and what is wrong, and nothing is changed.
 
+use sticler_proto::{StoryState, ValidationReport};
 use sticler_tests::{describe, story, Daemon, ProjectBuilder};
 
 fn problems(daemon: &Daemon, project: &ProjectBuilder) -> Vec<String> {
     let out = daemon.ctl(&["--json", "-C", &project.path_str(), "validate", "1"]);
     assert_eq!(out.status.code(), Some(1), "validate must exit 1 on problems: {}", describe(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    report["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| format!("{}: {}", p["path"].as_str().unwrap(), p["message"].as_str().unwrap()))
-        .collect()
+    let report: ValidationReport = serde_json::from_slice(&out.stdout).unwrap();
+    report.problems.iter().map(ToString::to_string).collect()
 }
 
 fn assert_problem(list: &[String], needle: &str) {
@@ -35,8 +31,8 @@ fn unknown_dependency_is_reported_but_other_phases_count() {
     p.phase(1, "completed", &[story("US-P1-001", &[])]);
     p.phase(2, "decomposed", &[story("US-P2-001", &["US-P1-001"]), story("US-P2-002", &["US-P2-009", "US-P1-777"])]);
     let out = daemon.ctl(&["--json", "-C", &p.path_str(), "validate", "2"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let list: Vec<String> = report["problems"].as_array().unwrap().iter().map(|p| p.to_string()).collect();
+    let report: ValidationReport = serde_json::from_slice(&out.stdout).unwrap();
+    let list: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     assert_eq!(list.len(), 2, "{list:#?}");
     assert_problem(&list, "unknown dependency US-P2-009");
     assert_problem(&list, "unknown dependency US-P1-777");
@@ -106,8 +102,8 @@ fn malformed_json_names_line_and_column_and_is_left_untouched() {
     assert!(p.read("phases/phase_1/phase_config.json").contains("\"decomposed\""));
     // status still shows the phase, with the story marked invalid.
     let phase = daemon.phase_status(p.path(), 1);
-    assert_eq!(phase["stories"][1]["state"], "invalid");
-    assert_eq!(phase["counts"]["invalid"], 1);
+    assert_eq!(phase.stories[1].state, StoryState::Invalid);
+    assert_eq!(phase.counts.invalid, 1);
 }
 
 #[test]

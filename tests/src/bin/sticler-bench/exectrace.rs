@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn perf_script_lines_are_read() {
-        let text = " sticler-demo-wo 13409 [000] 46413.090405: sched:sched_process_exec: filename=/x/sticler-demo-worker pid=13409 old_pid=13409\n\
+        let text = " sticler-test-wo 13409 [000] 46413.090405: sched:sched_process_exec: filename=/x/sticler-test-worker pid=13409 old_pid=13409\n\
                     \x20           git 13410 [000] 46413.095350: sched:sched_process_exit: comm=git pid=13410 prio=120 group_dead=true\n\
                     \x20           git 13411 [000] 46413.095351: sched:sched_process_exit: comm=git pid=13411 prio=120 group_dead=false\n";
         let t = parse(text);

@@ -65,7 +65,7 @@ impl Workload {
             "STICLER_STATUS_FILE={} STICLER_PROJECT_DIR={} STICLER_STORY_ID={id} {} > /dev/null",
             status.display(),
             p.path().display(),
-            bin("sticler-demo-worker").display()
+            bin("sticler-test-worker").display()
         );
         let work = if self.iterations == 1 {
             worker

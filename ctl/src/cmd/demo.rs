@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sticler_proto::{PhaseRef, Request, Response};
+use sticler_proto::{PhaseRef, PhaseView, Request, StatusReport};
 
+use super::watch::follow_until_end;
 use crate::client::{Client, ClientError};
-use crate::{follow_until_end, render, CliError, CmdResult};
+use crate::{render, CliError, CmdResult};
 
 include!(concat!(env!("OUT_DIR"), "/demo_files.rs"));
 
@@ -86,14 +87,13 @@ pub fn run(into: Option<PathBuf>) -> CmdResult {
     let mut watcher = Client::connect(&socket)?;
     watcher.send(Request::Watch { project: Some(phase.project.clone()), phase: Some(1), since: None })?;
     watcher.next()?;
-    client.call(Request::Start { phase: phase.clone(), force: false })?;
+    let _: Box<PhaseView> = client.call_expect(Request::Start { phase: phase.clone(), force: false })?;
     let code = follow_until_end(&mut watcher, false)?;
     let status = Request::Status { project: phase.project.clone(), phase: Some(1), story: None };
-    if let Response::Status(report) = client.call(status)? {
-        for view in &report.phases {
-            println!();
-            print!("{}", render::phase(view));
-        }
+    let report: StatusReport = client.call_expect(status)?;
+    for view in &report.phases {
+        println!();
+        print!("{}", render::phase(view));
     }
     if let Ok(out) = Command::new("git").arg("-C").arg(&project).args(["log", "--oneline", "-n", "12"]).output() {
         if out.status.success() {

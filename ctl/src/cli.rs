@@ -1,0 +1,148 @@
+//! The command line: clap definitions only. Completions and the man page are generated from
+//! them too, so the help, the parser and the docs cannot drift apart.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Control sticlerd, the daemon that runs development phases of AI-built projects.
+///
+/// The project is the folder holding `phases/` (found by walking up from -C, default the
+/// current folder). A phase is given by its number (`1` or `phase_1`), a story by its id.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Examples:\n  sticlerctl status\n  sticlerctl start 1 --wait\n  sticlerctl logs US-P1-003 -f\n  sticlerctl --json status 1 | jq '.phases[0].counts'"
+)]
+pub struct Cli {
+    /// Daemon socket [default: $STICLER_SOCKET, else $XDG_RUNTIME_DIR/sticler/sticlerd.sock,
+    /// else /run/sticler/sticlerd.sock for root]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output: one JSON document (or one per line for streams)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Project folder (or any folder inside it)
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check that the daemon answers
+    #[command(after_help = "Example:\n  sticlerctl ping")]
+    Ping,
+    /// Show the client's and the daemon's versions
+    #[command(after_help = "Example:\n  sticlerctl version")]
+    Version,
+    /// Show phases and stories: state, iteration, criteria, dependencies, focus
+    #[command(
+        after_help = "Examples:\n  sticlerctl status            # every phase of the project\n  sticlerctl status 1          # one phase\n  sticlerctl status 1 US-P1-003\n  sticlerctl status --all      # every phase sticlerd runs or ran, of all projects\n  sticlerctl --json status 1"
+    )]
+    Status {
+        /// Every phase sticlerd runs or has run since it started, of all projects (no -C needed)
+        #[arg(long, conflicts_with_all = ["phase", "story"])]
+        all: bool,
+        /// Phase number
+        phase: Option<String>,
+        /// Story id (narrows to one story)
+        story: Option<String>,
+    },
+    /// Check a phase without running it: ids, dependencies, cycles, spec.md, JSON syntax
+    #[command(after_help = "Example:\n  sticlerctl validate 1")]
+    Validate { phase: String },
+    /// Start (or resume) a phase
+    #[command(
+        after_help = "Examples:\n  sticlerctl start 1\n  sticlerctl start 1 --wait     # follow progress, exit like `wait`\n  sticlerctl start 1 --force    # run a completed phase again"
+    )]
+    Start {
+        phase: String,
+        /// Start even if phase_config.json says completed, discussing or finalized
+        #[arg(long)]
+        force: bool,
+        /// Stay attached, show progress, and exit like `wait`
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a phase: SIGTERM to every worker, SIGKILL after the grace period; resumable
+    #[command(after_help = "Example:\n  sticlerctl stop 1 --grace 30")]
+    Stop {
+        phase: String,
+        /// Seconds between SIGTERM and SIGKILL
+        #[arg(long, value_name = "S", default_value_t = 10)]
+        grace: u64,
+    },
+    /// Stop a phase at once (SIGKILL)
+    #[command(after_help = "Example:\n  sticlerctl kill 1")]
+    Kill { phase: String },
+    /// Put failed (or blocked) stories back to pending and run them again
+    #[command(after_help = "Examples:\n  sticlerctl retry US-P1-003 US-P1-004\n  sticlerctl retry --failed 1")]
+    Retry {
+        /// Story ids
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        stories: Vec<String>,
+        /// Every failed or blocked story of this phase
+        #[arg(long, value_name = "PHASE")]
+        failed: Option<String>,
+    },
+    /// Show a story's worker output, one log per iteration
+    #[command(
+        after_help = "Examples:\n  sticlerctl logs US-P1-003              # latest iteration\n  sticlerctl logs US-P1-003 --iteration 2\n  sticlerctl logs US-P1-003 -f           # follow, across iterations"
+    )]
+    Logs {
+        story: String,
+        #[arg(long, value_name = "K")]
+        iteration: Option<u32>,
+        /// Follow new output and move on to the next iteration until the run ends
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stream events (story started, iteration ended, completed, failed, phase ended)
+    #[command(after_help = "Examples:\n  sticlerctl watch\n  sticlerctl watch 1 --json")]
+    Watch {
+        phase: Option<String>,
+        /// Replay stored events after this sequence number first
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+    },
+    /// Block until the phase's run ends; exit 0 completed, 4 failed, 5 stopped
+    #[command(after_help = "Example:\n  sticlerctl wait 1 && echo done")]
+    Wait { phase: String },
+    /// End the project's wait for an agent's usage limit now; iterations start again at once
+    #[command(
+        after_help = "Examples:\n  sticlerctl resume 1          # the project of phase 1 stops waiting\n  sticlerctl -C ~/my-project resume 2"
+    )]
+    Resume { phase: String },
+    /// List the worker presets (coding agents) and the exact command each runs
+    #[command(
+        after_help = "Examples:\n  sticlerctl presets\n  sticlerctl --json presets | jq '.[] | select(.name == \"claude\") | .argv'\n\nUse one in orchestrator.config.json: {\"worker\": {\"preset\": \"claude\", \"args\": [\"--model\", \"opus\"]}}"
+    )]
+    Presets,
+    /// Ask the daemon to stop (workers are stopped gracefully; runs resume on restart)
+    #[command(after_help = "Example:\n  sticlerctl shutdown")]
+    Shutdown,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Examples:\n  sticlerctl completions bash > ~/.local/share/bash-completion/completions/sticlerctl\n  sticlerctl completions zsh > ~/.zfunc/_sticlerctl     # with fpath+=~/.zfunc in ~/.zshrc\n  sticlerctl completions fish > ~/.config/fish/completions/sticlerctl.fish"
+    )]
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of sticlerctl
+    #[command(
+        after_help = "Examples:\n  sticlerctl man > ~/.local/share/man/man1/sticlerctl.1 && man sticlerctl\n  sticlerctl man | man -l -"
+    )]
+    Man,
+    /// Run the bundled example project with a scripted worker on a private daemon
+    #[command(after_help = "Example:\n  sticlerctl demo")]
+    Demo {
+        /// Where to put the demo project [default: a new temporary folder]
+        #[arg(long, value_name = "DIR")]
+        into: Option<PathBuf>,
+    },
+}

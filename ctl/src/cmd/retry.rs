@@ -1,0 +1,28 @@
+//! `retry`: failed (or blocked) stories back to pending, named one by one or all of a phase.
+
+use sticler_proto::{PhaseRef, Request};
+
+use super::{control, story_phase, Context};
+use crate::{CliError, CmdResult};
+
+pub fn run(ctx: &Context, stories: &[String], failed: Option<&str>) -> CmdResult {
+    let request = match failed {
+        Some(phase) => Request::Retry { phase: ctx.phase_ref(phase)?, stories: vec![], all_failed: true },
+        None => {
+            // clap requires stories when --failed is absent; the check keeps indexing out.
+            let first = stories.first().ok_or_else(|| CliError::Usage("name the stories to retry".into()))?;
+            let phase = story_phase(first)?;
+            for s in stories {
+                if story_phase(s)? != phase {
+                    return Err(CliError::Usage("retry stories of one phase at a time".into()));
+                }
+            }
+            Request::Retry {
+                phase: PhaseRef { project: ctx.project()?, phase },
+                stories: stories.to_vec(),
+                all_failed: false,
+            }
+        }
+    };
+    control::done(ctx, ctx.connect()?, request)
+}

@@ -1,0 +1,57 @@
+//! `watch`: the stream of events (story started, iteration ended, phase ended...), as progress
+//! bars at a terminal, else one line (or JSON object) per event. `start --wait` and `demo`
+//! follow a run with the same printing.
+
+use std::io::IsTerminal;
+
+use sticler_proto::{Event, EventKind, Request, Response, ServerMessage};
+
+use super::{phase_number, wait, Context};
+use crate::client::{Client, ClientError};
+use crate::{progress, render, CmdResult};
+
+pub fn run(ctx: &Context, phase: Option<&str>, since: Option<u64>) -> CmdResult {
+    let (project, phase) = match phase {
+        Some(p) => (Some(ctx.project()?), Some(phase_number(p)?)),
+        // Without a phase, all projects' events unless -C names one.
+        None => (ctx.dir.map(|_| ctx.project()).transpose()?, None),
+    };
+    let mut client = ctx.connect()?;
+    client.send(Request::Watch { project: project.clone(), phase, since })?;
+    if !ctx.json && std::io::stdout().is_terminal() {
+        progress::follow(client, &ctx.socket, project.zip(phase), false)?;
+        return Ok(0);
+    }
+    loop {
+        match client.next()? {
+            ServerMessage::Event(event) => print_event(&event, ctx.json),
+            ServerMessage::Response(Response::WatchStarted { .. }) => {}
+            other => return Err(ClientError::Protocol(format!("unexpected {other:?}")).into()),
+        }
+    }
+}
+
+/// One event: a JSON object per line with `--json`, else a line of text.
+fn print_event(event: &Event, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(event).unwrap_or_default());
+    } else {
+        println!("{}", render::event(event));
+    }
+}
+
+/// Prints events of a watch until the run ends; returns the `wait` exit code.
+pub fn follow_until_end(watcher: &mut Client, json: bool) -> CmdResult {
+    loop {
+        match watcher.next()? {
+            ServerMessage::Event(event) => {
+                print_event(&event, json);
+                if let EventKind::RunEnded { outcome, .. } = event.kind {
+                    return Ok(wait::outcome_code(outcome));
+                }
+            }
+            ServerMessage::Response(_) => {}
+            other => return Err(ClientError::Protocol(format!("unexpected {other:?}")).into()),
+        }
+    }
+}

@@ -18,7 +18,7 @@ pub fn paint_state(state: StoryState, text: &str) -> String {
         StoryState::Completed => console::Style::new().green(),
         StoryState::Failed | StoryState::Invalid => console::Style::new().red().bold(),
         StoryState::Blocked => console::Style::new().yellow(),
-        StoryState::Running | StoryState::Verifying => console::Style::new().cyan(),
+        StoryState::Running | StoryState::Verifying | StoryState::Merging => console::Style::new().cyan(),
         StoryState::Pending | StoryState::Ready => console::Style::new().dim(),
     };
     style.apply_to(text).to_string()

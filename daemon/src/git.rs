@@ -30,7 +30,7 @@ fn transient(e: &git2::Error) -> bool {
 }
 
 /// Retries `op` while git reports a locked index or a transient file race, for a bounded time.
-fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) -> Result<T, GitError> {
+pub fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) -> Result<T, GitError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match op() {
@@ -51,11 +51,11 @@ fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) 
 }
 
 /// The repository's user.name/user.email, else `sticler <sticler@localhost>`.
-fn signature(repo: &Repository) -> Result<Signature<'static>, GitError> {
+pub fn signature(repo: &Repository) -> Result<Signature<'static>, GitError> {
     Ok(repo.signature().or_else(|_| Signature::now("sticler", "sticler@localhost"))?)
 }
 
-fn head_commit(repo: &Repository) -> Option<Commit<'_>> {
+pub fn head_commit(repo: &Repository) -> Option<Commit<'_>> {
     repo.head().ok()?.peel_to_commit().ok()
 }
 
@@ -77,7 +77,7 @@ pub struct Since {
 
 /// Stages every change of the working tree (new, modified, deleted), honouring .gitignore,
 /// with one scan of the tree (`git add -A`).
-fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
+pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
     use std::os::unix::ffi::OsStrExt;
     retry_locked(root, || {
         repo.index()?.read(false)?;
@@ -133,7 +133,7 @@ pub fn ensure_repo(root: &Path) -> Result<Option<Oid>, GitError> {
     Ok(Some(oid))
 }
 
-fn subject_marks(commit: &Commit<'_>, story: &str) -> bool {
+pub fn subject_marks(commit: &Commit<'_>, story: &str) -> bool {
     commit.summary().is_some_and(|s| s.starts_with(&format!("[{story}]")))
 }
 
@@ -318,7 +318,7 @@ fn files_modified(doc: &JsonDoc, root: &Path) -> Vec<String> {
 }
 
 /// `A`/`M`/`D` (or `R`, `T`) and path of every file that differs between the parent and `tree`.
-fn changed_files(
+pub fn changed_files(
     repo: &Repository,
     parent: Option<&Commit<'_>>,
     tree: &git2::Tree<'_>,
@@ -376,16 +376,35 @@ pub fn story_message(story: &str, doc: &JsonDoc, changed: &[String]) -> String {
     )
 }
 
-/// `[Phase N] <title> complete`, listing the stories, over every remaining change.
+/// Stages every change below `dir` (relative to the project), and nothing else.
+fn stage_folder(repo: &Repository, root: &Path, dir: &Path) -> Result<Oid, GitError> {
+    let spec = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
+    retry_locked(root, || {
+        let mut index = repo.index()?;
+        index.read(false)?;
+        index.add_all([spec.as_str()], IndexAddOption::DEFAULT, None)?;
+        index.update_all([spec.as_str()], None)?;
+        index.write()?;
+        index.write_tree()
+    })
+}
+
+/// `[Phase N] <title> complete`, listing the stories, over every remaining change (`scope`:
+/// only those below that folder).
 pub fn commit_phase(
     root: &Path,
     phase: u32,
     title: &str,
     stories: &[(String, String)],
     summary: &str,
+    scope: Option<&Path>,
 ) -> Result<Oid, GitError> {
     let repo = Repository::open(root)?;
-    let tree = repo.find_tree(stage_all(&repo, root)?)?;
+    let tree_id = match scope {
+        None => stage_all(&repo, root)?,
+        Some(dir) => stage_folder(&repo, root, dir)?,
+    };
+    let tree = repo.find_tree(tree_id)?;
     let list: Vec<String> = stories.iter().map(|(id, t)| format!("- {id}: {t}")).collect();
     let message = format!(
         "[Phase {phase}] {title} complete\n\n## Stories completed\n{}\n\n## Summary\n{summary}\n",

@@ -21,6 +21,7 @@ mod store;
 mod stream;
 mod views;
 mod worker;
+mod workspace;
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;

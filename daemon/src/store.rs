@@ -58,8 +58,20 @@ pub struct StoryRecord {
     pub log: Option<String>,
 }
 
+/// A story's merge into the integration branch, recorded (and flushed) before the branch
+/// moves: a restarted daemon finishes it or knows it never happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeRecord {
+    /// The integration branch's reference.
+    pub branch_ref: String,
+    /// Its head before the merge, and the story's commit made on top of it.
+    pub base: String,
+    pub commit: String,
+}
+
 pub struct Store {
     db: sled::Db,
+    merges: sled::Tree,
     events: sled::Tree,
     runs: sled::Tree,
     stories: sled::Tree,
@@ -110,7 +122,8 @@ impl Store {
         db.drop_tree("stories")?;
         let pauses = db.open_tree("pauses")?;
         let usage = db.open_tree("usage")?;
-        Ok(Store { db, events, runs, stories, pauses, usage })
+        let merges = db.open_tree("merges")?;
+        Ok(Store { db, merges, events, runs, stories, pauses, usage })
     }
 
     /// The highest event sequence number stored (0 when none).
@@ -186,6 +199,31 @@ impl Store {
                 Ok((story, decode(&value)?))
             })
             .collect()
+    }
+
+    /// Records a merge about to land, flushed before the caller acts on it.
+    pub fn put_merge(&self, run: &str, story: &str, record: &MergeRecord) -> Result<(), StoreError> {
+        self.merges.insert(format!("{}{story}", story_prefix(run)), encode(record)?)?;
+        self.merges.flush()?;
+        Ok(())
+    }
+
+    /// The merges of run `run` that were recorded and not yet done, by story id.
+    pub fn merges(&self, run: &str) -> Result<Vec<(String, MergeRecord)>, StoreError> {
+        let prefix = story_prefix(run);
+        self.merges
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((String::from_utf8_lossy(&key[prefix.len()..]).into_owned(), decode(&value)?))
+            })
+            .collect()
+    }
+
+    /// The merge of `story` is done (landed, or known never to have happened).
+    pub fn remove_merge(&self, run: &str, story: &str) -> Result<(), StoreError> {
+        self.merges.remove(format!("{}{story}", story_prefix(run)))?;
+        Ok(())
     }
 
     fn agent_tree(&self, tree: AgentTree) -> &sled::Tree {

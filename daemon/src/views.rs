@@ -18,6 +18,8 @@ struct LiveStory {
     blocked_by: Vec<String>,
     note: Option<String>,
     running_secs: Option<u64>,
+    waiting: Option<String>,
+    worktree: Option<String>,
 }
 
 /// What the phase's run (active, or the last one) adds to the files.
@@ -41,6 +43,8 @@ impl LivePhase {
                     blocked_by: sched.blocked_by(id).to_vec(),
                     note: sched.note(id).map(str::to_string),
                     running_secs: state.started_at.get(id).map(|t| t.elapsed().as_secs()),
+                    waiting: sched.waiting(id).map(str::to_string),
+                    worktree: state.worktrees.get(id).cloned(),
                 };
                 (id.to_string(), live)
             })
@@ -112,7 +116,7 @@ fn counts(stories: &[StoryView]) -> StoryCounts {
     for s in stories {
         match s.state {
             StoryState::Pending | StoryState::Ready => counts.pending += 1,
-            StoryState::Running | StoryState::Verifying => counts.running += 1,
+            StoryState::Running | StoryState::Verifying | StoryState::Merging => counts.running += 1,
             StoryState::Completed => counts.completed += 1,
             StoryState::Failed => counts.failed += 1,
             StoryState::Blocked => counts.blocked += 1,
@@ -170,5 +174,7 @@ fn story_view(
         commit_hash: doc.map_or_else(String::new, |d| d.commit_hash().to_string()),
         cost_usd: None,
         tokens: None,
+        waiting: live.and_then(|l| l.waiting.clone()),
+        worktree: live.and_then(|l| l.worktree.clone()),
     }
 }

@@ -166,6 +166,9 @@ pub fn signal_everywhere(tokens: &[String], signal: Signal) -> usize {
 /// SIGKILLs every sticler worker (any daemon's: it carries a token) of phase `phase` of the
 /// project at `root`, waiting up to 5 s for them to go. Returns how many there were.
 pub fn kill_phase_workers(root: &Path, phase: u32) -> usize {
+    // STICLER_MAIN_DIR names the project folder in both workspace modes (STICLER_PROJECT_DIR is
+    // a worktree in worktree mode); workers of versions before it only had the latter.
+    let main = format!("STICLER_MAIN_DIR={}", root.display()).into_bytes();
     let project = format!("STICLER_PROJECT_DIR={}", root.display()).into_bytes();
     let phase = format!("STICLER_PHASE={phase}").into_bytes();
     let token = format!("{TOKEN_VAR}=").into_bytes();
@@ -177,7 +180,7 @@ pub fn kill_phase_workers(root: &Path, phase: u32) -> usize {
             .filter(|pid| {
                 fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
                     let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-                    vars.contains(&project.as_slice())
+                    (vars.contains(&main.as_slice()) || vars.contains(&project.as_slice()))
                         && vars.contains(&phase.as_slice())
                         && vars.iter().any(|v| v.starts_with(&token))
                 })

@@ -161,6 +161,8 @@ mod tests {
             commit_hash: String::new(),
             cost_usd: Some(0.25),
             tokens: Some(TokenUsage { input: 10, output: 20, cache_creation: 3, cache_read: 400 }),
+            waiting: Some("the merge waits".into()),
+            worktree: None,
         }
     }
 

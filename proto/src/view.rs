@@ -16,6 +16,8 @@ pub enum StoryState {
     Failed,
     Blocked,
     Invalid,
+    /// Completed in its worktree; its merge into the integration branch waits (see `waiting`).
+    Merging,
 }
 
 impl StoryState {
@@ -29,6 +31,7 @@ impl StoryState {
             StoryState::Failed => "failed",
             StoryState::Blocked => "blocked",
             StoryState::Invalid => "invalid",
+            StoryState::Merging => "merging",
         }
     }
 
@@ -133,6 +136,12 @@ pub struct StoryView {
     pub cost_usd: Option<f64>,
     #[serde(default)]
     pub tokens: Option<TokenUsage>,
+    /// Why the story waits (a merge held back by uncommitted edits in the project folder).
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// The story's worktree, while it has one (`"workspace": "worktree"`).
+    #[serde(default)]
+    pub worktree: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,8 +43,8 @@ fn assert_finished_cleanly(daemon: &Daemon, p: &ProjectBuilder, n: usize) {
         let count = subjects.lines().filter(|s| s.starts_with(&format!("[{id}]"))).count();
         assert_eq!(count, 1, "{id} must have exactly one commit:\n{subjects}");
         let status: Value = serde_json::from_str(&p.read(&format!("{}/status.json", p.story_rel(&id)))).unwrap();
-        assert_eq!(status["status"], "completed", "{id}");
-        assert!(!status["commit_hash"].as_str().unwrap().is_empty(), "{id}");
+        assert_eq!(status["status"], "completed", "{id}\n{}", daemon.log_text());
+        assert!(!status["commit_hash"].as_str().unwrap().is_empty(), "{id}\n{}", daemon.log_text());
     }
     poll(Duration::from_secs(10), "no worker process left", || daemon.marked_processes().is_empty().then_some(()));
 }

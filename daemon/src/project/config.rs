@@ -37,6 +37,15 @@ pub enum StdinMode {
     None,
 }
 
+/// Where a story's iterations work: each story in a git worktree of its own, merged back in
+/// order (the default), or every worker in the project folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    Worktree,
+    Shared,
+}
+
 /// `worker` of orchestrator.config.json, with its preset expanded (see `agent`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawWorkerConfig")]
@@ -151,6 +160,7 @@ pub struct OrchestratorConfig {
     pub max_iterations_per_task: u32,
     pub retry_limit: u32,
     pub auto_commit: bool,
+    pub workspace: WorkspaceMode,
     pub worker: WorkerConfig,
     pub verify: Option<CommandSpec>,
     pub push: bool,
@@ -168,6 +178,7 @@ impl Default for OrchestratorConfig {
             max_iterations_per_task: 20,
             retry_limit: 3,
             auto_commit: true,
+            workspace: WorkspaceMode::Worktree,
             worker: WorkerConfig::default(),
             verify: None,
             push: true,
@@ -270,9 +281,15 @@ mod tests {
         assert!(config.auto_commit && config.push);
         assert_eq!(config.worker.stdin, StdinMode::Spec);
         assert_eq!(config.worker.iteration_timeout_secs, 1800);
-        fs::write(dir.path().join(CONFIG_FILE), r#"{"worker": {"command": "echo hi"}}"#).unwrap();
+        assert_eq!(config.workspace, WorkspaceMode::Worktree);
+        fs::write(dir.path().join(CONFIG_FILE), r#"{"worker": {"command": "echo hi"}, "workspace": "shared"}"#)
+            .unwrap();
         let config = OrchestratorConfig::load(dir.path()).unwrap();
         assert_eq!(config.worker.command.argv(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(config.workspace, WorkspaceMode::Shared);
+        fs::write(dir.path().join(CONFIG_FILE), r#"{"workspace": "tree"}"#).unwrap();
+        let err = OrchestratorConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `tree`") && err.contains("worktree"), "{err}");
         assert_eq!(config.max_parallel_workers, 3);
     }
 

@@ -15,7 +15,9 @@ mod error;
 mod json_doc;
 mod story;
 
-pub use config::{CommandSpec, OrchestratorConfig, StdinMode, UsageLimitConfig, WorkerConfig, CONFIG_FILE};
+pub use config::{
+    CommandSpec, OrchestratorConfig, StdinMode, UsageLimitConfig, WorkerConfig, WorkspaceMode, CONFIG_FILE,
+};
 pub use doc_cache::DocCache;
 pub use error::ProjectError;
 pub use json_doc::{parse_object, read_limited, write_atomic, JsonDoc, MAX_JSON_FILE};

@@ -30,6 +30,7 @@ impl PhaseRun {
         let summary = if self.interrupted {
             "interrupted by the sticlerd shutdown; it resumes when sticlerd starts again".to_string()
         } else {
+            self.close_workspaces(outcome);
             self.close(outcome)
         };
         self.state.update(|s| {
@@ -67,6 +68,16 @@ impl PhaseRun {
         summary
     }
 
+    /// Worktrees of the run go (a failed story's stays for inspection); merged branches go.
+    fn close_workspaces(&mut self, outcome: RunOutcome) {
+        let Some(workspaces) = self.workspaces.as_mut() else { return };
+        let state = self.state.read();
+        let merged = |story: &str| state.sched.state(story) == Some(StoryState::Completed);
+        let lock = self.daemon.git_lock(&self.project.root);
+        let _git = crate::lock::lock(&lock);
+        tokio::task::block_in_place(|| workspaces.close(outcome != RunOutcome::Completed, &merged));
+    }
+
     /// Tells the daemon the run ended (before the event saying so goes out: whoever waits for
     /// it may start the phase again at once).
     pub(super) fn finish(&mut self) {
@@ -92,8 +103,12 @@ impl PhaseRun {
         {
             let lock = self.daemon.git_lock(root);
             let _git = crate::lock::lock(&lock);
+            // In worktree mode the project folder holds the user's own uncommitted edits and the
+            // other phases' work in flight: the phase commit takes this phase's folder only.
+            let phase_dir = self.project.phase_dir(self.phase);
+            let scope = self.workspaces.is_some().then_some(phase_dir.as_path());
             if let Err(e) =
-                tokio::task::block_in_place(|| git::commit_phase(root, self.phase, &title, &stories, summary))
+                tokio::task::block_in_place(|| git::commit_phase(root, self.phase, &title, &stories, summary, scope))
             {
                 return Some(format!("phase commit failed: {e}"));
             }

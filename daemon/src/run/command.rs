@@ -17,6 +17,25 @@ pub struct StoryPaths {
 }
 
 impl PhaseRun {
+    /// Where the story's files are for its processes: in its worktree while it has one, else in
+    /// the project folder.
+    pub(super) fn work_paths(&self, story: &str) -> Option<StoryPaths> {
+        let main = self.stories.get(story)?;
+        let Some(rebase) = self.workspaces.as_ref().map(|w| |p: &Path| w.rebase(story, p)) else {
+            return Some(main.clone());
+        };
+        match (rebase(&main.dir), rebase(&main.status), rebase(&main.spec)) {
+            (Some(dir), Some(status), Some(spec)) => Some(StoryPaths { dir, status, spec }),
+            _ => Some(main.clone()),
+        }
+    }
+
+    /// The folder the story's processes run in: its worktree, or the project folder.
+    pub(super) fn work_root(&self, story: &str) -> PathBuf {
+        let worktree = self.workspaces.as_ref().and_then(|w| w.root(story));
+        worktree.map_or_else(|| self.project.root.clone(), Path::to_path_buf)
+    }
+
     /// The command (worker or verify) of one iteration with its placeholders, environment,
     /// stdin and log.
     pub(super) fn spawn_spec(
@@ -27,13 +46,14 @@ impl PhaseRun {
         token: String,
         command: &CommandSpec,
     ) -> SpawnSpec {
+        let root = self.work_root(story);
         let vars: [(&str, String); 7] = [
             ("story_id", story.to_string()),
             ("story_dir", paths.dir.display().to_string()),
             ("spec", paths.spec.display().to_string()),
             ("status", paths.status.display().to_string()),
             ("phase", self.phase.to_string()),
-            ("project_dir", self.project.root.display().to_string()),
+            ("project_dir", root.display().to_string()),
             ("iteration", iteration.to_string()),
         ];
         let argv = command
@@ -44,9 +64,14 @@ impl PhaseRun {
         let mut env: Vec<(String, String)> =
             self.config.worker.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(vars.iter().map(|(k, v)| (format!("STICLER_{}", env_name(k)), v.clone())));
+        env.push(("STICLER_MAIN_DIR".into(), self.project.root.display().to_string()));
+        if let Some(files) = self.conflicts.get(story) {
+            // The merge that conflicted: the agent resolves these (newline-separated paths).
+            env.push(("STICLER_MERGE_CONFLICTS".into(), files.join("\n")));
+        }
         SpawnSpec {
             argv,
-            cwd: self.project.root.clone(),
+            cwd: root,
             env,
             stdin: (self.config.worker.stdin == StdinMode::Spec).then(|| paths.spec.clone()),
             log: crate::logs::log_path(&self.logs_root, story, iteration),

@@ -21,7 +21,7 @@ impl PhaseRun {
         if self.state.read().sched.is_stopping() {
             return Some(Verdict::Stopped);
         }
-        let (Some(paths), Some(verify)) = (self.stories.get(story).cloned(), self.config.verify.clone()) else {
+        let (Some(paths), Some(verify)) = (self.work_paths(story), self.config.verify.clone()) else {
             return Some(Verdict::Stopped);
         };
         // Not under the worker's token, whose stray sweep must not reach the verify command.
@@ -56,7 +56,7 @@ impl PhaseRun {
         if ended.stopped && exit != ExitReason::Exited(0) {
             return Verdict::Stopped;
         }
-        let Some(paths) = self.stories.get(story).cloned() else { return Verdict::Stopped };
+        let Some(paths) = self.work_paths(story) else { return Verdict::Stopped };
         if exit == ExitReason::Exited(0) {
             return self.commit_step(story);
         }
@@ -76,6 +76,9 @@ impl PhaseRun {
     /// before the story counts as completed (a dependent's changes must not end up in it); the
     /// `commit_hash` record in status.json is written meanwhile, off the way of the dependents.
     pub(super) fn commit_step(&mut self, story: &str) -> Verdict {
+        if self.workspaces.is_some() {
+            return self.merge_step(story);
+        }
         let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
         match commit_step(&self.daemon, &self.project.root, story, paths, self.config.auto_commit, self.since) {
             Ok(None) => Verdict::Completed,

@@ -59,10 +59,13 @@ impl PhaseRun {
             self.state.update(|s| s.sched.unstart(story));
             return None;
         }
-        let paths = self.stories.get(story)?;
+        if let Err(why) = self.enter_workspace(story) {
+            return Some(self.not_started(story, why, None));
+        }
+        let paths = self.work_paths(story)?;
         let iteration = crate::logs::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
         let token = format!("{}/{}/{}/", self.nonce, story, iteration);
-        let spec = self.spawn_spec(story, paths, iteration, token, &self.config.worker.command);
+        let spec = self.spawn_spec(story, &paths, iteration, token, &self.config.worker.command);
         let before = crate::project::read_limited(&paths.status).unwrap_or_default();
         match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((group, exit)) => {
@@ -87,22 +90,43 @@ impl PhaseRun {
             }
             Err(e) => {
                 let why = format!("cannot start worker {:?}: {e}", spec.argv.first().map_or("", |s| s.as_str()));
-                tracing::warn!(story_id = %story, iteration, "{why}");
-                let _ = append_log(&spec.log, &format!("sticler: {why}\n"));
-                self.emit(EventKind::IterationEnded {
-                    story: story.to_string(),
-                    iteration,
-                    exit: ExitReason::Exited(127),
-                    verdict: Verdict::Infra(why.clone()).label(),
-                });
-                let free = self.daemon.slots.free();
-                Some(self.state.update(|s| {
-                    let mut actions = s.sched.iteration_ended(story, Verdict::Infra(why));
-                    actions.extend(s.sched.schedule(free));
-                    actions
-                }))
+                Some(self.not_started(story, why, Some((iteration, &spec.log))))
             }
         }
+    }
+
+    /// Gives the story its worktree (worktree mode), with its files copied in.
+    fn enter_workspace(&mut self, story: &str) -> Result<(), String> {
+        let Some(dir) = self.stories.get(story).map(|p| p.dir.clone()) else { return Ok(()) };
+        let Some(workspaces) = self.workspaces.as_mut() else { return Ok(()) };
+        let lock = self.daemon.git_lock(&self.project.root);
+        let _git = crate::lock::lock(&lock);
+        let root = tokio::task::block_in_place(|| workspaces.enter(story, &dir))
+            .map_err(|e| format!("cannot prepare the story's worktree: {e}"))?;
+        let root = root.display().to_string();
+        self.state.update(|s| s.worktrees.insert(story.to_string(), root));
+        Ok(())
+    }
+
+    /// An iteration that could not start: an infrastructure failure, told like any end.
+    fn not_started(&mut self, story: &str, why: String, logged: Option<(u32, &std::path::Path)>) -> Vec<Action> {
+        let iteration = logged.map_or(0, |(n, _)| n);
+        tracing::warn!(story_id = %story, iteration, "{why}");
+        if let Some((_, log)) = logged {
+            let _ = append_log(log, &format!("sticler: {why}\n"));
+        }
+        self.emit(EventKind::IterationEnded {
+            story: story.to_string(),
+            iteration,
+            exit: ExitReason::Exited(127),
+            verdict: Verdict::Infra(why.clone()).label(),
+        });
+        let free = self.daemon.slots.free();
+        self.state.update(|s| {
+            let mut actions = s.sched.iteration_ended(story, Verdict::Infra(why));
+            actions.extend(s.sched.schedule(free));
+            actions
+        })
     }
 
     /// Watches a process (worker or verify) of `story` to its end and reports it to the run:
@@ -171,6 +195,7 @@ impl PhaseRun {
                 }
             }
         };
+        self.mirror_status(&story);
         self.emit(EventKind::IterationEnded {
             story: story.clone(),
             iteration,
@@ -201,7 +226,7 @@ impl PhaseRun {
         if ended.stopped && exit != ExitReason::Exited(0) {
             return Verdict::Stopped;
         }
-        let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
+        let Some(paths) = self.work_paths(story) else { return Verdict::Stopped };
         let after = match crate::project::read_limited(&paths.status) {
             Ok(bytes) => bytes,
             Err(e) => return Verdict::Infra(format!("cannot read {e}")),

@@ -15,7 +15,7 @@ use super::{status_edits, PhaseRun, RunHandle};
 use crate::daemon::Daemon;
 use crate::git;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{DiskStatus, JsonDoc, OrchestratorConfig, Project, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, OrchestratorConfig, Project, StatusFields, WorkspaceMode};
 use crate::scheduler::{Limits, Scheduler, StoryInit};
 
 /// How a run begins: fresh from `start`, or recovered by a restarted daemon.
@@ -36,6 +36,8 @@ impl PhaseRun {
         config: OrchestratorConfig,
         start: RunStart,
     ) -> RunHandle {
+        let run_key = crate::daemon::run_key(&project.root, files.number);
+        super::merging::recover_merges(&daemon, &run_key, &project.root);
         let mut inits = Vec::new();
         let mut stories = BTreeMap::new();
         for story in &files.stories {
@@ -58,7 +60,6 @@ impl PhaseRun {
             retry_limit: config.retry_limit.max(1),
         };
         let mut sched = Scheduler::new(inits, limits);
-        let run_key = crate::daemon::run_key(&project.root, files.number);
         if start.recovered {
             restore_counts(&daemon, &run_key, &mut sched);
         }
@@ -66,6 +67,12 @@ impl PhaseRun {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopping, stop_requested) = watch::channel(false);
         let handle = RunHandle { tx: tx.clone(), state: view, stopping: Arc::new(stopping) };
+        let workspaces = (config.workspace == WorkspaceMode::Worktree).then(|| {
+            let dir = daemon.state_dir.join("worktrees").join(crate::logs::project_key(&project.root));
+            let state = state.read();
+            let done = |story: &str| state.sched.state(story) == Some(sticler_proto::StoryState::Completed);
+            crate::workspace::Workspaces::open(dir, &project.root, files.number, &done)
+        });
         let run = PhaseRun {
             run_key,
             project_name: project.root.display().to_string(),
@@ -87,6 +94,8 @@ impl PhaseRun {
             background: Vec::new(),
             finished: false,
             agent: super::agent::AgentWatch::default(),
+            workspaces,
+            conflicts: HashMap::new(),
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
         tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
@@ -112,6 +121,14 @@ fn settle_completed(
     if disk != DiskStatus::Completed || !doc.commit_hash().is_empty() {
         return disk;
     }
+    if config.workspace == WorkspaceMode::Worktree
+        && !merged(daemon, project, story, start)
+        && has_branch(project, story)
+    {
+        // Completed in its worktree, not merged yet (the run was stopped, or the daemon died,
+        // before its merge): it runs again and its claim goes through the gate and the merge.
+        return DiskStatus::InProgress;
+    }
     let since = git::Since { unix: if start.recovered { start.started_unix } else { 0 }, head: None };
     let checked =
         commit_step(daemon, &project.root, story.id.as_str(), paths, config.auto_commit, since).and_then(|oid| {
@@ -133,6 +150,23 @@ fn settle_completed(
             DiskStatus::Failed
         }
     }
+}
+
+/// Whether the integration branch has the story's commit already (a merge whose commit_hash
+/// record was lost with a daemon); the commit step then finds and records it.
+fn merged(daemon: &Daemon, project: &Project, story: &StoryFiles, start: &RunStart) -> bool {
+    let since = git::Since { unix: if start.recovered { start.started_unix } else { 0 }, head: None };
+    let lock = daemon.git_lock(&project.root);
+    let mut known = crate::lock::lock(&lock);
+    matches!(git::find_story_commit(&project.root, story.id.as_str(), "", since, &mut known), Ok(Some(_)))
+}
+
+/// Whether the story has a branch of its own work (worktree mode).
+fn has_branch(project: &Project, story: &StoryFiles) -> bool {
+    let Ok(repo) = git2::Repository::open(&project.root) else { return false };
+    let branch = crate::workspace::branch_name(story.id.phase, story.id.as_str());
+    let found = repo.find_branch(&branch, git2::BranchType::Local).is_ok();
+    found
 }
 
 /// A recovered run continues each story's counts from the last daemon's records.

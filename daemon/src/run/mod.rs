@@ -25,6 +25,7 @@ mod command;
 mod gate;
 mod iteration;
 mod launch;
+mod merging;
 mod state;
 mod status_edits;
 
@@ -114,7 +115,14 @@ pub struct PhaseRun {
     finished: bool,
     /// Usage-limit wait, budgets and the agents' own error signals.
     agent: agent::AgentWatch,
+    /// The stories' worktrees (`"workspace": "worktree"`; `None` in shared mode).
+    workspaces: Option<crate::workspace::Workspaces>,
+    /// The files of each story whose last merge conflicted, until it lands.
+    conflicts: HashMap<String, Vec<String>>,
 }
+
+/// How often a merge that waits for the user is tried again.
+const MERGE_RETRY: Duration = Duration::from_secs(1);
 
 impl PhaseRun {
     fn emit(&self, kind: EventKind) {
@@ -140,6 +148,9 @@ impl PhaseRun {
                     self.schedule();
                 }
                 Ok(()) = pauses.changed() => self.pause_changed(),
+                () = tokio::time::sleep(MERGE_RETRY), if !self.state.read().sched.merging().is_empty() => {
+                    self.retry_waiting_merges();
+                }
                 () = agent::sleep_until_unix(self.agent.paused_until) => self.pause_changed(),
             }
             self.start_later_work();
@@ -213,6 +224,13 @@ impl PhaseRun {
                 Action::Release(story) => {
                     self.state.update(|s| s.started_at.remove(&story));
                     self.daemon.slots.release();
+                    // A failed story keeps its worktree for inspection; a merging one needs it.
+                    let state = self.state.read().sched.state(&story);
+                    match state {
+                        Some(StoryState::Merging) => continue,
+                        Some(StoryState::Failed) => self.leave_workspace(&story, true),
+                        _ => self.leave_workspace(&story, false),
+                    }
                 }
                 Action::Completed(story) => self.emit(EventKind::StoryCompleted { story }),
                 Action::Failed { story, reason, record } => {

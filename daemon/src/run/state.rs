@@ -24,11 +24,21 @@ pub struct RunState {
     pub waiting: Option<String>,
     /// `max_cost_usd_per_phase` of the run's config.
     pub budget_usd: Option<f64>,
+    /// The worktree of each story that has one.
+    pub worktrees: HashMap<String, String>,
 }
 
 impl RunState {
     pub fn new(sched: Scheduler, budget_usd: Option<f64>) -> RunState {
-        RunState { sched, started_at: HashMap::new(), outcome: None, summary: None, waiting: None, budget_usd }
+        RunState {
+            sched,
+            started_at: HashMap::new(),
+            outcome: None,
+            summary: None,
+            waiting: None,
+            budget_usd,
+            worktrees: HashMap::new(),
+        }
     }
 }
 

@@ -31,6 +31,10 @@ struct Node {
     blocked_by: Vec<String>,
     /// Why sticler failed the story, when status.json could not carry it.
     note: Option<String>,
+    /// Merges in a row that conflicted.
+    conflicts: u32,
+    /// Why the story's merge waits.
+    waiting: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +84,8 @@ impl Scheduler {
                     same_error: None,
                     blocked_by: Vec::new(),
                     note: None,
+                    conflicts: 0,
+                    waiting: None,
                 };
                 (s.id, node)
             })
@@ -151,6 +157,45 @@ impl Scheduler {
         self.nodes.get(story).and_then(|n| n.note.as_deref())
     }
 
+    /// Why the story's merge waits, while it does.
+    pub fn waiting(&self, story: &str) -> Option<&str> {
+        self.nodes.get(story).filter(|n| n.state == StoryState::Merging).and_then(|n| n.waiting.as_deref())
+    }
+
+    /// Stories whose merge waits.
+    pub fn merging(&self) -> Vec<String> {
+        self.nodes.iter().filter(|(_, n)| n.state == StoryState::Merging).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The waiting merge of `story` landed: it is completed.
+    pub fn merged(&mut self, story: &str) -> Vec<Action> {
+        match self.nodes.get_mut(story) {
+            Some(node) if node.state == StoryState::Merging => {
+                node.state = StoryState::Completed;
+                node.waiting = None;
+                vec![Action::Completed(story.to_string())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Why the story's waiting merge still waits.
+    pub fn merge_waits(&mut self, story: &str, why: String) {
+        if let Some(node) = self.nodes.get_mut(story).filter(|n| n.state == StoryState::Merging) {
+            node.waiting = Some(why);
+        }
+    }
+
+    /// A waiting merge that can no longer land as it is (it now conflicts): the story goes back
+    /// to pending, its agent resolves it at its next dispatch.
+    pub fn merge_back(&mut self, story: &str) -> Vec<Action> {
+        if let Some(node) = self.nodes.get_mut(story).filter(|n| n.state == StoryState::Merging) {
+            node.state = StoryState::Pending;
+            node.waiting = None;
+        }
+        Vec::new()
+    }
+
     /// Records why the story failed, for status, when status.json cannot carry it.
     pub fn set_note(&mut self, story: &str, note: String) {
         if let Some(node) = self.nodes.get_mut(story) {
@@ -219,6 +264,9 @@ impl Scheduler {
                 RunOutcome::Completed
             } else if self.hold == Some(Hold::Paused) {
                 // Waiting for the usage limit to reset: the run goes on, idle.
+                return actions;
+            } else if self.nodes.values().any(|n| n.state == StoryState::Merging) {
+                // A completed story's merge waits for the user: so does the run.
                 return actions;
             } else if self.hold == Some(Hold::Spent) {
                 RunOutcome::Failed
@@ -294,6 +342,7 @@ impl Scheduler {
         let failure = match &verdict {
             Verdict::Completed => {
                 node.state = StoryState::Completed;
+                node.conflicts = 0;
                 actions.push(Action::Completed(story.to_string()));
                 None
             }
@@ -311,6 +360,17 @@ impl Scheduler {
                 None
             }
             Verdict::Rejected(why) | Verdict::Fail(why) => Some(why.clone()),
+            Verdict::MergeWaits(why) => {
+                node.state = StoryState::Merging;
+                node.waiting = Some(why.clone());
+                None
+            }
+            Verdict::Conflict(files) => {
+                node.infra_streak = 0;
+                node.same_streak = 0;
+                node.conflicts += 1;
+                rules::too_many_conflicts(node.conflicts, limits.retry_limit, files)
+            }
             Verdict::Progress => {
                 node.infra_streak = 0;
                 node.same_streak = 0;
@@ -362,6 +422,11 @@ impl Scheduler {
     /// No new iterations from now on; the run ends `stopped` once nothing runs.
     pub fn stop(&mut self) -> Vec<Action> {
         self.stopping = true;
+        // A merge that waits resumes at the next start (its work is on its branch).
+        for node in self.nodes.values_mut().filter(|n| n.state == StoryState::Merging) {
+            node.state = StoryState::Pending;
+            node.waiting = None;
+        }
         self.schedule(0)
     }
 
@@ -383,6 +448,7 @@ impl Scheduler {
         node.same_error = None;
         node.blocked_by.clear();
         node.note = None;
+        node.conflicts = 0;
         self.unblock(story);
         true
     }

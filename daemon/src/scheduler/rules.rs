@@ -20,6 +20,13 @@ pub fn too_many_infra_failures(streak: u32, retry_limit: u32, last: &str) -> Opt
         .then(|| format!("{streak} consecutive infrastructure failures (retry_limit {retry_limit}); last: {last}"))
 }
 
+/// `retry_limit` merges in a row that conflicted.
+pub fn too_many_conflicts(streak: u32, retry_limit: u32, files: &str) -> Option<String> {
+    (streak >= retry_limit).then(|| {
+        format!("{streak} merges in a row conflicted with the integration branch (retry_limit {retry_limit}); last in {files}")
+    })
+}
+
 /// `NO_PROGRESS_LIMIT` consecutive iterations that left status.json byte-identical.
 pub fn no_progress(streak: u32) -> Option<String> {
     (streak >= NO_PROGRESS_LIMIT).then(|| {

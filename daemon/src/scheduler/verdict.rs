@@ -32,6 +32,11 @@ pub enum Verdict {
     /// sticler fails the story for a reason of its own: its cost budget is spent, or the agent
     /// keeps ending with the same error.
     Fail(String),
+    /// The story's merge into the integration branch conflicted: it goes back to its agent with
+    /// the conflicting files (the text names them).
+    Conflict(String),
+    /// The story is done but its merge waits (the text says why); it holds no slot meanwhile.
+    MergeWaits(String),
 }
 
 impl Verdict {
@@ -46,6 +51,8 @@ impl Verdict {
             Verdict::Rejected(why) => format!("rejected: {why}"),
             Verdict::Limited => "usage limit hit (not counted)".into(),
             Verdict::Fail(why) => format!("failed: {why}"),
+            Verdict::Conflict(files) => format!("merge conflict in {files}: back to the agent"),
+            Verdict::MergeWaits(why) => format!("merging: {why}"),
         }
     }
 }

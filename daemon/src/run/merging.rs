@@ -1,0 +1,185 @@
+//! Worktree mode's end of a story: its work committed on its branch, then merged into the
+//! integration branch (recorded in the store first, so that a daemon killed mid-merge finishes
+//! it or knows it never happened), a conflict given back to the agent, a merge that must wait
+//! for the user retried; and the story's status.json mirrored into the project folder, where
+//! `status`, `retry` and the phase commit read it.
+
+use git2::Repository;
+
+use super::{status_edits, PhaseRun};
+use crate::git;
+use crate::project::{JsonDoc, StatusFields};
+use crate::scheduler::Verdict;
+use crate::store::MergeRecord;
+use crate::workspace::{self, merge, worktree};
+
+impl PhaseRun {
+    /// The claim of a story in worktree mode is accepted: its commit, then its merge.
+    pub(super) fn merge_step(&mut self, story: &str) -> Verdict {
+        let (Some(paths), Some(main_paths)) = (self.work_paths(story), self.stories.get(story).cloned()) else {
+            return Verdict::Stopped;
+        };
+        let root = self.work_root(story);
+        let lock = self.daemon.git_lock(&self.project.root);
+        let mut known = crate::lock::lock(&lock);
+        let main_root = self.project.root.clone();
+        // Merged already: the daemon died after the merge landed and before its verdict.
+        if let Ok(Some(oid)) = git::find_story_commit(&main_root, story, "", self.since, &mut known) {
+            drop(known);
+            self.landed(story, &main_paths.status, oid);
+            return Verdict::Completed;
+        }
+        let doc = match JsonDoc::read(&paths.status) {
+            Ok(doc) => doc,
+            Err(e) => return Verdict::Rejected(e.to_string()),
+        };
+        let branch = workspace::branch_name(self.phase, story);
+        let outcome = tokio::task::block_in_place(|| -> Result<Verdict, git::GitError> {
+            let main = Repository::open(&main_root)?;
+            let base = main.head()?.peel_to_commit()?.id();
+            if !self.config.auto_commit && !merge::has_story_commit(&main, &branch, base, story)? {
+                return Ok(Verdict::Rejected(format!(
+                    "no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off"
+                )));
+            }
+            worktree::commit_leftovers(&root, &format!("[{story}] {}", doc.title()))?;
+            let head = merge::branch_head(&main, &branch)?.id();
+            let story_dir = main_paths.dir.strip_prefix(&main_root).unwrap_or(&main_paths.dir);
+            match merge::plan(&main, story, head, &doc, story_dir)? {
+                merge::Plan::Merge { branch_ref, base, commit } => {
+                    let record = MergeRecord { branch_ref, base: base.to_string(), commit: commit.to_string() };
+                    let run_key = self.run_key.clone();
+                    self.daemon.bus.store().put_merge(&run_key, story, &record).map_err(store_error)?;
+                    merge::land(&main, &record.branch_ref, base, commit, story_dir)?;
+                    let _ = self.daemon.bus.store().remove_merge(&run_key, story);
+                    Ok(Verdict::Completed)
+                }
+                merge::Plan::Waits(why) => Ok(Verdict::MergeWaits(why)),
+                merge::Plan::Conflict(files) => {
+                    let mut conflicted = merge::hand_back(&root, base, story_dir)?;
+                    if conflicted.is_empty() {
+                        conflicted = files;
+                    }
+                    Ok(Verdict::Conflict(conflicted.join(", ")))
+                }
+            }
+        });
+        drop(known);
+        match outcome {
+            Ok(Verdict::Completed) => {
+                let commit = self.story_commit(story);
+                if let Some(oid) = commit {
+                    self.landed(story, &main_paths.status, oid);
+                }
+                Verdict::Completed
+            }
+            Ok(Verdict::Conflict(files)) => {
+                let reason = format!(
+                    "merge conflict with the integration branch in {files}: the files hold conflict markers; resolve them, commit, and mark the story completed again"
+                );
+                if let Err(e) = status_edits::reopen(&paths.status, &reason) {
+                    tracing::warn!(story_id = %story, "cannot reopen the story in status.json: {e}");
+                }
+                self.conflicts.insert(story.to_string(), files.split(", ").map(str::to_string).collect());
+                Verdict::Conflict(files)
+            }
+            Ok(verdict) => verdict,
+            Err(e) => Verdict::Infra(format!("merge into the integration branch failed: {e}")),
+        }
+    }
+
+    /// The `[story]` commit the merge just made on the integration branch.
+    fn story_commit(&self, story: &str) -> Option<git2::Oid> {
+        let lock = self.daemon.git_lock(&self.project.root);
+        let mut known = crate::lock::lock(&lock);
+        git::find_story_commit(&self.project.root, story, "", self.since, &mut known).ok().flatten()
+    }
+
+    /// The story's merge landed as `oid`: `commit_hash` records it (off the dispatch path).
+    fn landed(&mut self, story: &str, status: &std::path::Path, oid: git2::Oid) {
+        self.conflicts.remove(story);
+        let (story, status) = (story.to_string(), status.to_path_buf());
+        self.later.push(Box::new(move || {
+            if let Err(why) = status_edits::record_hash(&status, oid) {
+                tracing::warn!(story_id = %story, "cannot record commit_hash {oid}: {why}");
+            }
+        }));
+    }
+
+    /// Tries the merges that wait for the user again; each that lands completes its story.
+    pub(super) fn retry_waiting_merges(&mut self) {
+        let waiting = self.state.read().sched.merging();
+        for story in waiting {
+            match self.merge_step(&story) {
+                Verdict::Completed => {
+                    let actions = self.state.update(|s| s.sched.merged(&story));
+                    self.leave_workspace(&story, false);
+                    self.apply(actions);
+                }
+                Verdict::MergeWaits(why) => {
+                    self.state.update(|s| s.sched.merge_waits(&story, why));
+                }
+                other => {
+                    tracing::warn!(story_id = %story, "the waiting merge did not land: {}", other.label());
+                    let actions = self.state.update(|s| s.sched.merge_back(&story));
+                    self.apply(actions);
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// The story's status.json, as its worker left it in the worktree, into the project folder.
+    pub(super) fn mirror_status(&self, story: &str) {
+        let (Some(work), Some(main)) = (self.work_paths(story), self.stories.get(story)) else { return };
+        if work.status == main.status {
+            return;
+        }
+        if let Err(e) = workspace::copy_if_changed(&work.status, &main.status) {
+            tracing::warn!(story_id = %story, "cannot copy status.json into the project folder: {e}");
+        }
+    }
+
+    /// The story leaves its worktree (see `Workspaces::leave`).
+    pub(super) fn leave_workspace(&mut self, story: &str, keep: bool) {
+        let Some(workspaces) = self.workspaces.as_mut() else { return };
+        let lock = self.daemon.git_lock(&self.project.root);
+        let _git = crate::lock::lock(&lock);
+        tokio::task::block_in_place(|| workspaces.leave(story, keep));
+        if !keep {
+            self.state.update(|s| s.worktrees.remove(story));
+        }
+    }
+}
+
+/// Merges recorded by a daemon that died before they were done: finished when the branch moved,
+/// forgotten when it did not (the story merges again). Done before the run reads the stories:
+/// a finished merge brings the story's status.json into the project folder.
+pub(super) fn recover_merges(daemon: &crate::daemon::Daemon, run_key: &str, root: &std::path::Path) {
+    {
+        let store = daemon.bus.store();
+        let Ok(records) = store.merges(run_key) else { return };
+        let Ok(main) = Repository::open(root) else { return };
+        for (story, record) in records {
+            let (Ok(base), Ok(commit)) = (record.base.parse(), record.commit.parse()) else { continue };
+            let Some(id) = crate::project::StoryId::parse(&story) else { continue };
+            let Ok(project) = crate::project::Project::open(root) else { continue };
+            let story_dir = project.story_dir(&id);
+            let status = JsonDoc::read(&story_dir.join(crate::phase::STATUS_FILE));
+            // commit_hash names the merge: it was finished, and its record's removal was lost.
+            let finished = status.is_ok_and(|doc| doc.commit_hash() == record.commit);
+            let rel = story_dir.strip_prefix(root).unwrap_or(&story_dir);
+            if !finished && merge::landed(&main, &record.branch_ref, base, commit) == Some(true) {
+                match merge::land(&main, &record.branch_ref, base, commit, rel) {
+                    Ok(()) => tracing::info!(story_id = %story, "finished the merge the last daemon began"),
+                    Err(e) => tracing::error!(story_id = %story, "cannot finish the merge the last daemon began: {e}"),
+                }
+            }
+            let _ = store.remove_merge(run_key, &story);
+        }
+    }
+}
+
+fn store_error(e: crate::store::StoreError) -> git::GitError {
+    git::GitError::Git(git2::Error::from_str(&format!("the merge cannot be recorded: {e}")))
+}

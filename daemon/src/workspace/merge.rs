@@ -1,0 +1,350 @@
+//! A completed story's branch into the integration branch (the branch checked out in the
+//! project folder): one squashed `[US-..]` commit holding that story's changes only, never a
+//! conflict marker, and the project folder's files brought along without overwriting a user's
+//! uncommitted edit. A merge is planned first (nothing changes), recorded by the caller, then
+//! landed; landing again after a crash finishes it, file by file, without doing anything twice.
+
+use std::path::{Path, PathBuf};
+
+use git2::{Commit, Delta, ObjectType, Oid, Repository, Tree};
+
+use crate::git::{self, GitError};
+use crate::project::JsonDoc;
+
+/// What a merge of a story's branch would do.
+#[derive(Debug)]
+pub enum Plan {
+    /// Land `commit` (parent `base`, the integration branch's head now) on `branch_ref`.
+    Merge { branch_ref: String, base: Oid, commit: Oid },
+    /// The merge would touch files the user changed in the project folder without committing.
+    Waits(String),
+    /// Both sides changed the same lines (or the story's files hold conflict markers).
+    Conflict(Vec<String>),
+}
+
+/// Plans the merge of `story_head` into the integration branch of `main`: its story commit is
+/// made (not yet on any branch) with the seed's message, from `doc` (the story's final
+/// status.json). `story_dir` (relative to the project) belongs to the story: sticler's own
+/// copy of its status.json there never makes the merge wait.
+pub fn plan(
+    main: &Repository,
+    story: &str,
+    story_head: Oid,
+    doc: &JsonDoc,
+    story_dir: &Path,
+) -> Result<Plan, GitError> {
+    let head = main.head()?;
+    let branch_ref = head.name().unwrap_or("HEAD").to_string();
+    let ours = head.peel_to_commit()?;
+    let theirs = main.find_commit(story_head)?;
+    let mut index = main.merge_commits(&ours, &theirs, None)?;
+    take_own_folder(&mut index, story_dir)?;
+    if index.has_conflicts() {
+        let mut paths: Vec<String> = index
+            .conflicts()?
+            .filter_map(|c| c.ok())
+            .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+            .map(|entry| String::from_utf8_lossy(&entry.path).into_owned())
+            .collect();
+        paths.dedup();
+        return Ok(Plan::Conflict(paths));
+    }
+    keep_other_stories(&mut index, &ours.tree()?, story_dir)?;
+    let tree = main.find_tree(index.write_tree_to(main)?)?;
+    let changes = changes(main, &ours.tree()?, &tree)?;
+    let marked: Vec<String> = changes
+        .iter()
+        .filter(|c| c.new.is_some_and(|(blob, _)| has_conflict_markers(main, blob)))
+        .map(|c| c.path.display().to_string())
+        .collect();
+    if !marked.is_empty() {
+        return Ok(Plan::Conflict(marked));
+    }
+    let root = main.workdir().map(Path::to_path_buf).unwrap_or_default();
+    let edited: Vec<String> = changes
+        .iter()
+        .filter(|c| !c.path.starts_with(story_dir) && user_edited(&root, c))
+        .map(|c| c.path.display().to_string())
+        .collect();
+    if !edited.is_empty() {
+        return Ok(Plan::Waits(format!(
+            "the merge waits: uncommitted edits in the project folder to {} (commit or undo them)",
+            edited.join(", ")
+        )));
+    }
+    let listed = git::changed_files(main, Some(&ours), &tree)?;
+    let message = git::story_message(story, doc, &listed);
+    let sig = git::signature(main)?;
+    let commit = main.commit(None, &sig, &sig, &message, &tree, &[&ours])?;
+    Ok(Plan::Merge { branch_ref, base: ours.id(), commit })
+}
+
+/// Lands a planned merge: the integration branch moves from `base` to `commit` (only if it is
+/// still at `base`), then the project folder's files and index follow: each file still as it
+/// was at `base` is brought to `commit`, the story's own folder (`story_dir`) always. Landing a
+/// merge that already landed (a crash after the branch moved) finishes the files, and leaves
+/// alone a file changed since.
+pub fn land(main: &Repository, branch_ref: &str, base: Oid, commit: Oid, story_dir: &Path) -> Result<(), GitError> {
+    let root = main.workdir().map(Path::to_path_buf).unwrap_or_default();
+    let now = main.find_reference(branch_ref)?.peel_to_commit()?.id();
+    if now == base {
+        git::retry_locked(&root, || main.reference_matching(branch_ref, commit, true, base, "sticler: merge"))?;
+    } else if now != commit {
+        return Err(GitError::Git(git2::Error::from_str(&format!(
+            "{branch_ref} moved to {now} during the merge of {commit}"
+        ))));
+    }
+    let old = main.find_commit(base)?.tree()?;
+    let new = main.find_commit(commit)?.tree()?;
+    let changes = changes(main, &old, &new)?;
+    for change in &changes {
+        if change.path.starts_with(story_dir) || !user_edited(&root, change) {
+            write_file(main, &root, change)?;
+        } else {
+            tracing::warn!(path = %change.path.display(), "changed in the project folder since the merge began; left as it is");
+        }
+    }
+    git::retry_locked(&root, || {
+        let mut index = main.index()?;
+        index.read(false)?;
+        for change in &changes {
+            if root.join(&change.path).exists() {
+                index.add_path(&change.path)?;
+            } else {
+                let _ = index.remove_path(&change.path);
+            }
+        }
+        index.write()
+    })
+}
+
+/// Whether the merge recorded as (`base` → `commit`) landed on `branch_ref`: `Some(true)` when the
+/// branch is at `commit` (its files may still need to follow), `Some(false)` when it is still at
+/// `base` (nothing happened), `None` when it moved elsewhere.
+pub fn landed(main: &Repository, branch_ref: &str, base: Oid, commit: Oid) -> Option<bool> {
+    let now = main.find_reference(branch_ref).ok()?.peel_to_commit().ok()?.id();
+    match now {
+        now if now == commit => Some(true),
+        now if now == base => Some(false),
+        _ => main.graph_descendant_of(now, commit).ok().filter(|yes| *yes).map(|_| true),
+    }
+}
+
+/// Gives a conflict back to the story: the integration branch is merged into its worktree,
+/// conflict markers in place and the merge left in progress (the agent resolves and commits,
+/// or sticler commits its resolution with both parents). Returns the conflicting paths.
+pub fn hand_back(worktree: &Path, integration_head: Oid, story_dir: &Path) -> Result<Vec<String>, GitError> {
+    let tree_repo = Repository::open(worktree)?;
+    let annotated = tree_repo.find_annotated_commit(integration_head)?;
+    let mut checkout = git2::build::CheckoutBuilder::new();
+    checkout.allow_conflicts(true).conflict_style_merge(true);
+    tree_repo.merge(&[&annotated], None, Some(&mut checkout))?;
+    let mut index = tree_repo.index()?;
+    keep_own_folder(&tree_repo, worktree, &mut index, story_dir)?;
+    let mut paths: Vec<String> = index
+        .conflicts()?
+        .filter_map(|c| c.ok())
+        .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+        .map(|entry| String::from_utf8_lossy(&entry.path).into_owned())
+        .collect();
+    paths.dedup();
+    Ok(paths)
+}
+
+/// A story's merge holds its own changes only: whatever its branch did to `phases/` outside its
+/// own folder (other stories' status.json, phase_config.json) is left as the integration branch
+/// has it. Those files are sticler's and their own stories'.
+fn keep_other_stories(index: &mut git2::Index, ours: &Tree<'_>, story_dir: &Path) -> Result<(), GitError> {
+    let foreign: Vec<PathBuf> = index
+        .iter()
+        .map(|e| PathBuf::from(String::from_utf8_lossy(&e.path).into_owned()))
+        .filter(|p| p.starts_with(PHASES) && !p.starts_with(story_dir))
+        .collect();
+    for path in &foreign {
+        match ours.get_path(path) {
+            Ok(entry) if entry.id() == index.get_path(path, 0).map(|e| e.id).unwrap_or_else(Oid::zero) => {}
+            Ok(entry) => {
+                let mut kept = index.get_path(path, 0).ok_or_else(|| git2::Error::from_str("index entry vanished"))?;
+                kept.id = entry.id();
+                kept.mode = entry.filemode() as u32;
+                index.add(&kept)?;
+            }
+            Err(_) => index.remove_path(path)?,
+        }
+    }
+    // Files under phases/ that the branch deleted come back.
+    ours.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+        let path = Path::new(dir).join(entry.name().unwrap_or_default());
+        let foreign = path.starts_with(PHASES) && !path.starts_with(story_dir);
+        if foreign && entry.kind() == Some(ObjectType::Blob) && index.get_path(&path, 0).is_none() {
+            let restored = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: entry.filemode() as u32,
+                uid: 0,
+                gid: 0,
+                file_size: 0,
+                id: entry.id(),
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_os_str().as_encoded_bytes().to_vec(),
+            };
+            let _ = index.add(&restored);
+        }
+        git2::TreeWalkResult::Ok
+    })?;
+    Ok(())
+}
+
+/// The folder of the phases: sticler's and the stories' files.
+const PHASES: &str = "phases";
+
+/// Conflicts inside the story's own folder (its status.json, which sticler mirrors into the
+/// project folder) are settled for the story's side: that folder is the story's.
+fn take_own_folder(index: &mut git2::Index, story_dir: &Path) -> Result<(), GitError> {
+    let own: Vec<git2::IndexConflict> = index
+        .conflicts()?
+        .filter_map(|c| c.ok())
+        .filter(|c| {
+            let entry = c.their.as_ref().or(c.our.as_ref());
+            entry.is_some_and(|e| Path::new(&*String::from_utf8_lossy(&e.path)).starts_with(story_dir))
+        })
+        .collect();
+    for conflict in own {
+        let Some(mut entry) = conflict.their.or(conflict.our) else { continue };
+        // The conflict's stage lives in the flags: the settled entry is a normal one (stage 0).
+        entry.flags &= !STAGE_MASK;
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        index.conflict_remove(Path::new(&path))?;
+        if conflict_side_kept(&entry) {
+            index.add(&entry)?;
+        }
+    }
+    Ok(())
+}
+
+const STAGE_MASK: u16 = 0x3000;
+
+/// A side of a conflict that holds a file (not a deletion).
+fn conflict_side_kept(entry: &git2::IndexEntry) -> bool {
+    entry.mode != 0
+}
+
+/// In the worktree, the story's own folder keeps the story's side of a conflict (the file is
+/// written back without markers): the agent is given only conflicts of the project's files.
+fn keep_own_folder(repo: &Repository, root: &Path, index: &mut git2::Index, story_dir: &Path) -> Result<(), GitError> {
+    let own: Vec<git2::IndexEntry> = index
+        .conflicts()?
+        .filter_map(|c| c.ok())
+        .filter_map(|c| c.our)
+        .filter(|e| Path::new(&*String::from_utf8_lossy(&e.path)).starts_with(story_dir))
+        .collect();
+    if own.is_empty() {
+        return Ok(());
+    }
+    for mut entry in own {
+        let path = PathBuf::from(String::from_utf8_lossy(&entry.path).into_owned());
+        index.conflict_remove(&path)?;
+        entry.flags &= !STAGE_MASK;
+        let blob = repo.find_blob(entry.id)?;
+        crate::project::write_atomic(&root.join(&path), blob.content())
+            .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
+        index.add(&entry)?;
+    }
+    index.write()?;
+    Ok(())
+}
+
+/// One file the merge changes: its path and its blob and mode before and after (None: absent).
+struct Change {
+    path: PathBuf,
+    old: Option<(Oid, i32)>,
+    new: Option<(Oid, i32)>,
+}
+
+fn changes(repo: &Repository, old: &Tree<'_>, new: &Tree<'_>) -> Result<Vec<Change>, GitError> {
+    let diff = repo.diff_tree_to_tree(Some(old), Some(new), None)?;
+    let side = |file: git2::DiffFile<'_>, present: bool| present.then(|| (file.id(), i32::from(file.mode())));
+    Ok(diff
+        .deltas()
+        .filter_map(|d| {
+            let path = d.new_file().path().or(d.old_file().path())?.to_path_buf();
+            let old = side(d.old_file(), d.status() != Delta::Added);
+            let new = side(d.new_file(), d.status() != Delta::Deleted);
+            Some(Change { path, old, new })
+        })
+        .collect())
+}
+
+/// The project folder's file differs from both sides of the merge: the user changed it.
+fn user_edited(root: &Path, change: &Change) -> bool {
+    let path = root.join(&change.path);
+    let on_disk = match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() => Oid::hash_file(ObjectType::Blob, &path).ok(),
+        Ok(_) => return true,
+        Err(_) => None,
+    };
+    let blob = |side: Option<(Oid, i32)>| side.map(|(oid, _)| oid);
+    on_disk != blob(change.old) && on_disk != blob(change.new)
+}
+
+/// Brings one file of the project folder to the merge's side, unless it is there already.
+fn write_file(repo: &Repository, root: &Path, change: &Change) -> Result<(), GitError> {
+    let path = root.join(&change.path);
+    let io = |e: std::io::Error| GitError::Git(git2::Error::from_str(&format!("{}: {e}", path.display())));
+    let Some((blob, mode)) = change.new else {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        };
+    };
+    if path.is_file() && Oid::hash_file(ObjectType::Blob, &path).ok() == Some(blob) {
+        return Ok(());
+    }
+    let content = repo.find_blob(blob)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    crate::project::write_atomic(&path, content.content())
+        .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
+    // The daemon's own umask is 077: a file new to the project gets git's modes instead.
+    let fresh = change.old.is_none();
+    let executable = mode == i32::from(git2::FileMode::BlobExecutable);
+    if fresh || executable {
+        use std::os::unix::fs::PermissionsExt;
+        let bits = if executable { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bits)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// A text blob with a line that opens or closes a conflict.
+fn has_conflict_markers(repo: &Repository, blob: Oid) -> bool {
+    let Ok(blob) = repo.find_blob(blob) else { return false };
+    if blob.is_binary() {
+        return false;
+    }
+    blob.content().split(|b| *b == b'\n').any(|line| line.starts_with(b"<<<<<<< ") || line.starts_with(b">>>>>>> "))
+}
+
+/// The story's head commit on its branch.
+pub fn branch_head<'r>(main: &'r Repository, branch: &str) -> Result<Commit<'r>, GitError> {
+    Ok(main.find_branch(branch, git2::BranchType::Local)?.get().peel_to_commit()?)
+}
+
+/// Whether the story's branch has a commit of its own (subject `[story]`) since it left
+/// `integration`.
+pub fn has_story_commit(main: &Repository, branch: &str, integration: Oid, story: &str) -> Result<bool, GitError> {
+    let head = branch_head(main, branch)?;
+    let mut walk = main.revwalk()?;
+    walk.push(head.id())?;
+    walk.hide(integration)?;
+    for oid in walk {
+        if git::subject_marks(&main.find_commit(oid?)?, story) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,193 @@
+//! Story workspaces (`"workspace": "worktree"`): each running story works in a git worktree of
+//! its own under the state dir, on branch `sticler/phase-N/US-..`, cut from the integration
+//! branch when the story is dispatched. Worktrees belong to worker slots and are reused, so disk
+//! use is slots × tree. `merge` brings a completed story back; this module keeps the pool.
+
+use std::path::{Path, PathBuf};
+
+use git2::Repository;
+
+use crate::git::GitError;
+
+pub mod merge;
+pub mod worktree;
+
+pub use worktree::branch_name;
+
+/// The worktrees of one phase's run.
+pub struct Workspaces {
+    main_root: PathBuf,
+    dir: PathBuf,
+    phase: u32,
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    name: String,
+    path: PathBuf,
+    /// The story working here, or kept here for inspection (failed).
+    story: Option<String>,
+    kept: bool,
+}
+
+impl Workspaces {
+    /// The pool of `phase`: worktrees left by an earlier run (stopped, failed, or a daemon that
+    /// died) have what their story left uncommitted committed to its branch, then serve again;
+    /// branches of stories completed since are deleted.
+    pub fn open(dir: PathBuf, main_root: &Path, phase: u32, completed: &dyn Fn(&str) -> bool) -> Workspaces {
+        let mut pool = Workspaces { main_root: main_root.to_path_buf(), dir, phase, slots: Vec::new() };
+        let prefix = slot_prefix(phase);
+        let mut names: Vec<String> = std::fs::read_dir(&pool.dir)
+            .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.retain(|n| n.starts_with(&prefix));
+        names.sort();
+        names.retain(|n| !n.ends_with(".creating"));
+        for name in names {
+            let path = pool.dir.join(&name);
+            let marker = worktree::creating_marker(&path);
+            if marker.exists() {
+                // Made by a daemon that died before its checkout ended: nothing worked there.
+                if let Ok(main) = Repository::open(main_root) {
+                    worktree::remove(&main, &name, &path);
+                }
+                let _ = std::fs::remove_file(&marker);
+                continue;
+            }
+            let adopted =
+                worktree::commit_leftovers(&path, "sticler: work in progress").and_then(|_| worktree::detach(&path));
+            if let Err(e) = adopted {
+                tracing::warn!(path = %path.display(), "a worktree left by an earlier run is not usable: {e}");
+                if let Ok(main) = Repository::open(main_root) {
+                    worktree::remove(&main, &name, &path);
+                }
+                continue;
+            }
+            pool.slots.push(Slot { name, path, story: None, kept: false });
+        }
+        if let Ok(main) = Repository::open(main_root) {
+            for branch in worktree::story_branches(&main, phase) {
+                let story = branch.rsplit('/').next().unwrap_or_default();
+                if completed(story) {
+                    worktree::delete_branch(&main, &branch);
+                }
+            }
+        }
+        pool
+    }
+
+    /// The worktree `story` works in, when it has one.
+    pub fn root(&self, story: &str) -> Option<&Path> {
+        self.slots.iter().find(|s| s.story.as_deref() == Some(story)).map(|s| s.path.as_path())
+    }
+
+    /// Gives `story` a worktree for its iterations: its own (still assigned), or a free slot put
+    /// on the story's branch (made at the integration branch's head). The story's status.json
+    /// and spec.md are copied in from the project folder, which sticler keeps up to date.
+    pub fn enter(&mut self, story: &str, story_dir: &Path) -> Result<PathBuf, GitError> {
+        let root = match self.root(story) {
+            Some(root) => root.to_path_buf(),
+            None => self.assign(story)?,
+        };
+        let rel = story_dir.strip_prefix(&self.main_root).unwrap_or(story_dir);
+        for file in [crate::phase::STATUS_FILE, crate::phase::SPEC_FILE] {
+            copy_if_changed(&story_dir.join(file), &root.join(rel).join(file))?;
+        }
+        Ok(root)
+    }
+
+    /// A free slot (or a new one) put on the story's branch.
+    fn assign(&mut self, story: &str) -> Result<PathBuf, GitError> {
+        let main = Repository::open(&self.main_root)?;
+        let base = main.head()?.peel_to_commit()?.id();
+        let index = match self.slots.iter().position(|s| s.story.is_none()) {
+            Some(index) => index,
+            None => {
+                let name = format!("{}{}", slot_prefix(self.phase), self.slots.len());
+                self.slots.push(Slot { path: self.dir.join(&name), name, story: None, kept: false });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[index];
+        worktree::enter(&main, &slot.name, &slot.path, &branch_name(self.phase, story), base)?;
+        slot.story = Some(story.to_string());
+        slot.kept = false;
+        Ok(slot.path.clone())
+    }
+
+    /// `story` leaves its worktree (it completed, failed or went back to pending): what it left
+    /// uncommitted goes to its branch. `keep`: the worktree stays the story's, for inspection,
+    /// until `retry` or the next start; otherwise the slot serves the next story.
+    pub fn leave(&mut self, story: &str, keep: bool) {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.story.as_deref() == Some(story)) else { return };
+        if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}")) {
+            tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
+        }
+        if keep {
+            slot.kept = true;
+            return;
+        }
+        slot.story = None;
+        if let Err(e) = worktree::detach(&slot.path) {
+            tracing::warn!(story_id = %story, "cannot let go of the story's branch: {e}");
+        }
+    }
+
+    /// The run ended: worktrees go, except those kept for failed stories (`keep_failed`); the
+    /// branches of merged stories go (`merged`); branches holding unmerged work stay.
+    pub fn close(&mut self, keep_failed: bool, merged: &dyn Fn(&str) -> bool) {
+        let Ok(main) = Repository::open(&self.main_root) else { return };
+        for slot in &mut self.slots {
+            if keep_failed && slot.kept {
+                continue;
+            }
+            if let Some(story) = &slot.story {
+                if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}"))
+                {
+                    tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
+                }
+            }
+            worktree::remove(&main, &slot.name, &slot.path);
+            slot.story = None;
+        }
+        self.slots.retain(|s| s.kept && keep_failed);
+        for branch in worktree::story_branches(&main, self.phase) {
+            let story = branch.rsplit('/').next().unwrap_or_default();
+            let in_use = self.slots.iter().any(|s| s.story.as_deref() == Some(story));
+            if merged(story) && !in_use {
+                worktree::delete_branch(&main, &branch);
+            }
+        }
+    }
+
+    /// Where `path` (inside the project folder) is in `story`'s worktree.
+    pub fn rebase(&self, story: &str, path: &Path) -> Option<PathBuf> {
+        let rel = path.strip_prefix(&self.main_root).ok()?;
+        Some(self.root(story)?.join(rel))
+    }
+}
+
+fn slot_prefix(phase: u32) -> String {
+    format!("sticler-p{phase}-")
+}
+
+/// Copies `from` over `to` when they differ (atomically; a missing `from` copies nothing). Only
+/// a regular file within the size limit is read: a FIFO or a symlink a worker left there must
+/// neither block the run nor lead outside the project.
+pub fn copy_if_changed(from: &Path, to: &Path) -> Result<(), GitError> {
+    let bytes = match crate::project::read_limited(from) {
+        Ok(bytes) => bytes,
+        Err(crate::project::ProjectError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(GitError::Git(git2::Error::from_str(&e.to_string()))),
+    };
+    if std::fs::read(to).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| GitError::Git(git2::Error::from_str(&format!("{}: {e}", dir.display()))))?;
+    }
+    crate::project::write_atomic(to, &bytes).map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))
+}

@@ -1,0 +1,142 @@
+//! One git worktree of the project, outside it (under the state dir, where an agent inside the
+//! project cannot find its way to the parent `.git`): made once per worker slot, moved to each
+//! next story's branch by a checkout that rewrites only the files that differ (ignored build
+//! folders stay warm), cleaned of untracked files, and removed at the run's end. Before it moves
+//! on, whatever its story left uncommitted is committed to the story's branch: no work is lost.
+
+use std::path::Path;
+
+use git2::build::CheckoutBuilder;
+use git2::{BranchType, Commit, Oid, Repository, WorktreeAddOptions, WorktreePruneOptions};
+
+use crate::git::{self, GitError};
+
+/// The branch of a story's work.
+pub fn branch_name(phase: u32, story: &str) -> String {
+    format!("sticler/phase-{phase}/{story}")
+}
+
+/// Puts the worktree `name` at `path` on `branch`, made at `base` when it does not exist yet (a
+/// branch that exists holds the story's earlier work and is continued). An existing worktree is
+/// reused: its checkout rewrites only what differs, and untracked files that are not ignored go.
+pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid) -> Result<(), GitError> {
+    let reference = match main.find_branch(branch, BranchType::Local) {
+        Ok(existing) => existing.into_reference(),
+        Err(_) => main.branch(branch, &main.find_commit(base)?, false)?.into_reference(),
+    };
+    let refname = reference.name().unwrap_or_default().to_string();
+    if let Ok(tree) = Repository::open(path) {
+        if tree.is_worktree() {
+            tree.cleanup_state()?;
+            // Off any branch while its files change: a daemon killed mid-checkout must not leave
+            // the next story's files looking like changes of the last story's branch.
+            if let Ok(current) = tree.head().and_then(|h| h.peel_to_commit()) {
+                tree.set_head_detached(current.id())?;
+            }
+            // The target first, against the tree checked out now (the baseline), then HEAD:
+            // what `git checkout` does, so only the files that differ are written.
+            let target = tree.find_commit(reference.peel_to_commit()?.id())?;
+            let mut checkout = CheckoutBuilder::new();
+            checkout.force().remove_untracked(true);
+            tree.checkout_tree(target.as_object(), Some(&mut checkout))?;
+            tree.set_head(&refname)?;
+            return Ok(());
+        }
+    }
+    // Nothing usable there: a folder left by a crash mid-creation, or a registration whose
+    // folder is gone. Both are cleared before the worktree is made again.
+    remove(main, name, path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io_error(path, e))?;
+    }
+    // A worktree cut short while its files were checked out would look, to the next daemon, as
+    // if its story deleted the files not written yet: the marker says it is unfinished.
+    let marker = creating_marker(path);
+    std::fs::write(&marker, b"").map_err(|e| io_error(&marker, e))?;
+    let mut options = WorktreeAddOptions::new();
+    options.reference(Some(&reference));
+    main.worktree(name, path, Some(&options))?;
+    std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
+    Ok(())
+}
+
+/// Commits what the story left in its worktree (new, changed and deleted files, honouring
+/// .gitignore) to its branch, with a merge in progress as a second parent. Returns the commit,
+/// or `None` when there was nothing to commit.
+pub fn commit_leftovers(path: &Path, message: &str) -> Result<Option<Oid>, GitError> {
+    let mut tree_repo = Repository::open(path)?;
+    let mut merging = Vec::new();
+    // No merge in progress is an error here ("no merge heads"), not an empty list.
+    let _ = tree_repo.mergehead_foreach(|oid| {
+        merging.push(*oid);
+        true
+    });
+    let tree_id = git::stage_all(&tree_repo, path)?;
+    let head = git::head_commit(&tree_repo);
+    let unchanged = head.as_ref().is_some_and(|h| h.tree_id() == tree_id);
+    if unchanged && merging.is_empty() {
+        return Ok(None);
+    }
+    let tree = tree_repo.find_tree(tree_id)?;
+    let sig = git::signature(&tree_repo)?;
+    let others: Vec<Commit<'_>> = merging.iter().filter_map(|oid| tree_repo.find_commit(*oid).ok()).collect();
+    let parents: Vec<&Commit<'_>> = head.iter().chain(others.iter()).collect();
+    let oid = git::retry_locked(path, || tree_repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents))?;
+    tree_repo.cleanup_state()?;
+    Ok(Some(oid))
+}
+
+/// The file that stands next to a worktree while it is being made.
+pub fn creating_marker(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".creating");
+    std::path::PathBuf::from(name)
+}
+
+/// Lets go of the story's branch: the worktree's HEAD is detached at the same commit, so the
+/// branch can be checked out by another slot, or deleted.
+pub fn detach(path: &Path) -> Result<(), GitError> {
+    let tree_repo = Repository::open(path)?;
+    let head = tree_repo.head()?.peel_to_commit()?.id();
+    tree_repo.set_head_detached(head)?;
+    Ok(())
+}
+
+/// Removes the worktree: its folder and its registration in the project's `.git`.
+pub fn remove(main: &Repository, name: &str, path: &Path) {
+    if path.exists() {
+        if let Err(e) = std::fs::remove_dir_all(path) {
+            tracing::warn!(path = %path.display(), "cannot remove a worktree: {e}");
+        }
+    }
+    if let Ok(worktree) = main.find_worktree(name) {
+        let mut options = WorktreePruneOptions::new();
+        options.valid(true).working_tree(true);
+        if let Err(e) = worktree.prune(Some(&mut options)) {
+            tracing::warn!(name, "cannot prune a worktree: {e}");
+        }
+    }
+}
+
+/// Deletes the story's branch (after its worktree moved on or went).
+pub fn delete_branch(main: &Repository, branch: &str) {
+    if let Ok(mut found) = main.find_branch(branch, BranchType::Local) {
+        if let Err(e) = found.delete() {
+            tracing::warn!(branch, "cannot delete a story branch: {e}");
+        }
+    }
+}
+
+/// The story branches of a phase that exist in the project.
+pub fn story_branches(main: &Repository, phase: u32) -> Vec<String> {
+    let prefix = format!("sticler/phase-{phase}/");
+    let Ok(branches) = main.branches(Some(BranchType::Local)) else { return Vec::new() };
+    branches
+        .filter_map(|b| Some(b.ok()?.0.name().ok()??.to_string()))
+        .filter(|name| name.starts_with(&prefix))
+        .collect()
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> GitError {
+    GitError::Git(git2::Error::from_str(&format!("{}: {e}", path.display())))
+}

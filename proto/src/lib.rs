@@ -17,7 +17,7 @@ pub use story::StoryId;
 pub use view::*;
 
 /// Bumped whenever a message type changes shape. Client and daemon must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The version of this build, shown by `sticlerctl version` and sent in `Welcome`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

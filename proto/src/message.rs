@@ -320,3 +320,23 @@ impl std::fmt::Display for ExitReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_iteration_says_how_it_ended() {
+        let line = |exit: ExitReason| {
+            EventKind::IterationEnded { story: "US-P1-001".into(), iteration: 2, exit, verdict: "completed".into() }
+                .describe()
+        };
+        assert_eq!(line(ExitReason::Exited(0)), "US-P1-001 iteration 2 ended: exited 0, completed");
+        assert_eq!(line(ExitReason::AfterResult), "US-P1-001 iteration 2 ended: ended after its result, completed");
+        assert_eq!(line(ExitReason::Stalled), "US-P1-001 iteration 2 ended: stalled, completed");
+        assert_eq!(line(ExitReason::TimedOut), "US-P1-001 iteration 2 ended: timed out, completed");
+        assert_eq!(line(ExitReason::Signalled(9)), "US-P1-001 iteration 2 ended: killed by signal 9, completed");
+        // Failure reasons keep their wording ("exit code 3 without any change to status.json").
+        assert_eq!(ExitReason::Exited(3).to_string(), "exit code 3");
+    }
+}

@@ -53,7 +53,8 @@ impl PhaseRun {
 
     /// The verify command ended: accept the claim (then the commit step), or turn it back.
     pub(super) fn verified(&mut self, story: &str, verify: &Running, ended: Ended) -> Verdict {
-        let exit = ended.exit;
+        // A verify command the timeout ended fails as "timed out", whatever SIGTERM made it exit.
+        let exit = ended.shown();
         if ended.stopped() && exit != ExitReason::Exited(0) {
             return Verdict::Stopped;
         }

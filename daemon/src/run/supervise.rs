@@ -100,7 +100,8 @@ async fn supervise(
     // A closed channel means the reaper is gone, which only happens at exit.
     let killed = ExitReason::Signalled(nix::sys::signal::Signal::SIGKILL as i32);
     let deadline = Instant::now() + watch.timeout;
-    let mut looks = tokio::time::interval(POLL);
+    // The first look after one interval: most trivial workers are gone by then.
+    let mut looks = tokio::time::interval_at(Instant::now() + POLL, POLL);
     looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let by = loop {
         tokio::select! {

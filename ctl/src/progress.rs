@@ -157,7 +157,7 @@ impl LiveView {
                 "{:<11} {}{elapsed}  iteration {}  criteria {}/{}{focus}",
                 story.id,
                 render::paint_state(story.state, state),
-                story.iteration,
+                render::shown_iteration(story),
                 story.criteria_done,
                 story.criteria_total
             ));

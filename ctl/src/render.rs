@@ -33,6 +33,12 @@ pub fn cut(text: &str, width: usize) -> String {
     s
 }
 
+/// The iteration to show for a story: the one running now, else the worker's own counter
+/// from status.json (which a running worker may not have raised yet).
+pub fn shown_iteration(story: &StoryView) -> u32 {
+    story.running_iteration.unwrap_or(story.iteration)
+}
+
 fn state_label(story: &StoryView) -> String {
     match story.state {
         StoryState::Running => match story.running_secs {
@@ -98,7 +104,7 @@ pub fn phase(view: &PhaseView) -> String {
             "  {:<11} {} {:>4} {:>8}  {:<21} {:<7}  {}{}",
             s.id,
             paint_state(s.state, &format!("{:<13}", state_label(s))),
-            s.iteration,
+            shown_iteration(s),
             format!("{}/{}", s.criteria_done, s.criteria_total),
             cut(&deps, 21),
             if s.commit_hash.is_empty() { "-" } else { s.commit_hash.get(..7).unwrap_or(&s.commit_hash) },
@@ -117,6 +123,12 @@ pub fn story(view: &PhaseView, s: &StoryView) -> String {
     let _ = writeln!(out, "{} {}  (phase {}: {})", s.id, s.title, view.phase, view.title);
     let _ = writeln!(out, "  state:        {} (status.json: {})", state_label(s), s.disk_status);
     let _ = writeln!(out, "  iteration:    {} (sticler ran {} this run)", s.iteration, s.runs);
+    if let Some(running) = s.running_iteration {
+        let _ = writeln!(out, "  running:      iteration {running}");
+    }
+    if let Some(exit) = s.last_exit {
+        let _ = writeln!(out, "  last ended:   {}", exit.describe());
+    }
     let _ = writeln!(out, "  criteria:     {}/{}", s.criteria_done, s.criteria_total);
     let deps = if s.dependencies.is_empty() { "none".to_string() } else { s.dependencies.join(", ") };
     let _ = writeln!(out, "  depends on:   {deps}");

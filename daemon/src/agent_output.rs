@@ -151,6 +151,23 @@ impl AgentReport {
     }
 }
 
+/// Whether `line` (one line of the worker's output, newline excluded) is the agent's final
+/// result event, after which the agent has nothing left to do: Claude Code's `{"type":"result"}`.
+/// Formats without a structured end (plain text) never have one.
+pub fn is_final_result(line: &[u8], format: OutputFormat) -> bool {
+    match format {
+        OutputFormat::ClaudeStreamJson => {
+            let line = line.trim_ascii();
+            // Most lines are assistant and tool events: a cheap test before a parse.
+            line.starts_with(b"{")
+                && line.windows(8).any(|w| w == b"\"result\"")
+                && serde_json::from_slice::<Value>(line)
+                    .is_ok_and(|event| event.get("type").and_then(Value::as_str) == Some("result"))
+        }
+        OutputFormat::Text => false,
+    }
+}
+
 fn epoch_secs(text: &str) -> Option<i64> {
     text.trim().parse::<i64>().ok().map(normalise_epoch)
 }
@@ -265,6 +282,29 @@ mod tests {
         assert_eq!(report.usage.cost_usd, Some(0.02));
         assert_eq!(report.usage.tokens, None);
         assert_eq!(report.limit, None);
+    }
+
+    #[test]
+    fn only_a_result_event_of_a_structured_format_is_the_final_result() {
+        let claude = |line: &str| is_final_result(line.as_bytes(), OutputFormat::ClaudeStreamJson);
+        let result = r#"{"type":"result","subtype":"success","is_error":false,"result":"done"}"#;
+        assert!(claude(result));
+        assert!(claude(&format!("  {result}\r")), "surrounding blanks and a CR are tolerated");
+        assert!(claude(r#"{"subtype":"error_max_turns","is_error":true,"type":"result"}"#), "any field order");
+        for not_final in [
+            INIT,
+            ALLOWED,
+            ASSISTANT_TALKS_ABOUT_LIMITS,
+            r#"{"type":"assistant","message":{"content":[{"type":"text","text":"{\"type\":\"result\"}"}]}}"#,
+            r#"{"type":"user","message":{"content":[{"type":"tool_result","content":"result"}]}}"#,
+            r#"{"type":"result""#,
+            r#"type":"result"}"#,
+            "the result is ready",
+            "",
+        ] {
+            assert!(!claude(not_final), "{not_final}");
+        }
+        assert!(!is_final_result(result.as_bytes(), OutputFormat::Text), "plain text has no structured end");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Launch {
     pub cwd: PathBuf,
     /// Added to (or replacing in) the daemon's own environment.
     pub env: Vec<(String, String)>,
+    /// Taken out of the daemon's own environment (`env` may still set them).
+    pub env_remove: Vec<String>,
     /// `None` gives /dev/null.
     pub stdin: Option<File>,
     /// Both stdout and stderr.
@@ -102,6 +104,9 @@ fn start(launch: &Launch, method: Method) -> io::Result<i32> {
 /// The fallback: std's fork and exec, with the umask and setsid in between.
 fn fork_exec(launch: &Launch, umask: Mode) -> io::Result<i32> {
     let mut command = Command::new(&launch.program);
+    for name in &launch.env_remove {
+        command.env_remove(name);
+    }
     command
         .args(&launch.args)
         .current_dir(&launch.cwd)
@@ -129,10 +134,12 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a command or variable"))
 }
 
-/// The daemon's environment with `overrides` applied, as `KEY=VALUE` strings.
-fn environment(overrides: &[(String, String)]) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> =
-        std::env::vars_os().filter(|(k, _)| !overrides.iter().any(|(o, _)| OsStr::new(o) == k)).collect();
+/// The daemon's environment without `removed` and with `overrides` applied.
+fn environment(overrides: &[(String, String)], removed: &[String]) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !overrides.iter().any(|(o, _)| OsStr::new(o) == k))
+        .filter(|(k, _)| !removed.iter().any(|r| OsStr::new(r) == k))
+        .collect();
     env.extend(overrides.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
     env
 }
@@ -161,7 +168,7 @@ fn resolve(program: &str, path_var: Option<&OsStr>, cwd: &Path) -> io::Result<Pa
 /// no signal blocked and every signal's handling back to its default (the daemon ignores
 /// SIGPIPE, and an ignored signal would stay ignored across exec).
 fn posix_spawn(launch: &Launch) -> io::Result<i32> {
-    let env = environment(&launch.env);
+    let env = environment(&launch.env, &launch.env_remove);
     let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_os_str());
     let program = cstring(resolve(&launch.program, path_var, &launch.cwd)?.as_os_str().as_bytes())?;
     let argv: Vec<CString> = std::iter::once(launch.program.as_bytes())
@@ -259,6 +266,7 @@ mod tests {
                 args: vec!["-c".into(), script.into()],
                 cwd: dir.path().to_path_buf(),
                 env: vec![("SEEN".into(), "env".into())],
+                env_remove: vec![],
                 stdin: Some(File::open(dir.path().join("input")).expect("open")),
                 output,
             };
@@ -296,6 +304,7 @@ mod tests {
             args: vec![],
             cwd: dir.path().to_path_buf(),
             env: vec![],
+            env_remove: vec![],
             stdin: None,
             output: File::create(dir.path().join("out")).expect("create"),
         };
@@ -331,10 +340,14 @@ mod tests {
     }
 
     #[test]
-    fn overrides_replace_the_daemons_variables() {
-        let env = environment(&[("PATH".into(), "/only/here".into()), ("STICLER_X".into(), "1".into())]);
+    fn overrides_replace_the_daemons_variables_and_removed_ones_are_gone() {
+        let overrides = [("PATH".into(), "/only/here".into()), ("STICLER_X".into(), "1".into())];
+        let env = environment(&overrides, &[]);
         let paths: Vec<_> = env.iter().filter(|(k, _)| k == "PATH").collect();
         assert_eq!(paths, vec![&(OsString::from("PATH"), OsString::from("/only/here"))]);
         assert!(env.contains(&(OsString::from("STICLER_X"), OsString::from("1"))));
+        let env = environment(&overrides, &["HOME".into(), "PATH".into()]);
+        assert!(!env.iter().any(|(k, _)| k == "HOME"), "removed");
+        assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1, "an override is kept");
     }
 }

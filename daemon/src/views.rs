@@ -18,6 +18,8 @@ struct LiveStory {
     blocked_by: Vec<String>,
     note: Option<String>,
     running_secs: Option<u64>,
+    running_iteration: Option<u32>,
+    last_exit: Option<sticler_proto::ExitReason>,
     waiting: Option<String>,
     worktree: Option<String>,
 }
@@ -42,7 +44,9 @@ impl LivePhase {
                     runs: sched.runs(id),
                     blocked_by: sched.blocked_by(id).to_vec(),
                     note: sched.note(id).map(str::to_string),
-                    running_secs: state.started_at.get(id).map(|t| t.elapsed().as_secs()),
+                    running_secs: state.current.get(id).map(|c| c.since.elapsed().as_secs()),
+                    running_iteration: state.current.get(id).map(|c| c.iteration),
+                    last_exit: state.last_exit.get(id).copied(),
                     waiting: sched.waiting(id).map(str::to_string),
                     worktree: state.worktrees.get(id).cloned(),
                 };
@@ -174,6 +178,8 @@ fn story_view(
         commit_hash: doc.map_or_else(String::new, |d| d.commit_hash().to_string()),
         cost_usd: None,
         tokens: None,
+        running_iteration: live.and_then(|l| l.running_iteration),
+        last_exit: live.and_then(|l| l.last_exit),
         waiting: live.and_then(|l| l.waiting.clone()),
         worktree: live.and_then(|l| l.worktree.clone()),
     }

@@ -28,7 +28,10 @@ pub struct SpawnSpec {
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
-    /// File to put on stdin; `None` gives /dev/null.
+    /// Variables of the daemon's environment the process must not inherit.
+    pub env_remove: Vec<String>,
+    /// File to put on stdin (read to its end, it gives EOF: stdin is closed after it); `None`
+    /// gives /dev/null.
     pub stdin: Option<PathBuf>,
     pub log: PathBuf,
     pub token: String,
@@ -97,7 +100,15 @@ pub fn spawn(
     let stdin = spec.stdin.as_deref().map(open_stdin).transpose()?;
     let mut env = spec.env.clone();
     env.push((TOKEN_VAR.to_string(), spec.token.clone()));
-    let launch = Launch { program: program.clone(), args: args.to_vec(), cwd: spec.cwd.clone(), env, stdin, output };
+    let launch = Launch {
+        program: program.clone(),
+        args: args.to_vec(),
+        cwd: spec.cwd.clone(),
+        env,
+        env_remove: spec.env_remove.clone(),
+        stdin,
+        output,
+    };
     let spawned = spawner.spawn(launch);
     logs.refill();
     spawned.map(|(pid, exit)| (Group { pid, token: spec.token.clone() }, exit))

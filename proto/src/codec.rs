@@ -161,6 +161,8 @@ mod tests {
             commit_hash: String::new(),
             cost_usd: Some(0.25),
             tokens: Some(TokenUsage { input: 10, output: 20, cache_creation: 3, cache_read: 400 }),
+            running_iteration: Some(4),
+            last_exit: Some(ExitReason::AfterResult),
             waiting: Some("the merge waits".into()),
             worktree: None,
         }
@@ -212,6 +214,12 @@ mod tests {
                 iteration: 1,
                 exit: ExitReason::Signalled(9),
                 verdict: "progress".into(),
+            },
+            EventKind::IterationEnded {
+                story: "US-P1-001".into(),
+                iteration: 2,
+                exit: ExitReason::Stalled,
+                verdict: "infrastructure failure: no output for 600 s".into(),
             },
             EventKind::StoryCompleted { story: "US-P1-001".into() },
             EventKind::StoryFailed { story: "US-P1-001".into(), reason: "r".into() },

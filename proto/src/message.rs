@@ -244,7 +244,7 @@ impl EventKind {
                 format!("{story} iteration {iteration} started (pid {pid})")
             }
             EventKind::IterationEnded { story, iteration, exit, verdict } => {
-                format!("{story} iteration {iteration} ended: {exit}, {verdict}")
+                format!("{story} iteration {iteration} ended: {}, {verdict}", exit.describe())
             }
             EventKind::StoryCompleted { story } => format!("{story} completed"),
             EventKind::StoryFailed { story, reason } => format!("{story} failed: {reason}"),
@@ -286,9 +286,26 @@ impl EventKind {
 pub enum ExitReason {
     Exited(i32),
     Signalled(i32),
+    /// Ended by sticler at `iteration_timeout_secs`.
     TimedOut,
     /// Ended by `stop` or `kill`.
     Stopped,
+    /// Ended by sticler after the agent printed its final result event and did not exit within
+    /// `exit_grace_secs`: judged like a normal exit.
+    AfterResult,
+    /// Ended by sticler after `idle_timeout_secs` with no output and no change to status.json.
+    Stalled,
+}
+
+impl ExitReason {
+    /// How an iteration ended, in the words of `watch` and `status`: `exited 0`, `killed by
+    /// signal 9`, `ended after its result`, `stalled`, `timed out`, `stopped`.
+    pub fn describe(&self) -> String {
+        match self {
+            ExitReason::Exited(code) => format!("exited {code}"),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for ExitReason {
@@ -298,6 +315,28 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Signalled(sig) => write!(f, "killed by signal {sig}"),
             ExitReason::TimedOut => f.write_str("timed out"),
             ExitReason::Stopped => f.write_str("stopped"),
+            ExitReason::AfterResult => f.write_str("ended after its result"),
+            ExitReason::Stalled => f.write_str("stalled"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_iteration_says_how_it_ended() {
+        let line = |exit: ExitReason| {
+            EventKind::IterationEnded { story: "US-P1-001".into(), iteration: 2, exit, verdict: "completed".into() }
+                .describe()
+        };
+        assert_eq!(line(ExitReason::Exited(0)), "US-P1-001 iteration 2 ended: exited 0, completed");
+        assert_eq!(line(ExitReason::AfterResult), "US-P1-001 iteration 2 ended: ended after its result, completed");
+        assert_eq!(line(ExitReason::Stalled), "US-P1-001 iteration 2 ended: stalled, completed");
+        assert_eq!(line(ExitReason::TimedOut), "US-P1-001 iteration 2 ended: timed out, completed");
+        assert_eq!(line(ExitReason::Signalled(9)), "US-P1-001 iteration 2 ended: killed by signal 9, completed");
+        // Failure reasons keep their wording ("exit code 3 without any change to status.json").
+        assert_eq!(ExitReason::Exited(3).to_string(), "exit code 3");
     }
 }

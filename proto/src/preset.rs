@@ -8,13 +8,15 @@
 
 use serde::Serialize;
 
-/// How an agent's output is read after an iteration.
+/// How an agent's output is read, while the iteration runs (its final result event) and after
+/// it (limits, cost, the error it ended with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
-    /// Claude Code's `--output-format stream-json`: one JSON event per line, a `result` last.
+    /// Claude Code's `--output-format stream-json`: one JSON event per line, a `result` last;
+    /// that `result` is the agent's word that the iteration is over.
     ClaudeStreamJson,
-    /// Plain text: only the limit patterns apply.
+    /// Plain text: only the limit patterns apply, and the iteration ends when the process exits.
     Text,
 }
 
@@ -60,7 +62,7 @@ pub const PRESETS: &[Preset] = &[
         stdin: "spec",
         output: OutputFormat::ClaudeStreamJson,
         limit_patterns: CLAUDE_LIMITS,
-        note: "stream-json needs --verbose with -p; the /phase-worker command must be installed in the project",
+        note: "stream-json needs --verbose with -p; the /phase-worker command must be installed in the project; the iteration ends at the final `result` event (worker.exit_grace_secs after it at the latest)",
     },
     Preset {
         name: "codex",
@@ -69,7 +71,7 @@ pub const PRESETS: &[Preset] = &[
         stdin: "none",
         output: OutputFormat::Text,
         limit_patterns: &[r"you've hit your usage limit", r"rate limit (reached|exceeded)", r"\b429 Too Many Requests"],
-        note: "--sandbox workspace-write replaces the deprecated --full-auto; limit messages are matched as text",
+        note: "--sandbox workspace-write replaces the deprecated --full-auto; output is read as text (its --json events are not read yet): the iteration ends when codex exits, or at the stall watchdog or the timeout",
     },
     Preset {
         name: "gemini",
@@ -78,7 +80,7 @@ pub const PRESETS: &[Preset] = &[
         stdin: "none",
         output: OutputFormat::Text,
         limit_patterns: &[r"RESOURCE_EXHAUSTED", r"quota exceeded", r"rate limit exceeded"],
-        note: "--approval-mode yolo replaces the deprecated --yolo (older versions: preset command); limit messages are matched as text",
+        note: "--approval-mode yolo replaces the deprecated --yolo (older versions: preset command); output is read as text: the iteration ends when gemini exits, or at the stall watchdog or the timeout",
     },
     Preset {
         name: "aider",
@@ -87,7 +89,7 @@ pub const PRESETS: &[Preset] = &[
         stdin: "none",
         output: OutputFormat::Text,
         limit_patterns: &[r"RateLimitError", r"rate limit (reached|exceeded)"],
-        note: "aider commits on its own unless --no-auto-commits is added with worker.args",
+        note: "aider commits on its own unless --no-auto-commits is added with worker.args; no event stream: the iteration ends when aider exits, or at the stall watchdog or the timeout",
     },
     Preset {
         name: "opencode",
@@ -96,7 +98,7 @@ pub const PRESETS: &[Preset] = &[
         stdin: "none",
         output: OutputFormat::Text,
         limit_patterns: &[r"rate limit (reached|exceeded)", r"usage limit"],
-        note: "assumes `opencode run <prompt>`; limit messages are matched as text",
+        note: "assumes `opencode run <prompt>`; output is read as text: the iteration ends when opencode exits, or at the stall watchdog or the timeout",
     },
     Preset {
         name: "command",
@@ -107,7 +109,7 @@ pub const PRESETS: &[Preset] = &[
         // its events are read when they appear, other lines are text.
         output: OutputFormat::ClaudeStreamJson,
         limit_patterns: CLAUDE_LIMITS,
-        note: "argv shown is the default worker.command; Claude's stream-json events and plain-text limit messages are read when the command prints them",
+        note: "argv shown is the default worker.command; Claude's stream-json events (its final `result` ends the iteration, as with the claude preset) and plain-text limit messages are read when the command prints them",
     },
 ];
 

@@ -136,6 +136,14 @@ pub struct StoryView {
     pub cost_usd: Option<f64>,
     #[serde(default)]
     pub tokens: Option<TokenUsage>,
+    /// The number of the iteration running now (as in its log's name and `STICLER_ITERATION`);
+    /// `iteration` above is the worker's own counter, which it updates as it goes.
+    #[serde(default)]
+    pub running_iteration: Option<u32>,
+    /// How the story's last iteration in this run ended: `exited`, `after_result` (sticler
+    /// ended it after the agent's final result), `stalled`, `timed_out`, ...
+    #[serde(default)]
+    pub last_exit: Option<crate::ExitReason>,
     /// Why the story waits (a merge held back by uncommitted edits in the project folder).
     #[serde(default)]
     pub waiting: Option<String>,

@@ -232,10 +232,11 @@ fn hello(stream: &mut UnixStream) {
 fn json_mode_over_a_raw_socket() {
     let daemon = Daemon::start();
     let mut s = connect(&daemon);
-    s.write_all(b"{\"hello\":{\"protocol_version\":3}}\n{\"request\":\"ping\"}\n{\"request\":\"version\"}\n").unwrap();
+    let hello = format!("{{\"hello\":{{\"protocol_version\":{PROTOCOL_VERSION}}}}}\n");
+    s.write_all(format!("{hello}{{\"request\":\"ping\"}}\n{{\"request\":\"version\"}}\n").as_bytes()).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
     let welcome: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(welcome["welcome"]["protocol_version"], sticler_proto::PROTOCOL_VERSION);
+    assert_eq!(welcome["welcome"]["protocol_version"], PROTOCOL_VERSION);
     assert_eq!(lines.next().unwrap().unwrap(), r#"{"response":"pong"}"#);
     let version: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(version["response"]["version"]["pid"], daemon.pid());

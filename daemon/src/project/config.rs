@@ -55,6 +55,11 @@ pub struct WorkerConfig {
     pub command: CommandSpec,
     pub stdin: StdinMode,
     pub iteration_timeout_secs: u64,
+    /// How long a worker may take to exit once its agent printed its final result event.
+    pub exit_grace_secs: u64,
+    /// A worker that prints nothing and leaves status.json alone this long is stalled; `None`
+    /// (JSON `null`) turns the watchdog off.
+    pub idle_timeout_secs: Option<u64>,
     pub env: BTreeMap<String, String>,
     pub output: OutputFormat,
     /// The preset's limit patterns, then the user's `limit_patterns` (checked to compile; the
@@ -72,9 +77,22 @@ struct RawWorkerConfig {
     args: Vec<String>,
     stdin: Option<StdinMode>,
     iteration_timeout_secs: Option<u64>,
+    exit_grace_secs: Option<u64>,
+    /// Absent: the default; `null`: off.
+    #[serde(deserialize_with = "present")]
+    idle_timeout_secs: Option<Option<u64>>,
     env: BTreeMap<String, String>,
     /// More regexes of output lines meaning a usage or rate limit (named group `reset`: epoch).
     limit_patterns: Vec<String>,
+}
+
+const DEFAULT_EXIT_GRACE_SECS: u64 = 15;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+
+/// A field that may be given as `null`: present (`Some`, holding `None` for `null`), told apart
+/// from absent (the struct's default, `None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(deserializer).map(Some)
 }
 
 impl TryFrom<RawWorkerConfig> for WorkerConfig {
@@ -113,6 +131,8 @@ impl TryFrom<RawWorkerConfig> for WorkerConfig {
             command,
             stdin: raw.stdin.unwrap_or(if preset.stdin == "spec" { StdinMode::Spec } else { StdinMode::None }),
             iteration_timeout_secs: raw.iteration_timeout_secs.unwrap_or(1800),
+            exit_grace_secs: raw.exit_grace_secs.unwrap_or(DEFAULT_EXIT_GRACE_SECS),
+            idle_timeout_secs: raw.idle_timeout_secs.unwrap_or(Some(DEFAULT_IDLE_TIMEOUT_SECS)),
             env: raw.env,
             output: preset.output,
             limit_patterns: patterns,
@@ -128,6 +148,8 @@ impl Default for WorkerConfig {
             command: CommandSpec::Argv(vec!["claude".into()]),
             stdin: StdinMode::Spec,
             iteration_timeout_secs: 1800,
+            exit_grace_secs: DEFAULT_EXIT_GRACE_SECS,
+            idle_timeout_secs: Some(DEFAULT_IDLE_TIMEOUT_SECS),
             env: BTreeMap::new(),
             output: OutputFormat::Text,
             limit_patterns: Vec::new(),
@@ -227,6 +249,9 @@ impl OrchestratorConfig {
             ("max_iterations_per_task", u64::from(config.max_iterations_per_task)),
             ("retry_limit", u64::from(config.retry_limit)),
             ("worker.iteration_timeout_secs", config.worker.iteration_timeout_secs),
+            ("worker.exit_grace_secs", config.worker.exit_grace_secs),
+            // `null` turns the watchdog off; 0 would call every worker stalled at once.
+            ("worker.idle_timeout_secs", config.worker.idle_timeout_secs.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(ProjectError::Invalid { path, message: format!("{name} must be at least 1") });
@@ -260,6 +285,8 @@ mod tests {
             (r#"{"max_iterations_per_task": 0}"#, "max_iterations_per_task"),
             (r#"{"retry_limit": 0}"#, "retry_limit"),
             (r#"{"worker": {"iteration_timeout_secs": 0}}"#, "worker.iteration_timeout_secs"),
+            (r#"{"worker": {"exit_grace_secs": 0}}"#, "worker.exit_grace_secs"),
+            (r#"{"worker": {"idle_timeout_secs": 0}}"#, "worker.idle_timeout_secs"),
         ] {
             match OrchestratorConfig::parse(path, json.as_bytes()) {
                 Err(ProjectError::Invalid { message, .. }) => {
@@ -282,6 +309,8 @@ mod tests {
         assert_eq!(config.worker.stdin, StdinMode::Spec);
         assert_eq!(config.worker.iteration_timeout_secs, 1800);
         assert_eq!(config.workspace, WorkspaceMode::Worktree);
+        assert_eq!(config.worker.exit_grace_secs, 15);
+        assert_eq!(config.worker.idle_timeout_secs, Some(600));
         fs::write(dir.path().join(CONFIG_FILE), r#"{"worker": {"command": "echo hi"}, "workspace": "shared"}"#)
             .unwrap();
         let config = OrchestratorConfig::load(dir.path()).unwrap();
@@ -317,6 +346,21 @@ mod tests {
             write(bad);
             let err = OrchestratorConfig::load(dir.path()).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_end_of_iteration_timings_are_read_and_null_turns_the_watchdog_off() {
+        let path = Path::new("/p/orchestrator.config.json");
+        let parse = |json: &str| OrchestratorConfig::parse(path, json.as_bytes()).map(|c| c.worker);
+        let worker = parse(r#"{"worker": {"exit_grace_secs": 3, "idle_timeout_secs": 45}}"#).unwrap();
+        assert_eq!((worker.exit_grace_secs, worker.idle_timeout_secs), (3, Some(45)));
+        assert_eq!(parse(r#"{"worker": {"idle_timeout_secs": null}}"#).unwrap().idle_timeout_secs, None);
+        assert_eq!(parse(r#"{"worker": {"preset": "claude"}}"#).unwrap().idle_timeout_secs, Some(600));
+        // A wrong type is an error with its line and column, never the default.
+        for bad in [r#"{"worker": {"idle_timeout_secs": "10"}}"#, r#"{"worker": {"exit_grace_secs": -1}}"#] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("line 1, column") && err.contains("expected u64"), "{bad}: {err}");
         }
     }
 }

@@ -125,6 +125,7 @@ impl PhaseRun {
             argv: vec!["git".into(), "push".into(), "origin".into(), branch.clone()],
             cwd: root.clone(),
             env: vec![("GIT_TERMINAL_PROMPT".into(), "0".into())],
+            env_remove: Vec::new(),
             stdin: None,
             log: self.logs_root.join(format!("phase_{}-push.log", self.phase)),
             token: format!("{}/push/", self.nonce),

@@ -8,6 +8,12 @@ use super::PhaseRun;
 use crate::project::{CommandSpec, StdinMode};
 use crate::worker::SpawnSpec;
 
+/// What a parent Claude Code process puts in the environment of everything it runs: a daemon
+/// started from inside a Claude Code session would pass them on, and Claude Code refuses to
+/// start when it finds `CLAUDECODE` (a nested session) or talks to the parent's IDE. A worker
+/// gets them only when the config's `worker.env` sets them.
+pub const PARENT_AGENT_VARS: &[&str] = &["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT"];
+
 /// Where a story's files are.
 #[derive(Clone)]
 pub struct StoryPaths {
@@ -69,10 +75,16 @@ impl PhaseRun {
             // The merge that conflicted: the agent resolves these (newline-separated paths).
             env.push(("STICLER_MERGE_CONFLICTS".into(), files.join("\n")));
         }
+        let env_remove = PARENT_AGENT_VARS
+            .iter()
+            .filter(|name| !self.config.worker.env.contains_key(**name))
+            .map(|name| name.to_string())
+            .collect();
         SpawnSpec {
             argv,
             cwd: root,
             env,
+            env_remove,
             stdin: (self.config.worker.stdin == StdinMode::Spec).then(|| paths.spec.clone()),
             log: crate::logs::log_path(&self.logs_root, story, iteration),
             token,

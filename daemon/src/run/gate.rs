@@ -5,7 +5,8 @@
 use sticler_proto::ExitReason;
 
 use super::command::{append_log, StoryPaths};
-use super::iteration::{Ended, Process, Running};
+use super::iteration::{Process, Running};
+use super::supervise::Ended;
 use super::{status_edits, PhaseRun};
 use crate::daemon::Daemon;
 use crate::git;
@@ -29,7 +30,7 @@ impl PhaseRun {
         let spec = SpawnSpec { stdin: None, ..self.spawn_spec(story, &paths, worker.iteration, token, &verify) };
         match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((group, exit)) => {
-                let stop = self.supervise(story, worker.iteration, group.clone(), exit);
+                let stop = self.supervise(story, worker.iteration, group.clone(), exit, None);
                 let running = Running {
                     iteration: worker.iteration,
                     group,
@@ -52,8 +53,9 @@ impl PhaseRun {
 
     /// The verify command ended: accept the claim (then the commit step), or turn it back.
     pub(super) fn verified(&mut self, story: &str, verify: &Running, ended: Ended) -> Verdict {
-        let exit = ended.exit;
-        if ended.stopped && exit != ExitReason::Exited(0) {
+        // A verify command the timeout ended fails as "timed out", whatever SIGTERM made it exit.
+        let exit = ended.shown();
+        if ended.stopped() && exit != ExitReason::Exited(0) {
             return Verdict::Stopped;
         }
         let Some(paths) = self.work_paths(story) else { return Verdict::Stopped };

@@ -1,14 +1,16 @@
-//! One iteration of a story: its process started, supervised to its end (the iteration
-//! timeout and stop requests end it through `worker::terminate`), and judged from its exit and
-//! status.json into a verdict for the scheduler.
+//! One iteration of a story: its process started (then watched by `supervise`), and judged
+//! from how it ended and from status.json into a verdict for the scheduler.
 
 use std::time::{Duration, Instant};
 
 use sticler_proto::{EventKind, ExitReason, StoryState};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::command::append_log;
-use super::{PhaseRun, RunMsg};
+use super::liveness::Liveness;
+use super::state::Current;
+use super::supervise::{Ended, EndedBy};
+use super::PhaseRun;
 use crate::project::{DiskStatus, JsonDoc, StatusFields};
 use crate::scheduler::{Action, Verdict};
 use crate::worker::{self, Group};
@@ -31,15 +33,6 @@ pub(super) enum Process {
     Worker,
     /// The verify command, checking the worker's claim of completion.
     Verify,
-}
-
-/// How a process ended, as its supervisor saw it.
-#[derive(Debug, Clone, Copy)]
-pub struct Ended {
-    /// `TimedOut` when the iteration timeout ended it.
-    pub exit: ExitReason,
-    /// sticler asked it to stop (stop, kill, daemon shutdown) before it ended.
-    pub stopped: bool,
 }
 
 impl PhaseRun {
@@ -70,12 +63,13 @@ impl PhaseRun {
         match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((group, exit)) => {
                 let pid = group.pid;
-                let stop = self.supervise(story, iteration, group.clone(), exit);
+                let liveness = self.liveness(&spec.log, &paths.status);
+                let stop = self.supervise(story, iteration, group.clone(), exit, Some(liveness));
                 self.running
                     .insert(story.to_string(), Running { iteration, group, before, process: Process::Worker, stop });
                 let first_run = self.state.update(|s| {
                     s.sched.iteration_started(story);
-                    s.started_at.insert(story.to_string(), Instant::now());
+                    s.current.insert(story.to_string(), Current { iteration, since: Instant::now() });
                     s.sched.runs(story) == 1
                 });
                 if first_run {
@@ -129,46 +123,6 @@ impl PhaseRun {
         })
     }
 
-    /// Watches a process (worker or verify) of `story` to its end and reports it to the run:
-    /// the iteration timeout and stop requests (sent through the returned channel) end it the
-    /// one way processes are ended, `worker::terminate`.
-    pub(super) fn supervise(
-        &self,
-        story: &str,
-        iteration: u32,
-        group: Group,
-        exit: oneshot::Receiver<ExitReason>,
-    ) -> watch::Sender<Option<Duration>> {
-        let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
-        let (stop, mut stop_asked) = watch::channel(None::<Duration>);
-        let tx = self.tx.clone();
-        let story = story.to_string();
-        tokio::spawn(async move {
-            let mut exit = exit;
-            let mut kill_asked = stop_asked.clone();
-            let kill_now = async move {
-                let _ = kill_asked.wait_for(|grace| grace.is_some_and(|g| g.is_zero())).await;
-            };
-            let ended = tokio::select! {
-                reason = &mut exit => {
-                    let exit = reason.unwrap_or(ExitReason::Signalled(nix::sys::signal::Signal::SIGKILL as i32));
-                    Ended { exit, stopped: false }
-                }
-                () = tokio::time::sleep(timeout) => {
-                    tracing::warn!(story_id = %story, iteration, "iteration timed out; killing it");
-                    worker::terminate(&group, Duration::ZERO, &mut exit, std::future::pending()).await;
-                    Ended { exit: ExitReason::TimedOut, stopped: false }
-                }
-                Ok(()) = stop_asked.changed() => {
-                    let grace = stop_asked.borrow_and_update().unwrap_or_default();
-                    Ended { exit: worker::terminate(&group, grace, &mut exit, kill_now).await, stopped: true }
-                }
-            };
-            let _ = tx.send(RunMsg::Exited { story, iteration, ended });
-        });
-        stop
-    }
-
     /// A process of `story` ended: judge it and apply what the scheduler decides.
     pub(super) fn iteration_exited(&mut self, story: String, iteration: u32, ended: Ended) {
         let Some(run) = self.running.remove(&story) else { return };
@@ -199,31 +153,41 @@ impl PhaseRun {
         self.emit(EventKind::IterationEnded {
             story: story.clone(),
             iteration,
-            exit: ended.exit,
+            exit: ended.shown(),
             verdict: verdict.label(),
         });
         let actions = self.state.update(|s| {
+            s.last_exit.insert(story.clone(), ended.shown());
             let actions = s.sched.iteration_ended(&story, verdict);
             if s.sched.state(&story) != Some(StoryState::Running) {
-                s.started_at.remove(&story);
+                s.current.remove(&story);
             }
             actions
         });
-        self.record_story(&story, None, Some(ended.exit.to_string()));
+        self.record_story(&story, None, Some(ended.shown().to_string()));
         // The story's own actions first: a story that ends gives its slot back, and the next
         // story may need that very slot (with `--max-workers 1`, it always does).
         self.apply(actions);
         self.schedule();
     }
 
-    /// What the worker's iteration meant, from its exit and status.json.
+    /// What a worker's output shows while it runs, for its supervisor.
+    fn liveness(&self, log: &std::path::Path, status: &std::path::Path) -> Liveness {
+        let worker = &self.config.worker;
+        Liveness::new(
+            log.to_path_buf(),
+            status.to_path_buf(),
+            worker.output,
+            Duration::from_secs(worker.exit_grace_secs),
+            worker.idle_timeout_secs.map(Duration::from_secs),
+        )
+    }
+
+    /// What the worker's iteration meant, from how it ended and status.json. status.json is
+    /// read after every end, also one sticler forced: a worker that finished its story and was
+    /// then killed (it hung after its result, stalled, or timed out) is judged on its work.
     fn judge(&self, story: &str, run: &Running, ended: Ended) -> Verdict {
-        let exit = ended.exit;
-        if exit == ExitReason::TimedOut {
-            let secs = self.config.worker.iteration_timeout_secs;
-            return Verdict::Infra(format!("iteration timed out after {secs} s"));
-        }
-        if ended.stopped && exit != ExitReason::Exited(0) {
+        if ended.stopped() && ended.exit != ExitReason::Exited(0) {
             return Verdict::Stopped;
         }
         let Some(paths) = self.work_paths(story) else { return Verdict::Stopped };
@@ -235,12 +199,21 @@ impl PhaseRun {
             Ok(map) => JsonDoc::new(paths.status.clone(), after, map),
             Err(e) => return Verdict::Infra(format!("status.json left invalid: {e}")),
         };
-        match doc.disk_status() {
-            DiskStatus::Completed => Verdict::Completed,
-            DiskStatus::Failed => Verdict::SelfFailed,
+        let worker = &self.config.worker;
+        match (doc.disk_status(), ended.by) {
+            (DiskStatus::Completed, _) => Verdict::Completed,
+            (DiskStatus::Failed, _) => Verdict::SelfFailed,
+            (_, Some(EndedBy::Stalled)) => {
+                Verdict::Infra(format!("no output for {} s", worker.idle_timeout_secs.unwrap_or_default()))
+            }
+            (_, Some(EndedBy::TimedOut)) => {
+                Verdict::Infra(format!("iteration timed out after {} s", worker.iteration_timeout_secs))
+            }
             _ if doc.raw != run.before => Verdict::Progress,
-            _ if exit == ExitReason::Exited(0) => Verdict::NoChange,
-            _ => Verdict::Infra(format!("{exit} without any change to status.json")),
+            // The agent said it was done: its iteration ended as normally as an exit 0.
+            (_, Some(EndedBy::ResultSeen)) => Verdict::NoChange,
+            _ if ended.exit == ExitReason::Exited(0) => Verdict::NoChange,
+            _ => Verdict::Infra(format!("{} without any change to status.json", ended.exit)),
         }
     }
 }

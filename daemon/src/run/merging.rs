@@ -19,7 +19,10 @@ impl PhaseRun {
         let (Some(paths), Some(main_paths)) = (self.work_paths(story), self.stories.get(story).cloned()) else {
             return Verdict::Stopped;
         };
-        let root = self.work_root(story);
+        // Never the project folder: its changes are the user's and the other stories' mirrors.
+        let Some(root) = self.workspaces.as_ref().and_then(|w| w.root(story)).map(std::path::Path::to_path_buf) else {
+            return Verdict::Infra("the story has no worktree to merge from".into());
+        };
         let lock = self.daemon.git_lock(&self.project.root);
         let mut known = crate::lock::lock(&lock);
         let main_root = self.project.root.clone();

@@ -25,19 +25,22 @@ mod command;
 mod gate;
 mod iteration;
 mod launch;
+mod liveness;
 mod merging;
 mod state;
 mod status_edits;
+mod supervise;
 
 pub use agent::{clock, now_unix};
 use command::StoryPaths;
-use iteration::{Ended, Running};
+use iteration::Running;
 pub use launch::RunStart;
 pub use state::RunState;
 use state::SharedState;
+use supervise::Ended;
 
 pub enum RunMsg {
-    /// A process of the story ended (see `iteration::supervise`).
+    /// A process of the story ended (see `supervise`).
     Exited {
         story: String,
         iteration: u32,
@@ -222,7 +225,7 @@ impl PhaseRun {
                 Action::Start(story) => queue.extend(self.start_iteration(&story, true).into_iter().flatten()),
                 Action::Next(story) => queue.extend(self.start_iteration(&story, false).into_iter().flatten()),
                 Action::Release(story) => {
-                    self.state.update(|s| s.started_at.remove(&story));
+                    self.state.update(|s| s.current.remove(&story));
                     self.daemon.slots.release();
                     // A failed story keeps its worktree for inspection; a merging one needs it.
                     let state = self.state.read().sched.state(&story);

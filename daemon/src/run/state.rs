@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use sticler_proto::RunOutcome;
+use sticler_proto::{ExitReason, RunOutcome};
 use tokio::sync::watch;
 
 use crate::scheduler::Scheduler;
@@ -14,8 +14,10 @@ use crate::scheduler::Scheduler;
 #[derive(Debug, Clone)]
 pub struct RunState {
     pub sched: Scheduler,
-    /// When the current iteration of each running story started.
-    pub started_at: HashMap<String, Instant>,
+    /// The iteration each running story runs now.
+    pub current: HashMap<String, Current>,
+    /// How each story's last iteration ended.
+    pub last_exit: HashMap<String, ExitReason>,
     /// Set once the run's end is done (phase commit and push included), just before the
     /// `run_ended` event: a `wait` that sees it may act at once.
     pub outcome: Option<RunOutcome>,
@@ -32,7 +34,8 @@ impl RunState {
     pub fn new(sched: Scheduler, budget_usd: Option<f64>) -> RunState {
         RunState {
             sched,
-            started_at: HashMap::new(),
+            current: HashMap::new(),
+            last_exit: HashMap::new(),
             outcome: None,
             summary: None,
             waiting: None,
@@ -40,6 +43,14 @@ impl RunState {
             worktrees: HashMap::new(),
         }
     }
+}
+
+/// The iteration a story runs now (its worker, or the verify command of its claim).
+#[derive(Debug, Clone, Copy)]
+pub struct Current {
+    /// Its number, as in the log's name and `STICLER_ITERATION`.
+    pub iteration: u32,
+    pub since: Instant,
 }
 
 /// The run's side of the channel: reads borrow the state for one expression (never hold a

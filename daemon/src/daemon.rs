@@ -27,6 +27,9 @@ pub struct Daemon {
     pub logs: crate::logs::LogFiles,
     pub slots: Slots,
     pub state_dir: PathBuf,
+    /// The user's umask (the daemon keeps 077 for itself): files sticler brings into the
+    /// project folder get the modes the user's own tools would give them.
+    pub user_umask: u32,
     runs: Mutex<HashMap<RunKey, RunHandle>>,
     /// How many runs are active, for whoever waits for them to end (the shutdown).
     active: watch::Sender<usize>,
@@ -73,6 +76,7 @@ impl Daemon {
             logs,
             slots: Slots::new(max_workers),
             state_dir,
+            user_umask: 0o022,
             runs: Mutex::new(HashMap::new()),
             active: watch::channel(0).0,
             starting: Mutex::new(HashSet::new()),

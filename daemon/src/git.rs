@@ -109,6 +109,26 @@ pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
     })
 }
 
+/// sticler's own temporary files (`.status.json.sticler-<pid>-<n>.tmp`, renamed away within a
+/// write) are never staged, by sticler's commits or by a worker's `git add -A`: they are listed
+/// in the repository's own `info/exclude`, which git reads and nobody commits.
+fn exclude_temp_files(repo: &Repository) {
+    const PATTERN: &str = ".*.sticler-*.tmp";
+    let path = repo.path().join("info").join("exclude");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current.lines().any(|l| l.trim() == PATTERN) {
+        return;
+    }
+    let text = format!(
+        "{current}{}# sticler's temporary files\n{PATTERN}\n",
+        if current.is_empty() || current.ends_with('\n') { "" } else { "\n" }
+    );
+    let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, text));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), "cannot exclude sticler's temporary files from git: {e}");
+    }
+}
+
 /// Process-wide git2 settings, once at start-up. libgit2 by default checks that every object a
 /// new tree refers to exists; sticler's trees come straight from an index it just wrote, and
 /// that check was most of the cost of a commit (a lookup per file of the tree).
@@ -123,6 +143,7 @@ pub fn ensure_repo(root: &Path) -> Result<Option<Oid>, GitError> {
         Ok(repo) => repo,
         Err(_) => Repository::init(root)?,
     };
+    exclude_temp_files(&repo);
     if head_commit(&repo).is_some() {
         return Ok(None);
     }
@@ -234,12 +255,22 @@ pub fn find_story_commit(
         let object =
             repo.revparse_single(recorded.trim()).map_err(|_| bogus("does not exist in the repository".into()))?;
         let commit = object.peel_to_commit().map_err(|_| bogus("is not a commit".into()))?;
-        if !subject_marks(&commit, story) {
-            let subject = commit.summary().unwrap_or("").to_string();
-            return Err(bogus(format!("has subject {subject:?}, which does not start with [{story}]")));
+        if subject_marks(&commit, story) {
+            return Ok(Some(commit.id()));
         }
-        return Ok(Some(commit.id()));
+        // Another story's commit (workers sharing a folder: sticler committed in between the
+        // worker's commit and its `git rev-parse HEAD`): the story's own commit of this run counts.
+        let subject = commit.summary().unwrap_or("").to_string();
+        return match own_commit(repo, known, story, since)? {
+            Some(oid) => Ok(Some(oid)),
+            None => Err(bogus(format!("has subject {subject:?}, which does not start with [{story}]"))),
+        };
     }
+    own_commit(repo, known, story, since)
+}
+
+/// The `[story]` commit made since `since` (not in the history at the run's start).
+fn own_commit(repo: &Repository, known: &mut StoryCommits, story: &str, since: Since) -> Result<Option<Oid>, GitError> {
     known.refresh(repo, since.unix)?;
     // In the history at the start: the start itself, or an ancestor of it. Only a commit no
     // later than the start's can be one, which keeps the ancestry walk for the few commits of

@@ -182,7 +182,9 @@ fn serve(
         let reaper = reaper::Reaper::start().context("cannot become a child subreaper")?;
         let logs = logs::LogFiles::start(state_dir.join("logs")).context("cannot start the log file thread")?;
         let spawner = spawn::Spawner::start(reaper, user_umask).context("cannot start the spawning thread")?;
-        let daemon = Arc::new(Daemon::new(bus, spawner, logs, args.max_workers as usize, state_dir.to_path_buf()));
+        let mut daemon = Daemon::new(bus, spawner, logs, args.max_workers as usize, state_dir.to_path_buf());
+        daemon.user_umask = user_umask.bits();
+        let daemon = Arc::new(daemon);
         Ok((state_lock, socket_lock, store, daemon))
     })();
     let (_state_lock, _socket_lock, store, daemon) = match result {

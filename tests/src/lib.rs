@@ -350,6 +350,8 @@ impl StorySpec {
 /// Writes projects in the seed's formats.
 pub struct ProjectBuilder {
     pub dir: tempfile::TempDir,
+    /// `"workspace": "shared"`: every worker in the project folder (tests of that mode).
+    shared: bool,
 }
 
 impl Default for ProjectBuilder {
@@ -360,9 +362,18 @@ impl Default for ProjectBuilder {
 
 impl ProjectBuilder {
     pub fn new() -> ProjectBuilder {
+        ProjectBuilder::with_workspace(false)
+    }
+
+    /// A project in `"workspace": "shared"` mode, whatever `config` is given later.
+    pub fn shared() -> ProjectBuilder {
+        ProjectBuilder::with_workspace(true)
+    }
+
+    fn with_workspace(shared: bool) -> ProjectBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(dir.path().join("phases")).expect("phases dir");
-        let builder = ProjectBuilder { dir };
+        let builder = ProjectBuilder { dir, shared };
         builder.config(json!({}));
         builder
     }
@@ -387,6 +398,9 @@ impl ProjectBuilder {
             "worker": {"command": [bin("sticler-test-worker").display().to_string()], "stdin": "spec",
                        "iteration_timeout_secs": 60, "env": {}},
         });
+        if self.shared {
+            merge(&mut config, json!({"workspace": "shared"}));
+        }
         merge(&mut config, extra);
         self.write("orchestrator.config.json", &serde_json::to_string_pretty(&config).expect("json"));
     }

@@ -117,7 +117,7 @@ fn iteration_of_first(daemon: &Daemon, p: &ProjectBuilder) -> u64 {
 #[test]
 fn a_full_disk_stops_the_run_safely_and_the_phase_finishes_once_there_is_room() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     let Some(fs_guard) = Tmpfs::mount(p.path(), "8m") else { return };
     start_slow_phase(&daemon, &p);
 
@@ -136,7 +136,7 @@ fn a_full_disk_stops_the_run_safely_and_the_phase_finishes_once_there_is_room() 
 #[test]
 fn a_read_only_project_stops_the_run_safely_and_the_phase_finishes_once_writable() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     let Some(fs_guard) = Tmpfs::mount(p.path(), "16m") else { return };
     start_slow_phase(&daemon, &p);
     fs_guard.remount("ro");
@@ -148,7 +148,7 @@ fn a_read_only_project_stops_the_run_safely_and_the_phase_finishes_once_writable
 #[test]
 fn a_project_folder_removed_mid_run_ends_the_run_and_the_daemon_keeps_serving() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     start_slow_phase(&daemon, &p);
     let root = p.path_str();
     // A running worker may add a file while the folder is emptied: try again.
@@ -188,7 +188,7 @@ fn a_project_folder_removed_mid_run_ends_the_run_and_the_daemon_keeps_serving() 
 #[test]
 fn spec_md_replaced_by_a_fifo_mid_run_fails_the_story_without_blocking() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     start_slow_phase(&daemon, &p);
     let spec = p.path().join(p.story_rel("US-P1-001")).join("spec.md");
     fs::remove_file(&spec).unwrap();

@@ -71,7 +71,7 @@ fn a_fresh_folder_is_initialised_with_an_initial_commit() {
 fn a_worker_that_commits_itself_gets_no_extra_commit() {
     let daemon = Daemon::start();
     for record in [true, false] {
-        let p = ProjectBuilder::new();
+        let p = ProjectBuilder::shared();
         committing_worker(&p, record);
         p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(2)]);
         let out = run(&daemon, &p);
@@ -131,7 +131,7 @@ fn a_worker_that_forgets_gets_the_exact_auto_commit() {
 #[test]
 fn a_bogus_commit_hash_fails_the_story() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
     let rel = "phases/phase_1/stories/US-P1-001/status.json";
     let mut status: Value = serde_json::from_str(&p.read(rel)).unwrap();
@@ -336,7 +336,7 @@ fn two_stories_completing_together_make_two_clean_commits() {
 #[test]
 fn a_workers_index_lock_is_waited_out_never_deleted() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     // The worker leaves .git/index.lock behind when it claims completion (as a git of its own
     // would while busy); the test plays that git and releases the lock a little later.
     let script = "\"$0\" || exit $?; if grep -q '\"status\": \"completed\"' \"$STICLER_STATUS_FILE\"; then touch .git/index.lock; fi";
@@ -380,7 +380,7 @@ fn auto_commit_without_files_modified_takes_deletions_and_honours_gitignore() {
 #[test]
 fn a_commit_hash_that_is_not_ascii_fails_the_story_without_harming_the_daemon() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &[])]);
     let rel = "phases/phase_1/stories/US-P1-001/status.json";
     let mut status: Value = serde_json::from_str(&p.read(rel)).unwrap();

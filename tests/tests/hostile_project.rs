@@ -166,7 +166,7 @@ fn a_50_mb_status_json_is_refused_without_being_read() {
 #[test]
 fn a_worker_that_grows_status_json_to_50_mb_fails_its_story_with_bounded_memory() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     // Appending whitespace keeps the document valid JSON, 50 MB more each iteration.
     let grow = "head -c 52428800 /dev/zero | tr '\\0' ' ' >> \"$STICLER_STATUS_FILE\"";
     p.config(json!({"retry_limit": 2, "max_iterations_per_task": 5, "worker": {"command": grow}}));

@@ -239,7 +239,7 @@ fn invalid_status_json_from_the_worker_is_never_replaced() {
 #[test]
 fn placeholders_environment_stdin_and_cwd_reach_the_worker() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     let script = "printf '%s|%s|%s|%s|%s|%s|%s|%s|%s' {story_id} {phase} {iteration} \"$STICLER_STORY_ID\" \"$STICLER_STATUS_FILE\" \"$STICLER_SPEC_FILE\" \"$STICLER_PROJECT_DIR\" \"$STICLER_ITERATION\" \"$(pwd)\" > seen-{story_id}.txt; cat > stdin-{story_id}.txt; exec \"$0\"";
     p.config(json!({"worker": {"command": ["/bin/sh", "-c", script, worker], "env": {"EXTRA": "x"}}}));
@@ -309,7 +309,7 @@ fn start_refuses_completed_phases_unless_forced_and_refuses_a_second_run() {
 #[test]
 fn simultaneous_starts_of_one_phase_make_one_run() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     // Many stories, so that a start takes a while; only the first one runs (and hangs).
     let mut stories = vec![story("US-P1-001", &[]).script(json!({"mode": "hang", "pids_file": "pids.txt"}))];
     stories.extend((2..=300).map(|i| story(&format!("US-P1-{i:03}"), &[])));
@@ -338,7 +338,7 @@ fn simultaneous_starts_of_one_phase_make_one_run() {
 #[test]
 fn a_story_waiting_only_for_a_slot_is_ready() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     p.config(json!({"max_parallel_workers": 1}));
     let hang = json!({"mode": "hang", "pids_file": "pids.txt"});
     p.phase(
@@ -358,7 +358,7 @@ fn a_story_waiting_only_for_a_slot_is_ready() {
 #[test]
 fn a_phase_config_broken_during_the_run_is_kept_and_the_summary_says_so() {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
+    let p = ProjectBuilder::shared();
     let worker = sticler_tests::bin("sticler-test-worker").display().to_string();
     let script = "printf '{' > phases/phase_1/phase_config.json; exec \"$0\"";
     p.config(json!({"worker": {"command": ["/bin/sh", "-c", script, worker]}}));

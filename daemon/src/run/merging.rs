@@ -53,7 +53,7 @@ impl PhaseRun {
                     let record = MergeRecord { branch_ref, base: base.to_string(), commit: commit.to_string() };
                     let run_key = self.run_key.clone();
                     self.daemon.bus.store().put_merge(&run_key, story, &record).map_err(store_error)?;
-                    merge::land(&main, &record.branch_ref, base, commit, story_dir)?;
+                    merge::land(&main, &record.branch_ref, (base, commit), story_dir, self.daemon.user_umask)?;
                     let _ = self.daemon.bus.store().remove_merge(&run_key, story);
                     Ok(Verdict::Completed)
                 }
@@ -173,7 +173,7 @@ pub(super) fn recover_merges(daemon: &crate::daemon::Daemon, run_key: &str, root
             let finished = status.is_ok_and(|doc| doc.commit_hash() == record.commit);
             let rel = story_dir.strip_prefix(root).unwrap_or(&story_dir);
             if !finished && merge::landed(&main, &record.branch_ref, base, commit) == Some(true) {
-                match merge::land(&main, &record.branch_ref, base, commit, rel) {
+                match merge::land(&main, &record.branch_ref, (base, commit), rel, daemon.user_umask) {
                     Ok(()) => tracing::info!(story_id = %story, "finished the merge the last daemon began"),
                     Err(e) => tracing::error!(story_id = %story, "cannot finish the merge the last daemon began: {e}"),
                 }

@@ -4,6 +4,7 @@
 //! uncommitted edit. A merge is planned first (nothing changes), recorded by the caller, then
 //! landed; landing again after a crash finishes it, file by file, without doing anything twice.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use git2::{Commit, Delta, ObjectType, Oid, Repository, Tree};
@@ -49,7 +50,7 @@ pub fn plan(
         paths.dedup();
         return Ok(Plan::Conflict(paths));
     }
-    keep_other_stories(&mut index, &ours.tree()?, story_dir)?;
+    keep_other_stories(main, &mut index, &ours.tree()?, story_dir)?;
     let tree = main.find_tree(index.write_tree_to(main)?)?;
     let changes = changes(main, &ours.tree()?, &tree)?;
     let marked: Vec<String> = changes
@@ -84,7 +85,13 @@ pub fn plan(
 /// was at `base` is brought to `commit`, the story's own folder (`story_dir`) always. Landing a
 /// merge that already landed (a crash after the branch moved) finishes the files, and leaves
 /// alone a file changed since.
-pub fn land(main: &Repository, branch_ref: &str, base: Oid, commit: Oid, story_dir: &Path) -> Result<(), GitError> {
+pub fn land(
+    main: &Repository,
+    branch_ref: &str,
+    (base, commit): (Oid, Oid),
+    story_dir: &Path,
+    umask: u32,
+) -> Result<(), GitError> {
     let root = main.workdir().map(Path::to_path_buf).unwrap_or_default();
     let now = main.find_reference(branch_ref)?.peel_to_commit()?.id();
     if now == base {
@@ -99,7 +106,7 @@ pub fn land(main: &Repository, branch_ref: &str, base: Oid, commit: Oid, story_d
     let changes = changes(main, &old, &new)?;
     for change in &changes {
         if change.path.starts_with(story_dir) || !user_edited(&root, change) {
-            write_file(main, &root, change)?;
+            write_file(main, &root, change, umask)?;
         } else {
             tracing::warn!(path = %change.path.display(), "changed in the project folder since the merge began; left as it is");
         }
@@ -154,47 +161,46 @@ pub fn hand_back(worktree: &Path, integration_head: Oid, story_dir: &Path) -> Re
 /// A story's merge holds its own changes only: whatever its branch did to `phases/` outside its
 /// own folder (other stories' status.json, phase_config.json) is left as the integration branch
 /// has it. Those files are sticler's and their own stories'.
-fn keep_other_stories(index: &mut git2::Index, ours: &Tree<'_>, story_dir: &Path) -> Result<(), GitError> {
-    let foreign: Vec<PathBuf> = index
-        .iter()
-        .map(|e| PathBuf::from(String::from_utf8_lossy(&e.path).into_owned()))
-        .filter(|p| p.starts_with(PHASES) && !p.starts_with(story_dir))
-        .collect();
-    for path in &foreign {
-        match ours.get_path(path) {
-            Ok(entry) if entry.id() == index.get_path(path, 0).map(|e| e.id).unwrap_or_else(Oid::zero) => {}
-            Ok(entry) => {
-                let mut kept = index.get_path(path, 0).ok_or_else(|| git2::Error::from_str("index entry vanished"))?;
-                kept.id = entry.id();
-                kept.mode = entry.filemode() as u32;
-                index.add(&kept)?;
-            }
-            Err(_) => index.remove_path(path)?,
+fn keep_other_stories(
+    repo: &Repository,
+    index: &mut git2::Index,
+    ours: &Tree<'_>,
+    story_dir: &Path,
+) -> Result<(), GitError> {
+    let diff = repo.diff_tree_to_index(Some(ours), Some(index), None)?;
+    let mut restore = Vec::new();
+    let mut drop = Vec::new();
+    for delta in diff.deltas() {
+        let (old, new) = (delta.old_file(), delta.new_file());
+        let bytes = new.path_bytes().or(old.path_bytes()).unwrap_or_default().to_vec();
+        let path = Path::new(std::ffi::OsStr::from_bytes(&bytes));
+        if !path.starts_with(PHASES) || path.starts_with(story_dir) {
+            continue;
+        }
+        match delta.status() {
+            Delta::Added => drop.push(path.to_path_buf()),
+            _ => restore.push((bytes, old.id(), u32::from(old.mode()))),
         }
     }
-    // Files under phases/ that the branch deleted come back.
-    ours.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-        let path = Path::new(dir).join(entry.name().unwrap_or_default());
-        let foreign = path.starts_with(PHASES) && !path.starts_with(story_dir);
-        if foreign && entry.kind() == Some(ObjectType::Blob) && index.get_path(&path, 0).is_none() {
-            let restored = git2::IndexEntry {
-                ctime: git2::IndexTime::new(0, 0),
-                mtime: git2::IndexTime::new(0, 0),
-                dev: 0,
-                ino: 0,
-                mode: entry.filemode() as u32,
-                uid: 0,
-                gid: 0,
-                file_size: 0,
-                id: entry.id(),
-                flags: 0,
-                flags_extended: 0,
-                path: path.as_os_str().as_encoded_bytes().to_vec(),
-            };
-            let _ = index.add(&restored);
-        }
-        git2::TreeWalkResult::Ok
-    })?;
+    for path in drop {
+        index.remove_path(&path)?;
+    }
+    for (path, id, mode) in restore {
+        index.add(&git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode,
+            uid: 0,
+            gid: 0,
+            file_size: 0,
+            id,
+            flags: 0,
+            flags_extended: 0,
+            path,
+        })?;
+    }
     Ok(())
 }
 
@@ -209,15 +215,15 @@ fn take_own_folder(index: &mut git2::Index, story_dir: &Path) -> Result<(), GitE
         .filter_map(|c| c.ok())
         .filter(|c| {
             let entry = c.their.as_ref().or(c.our.as_ref());
-            entry.is_some_and(|e| Path::new(&*String::from_utf8_lossy(&e.path)).starts_with(story_dir))
+            entry.is_some_and(|e| Path::new(std::ffi::OsStr::from_bytes(&e.path)).starts_with(story_dir))
         })
         .collect();
     for conflict in own {
         let Some(mut entry) = conflict.their.or(conflict.our) else { continue };
         // The conflict's stage lives in the flags: the settled entry is a normal one (stage 0).
         entry.flags &= !STAGE_MASK;
-        let path = String::from_utf8_lossy(&entry.path).into_owned();
-        index.conflict_remove(Path::new(&path))?;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&entry.path));
+        index.conflict_remove(&path)?;
         if conflict_side_kept(&entry) {
             index.add(&entry)?;
         }
@@ -239,13 +245,13 @@ fn keep_own_folder(repo: &Repository, root: &Path, index: &mut git2::Index, stor
         .conflicts()?
         .filter_map(|c| c.ok())
         .filter_map(|c| c.our)
-        .filter(|e| Path::new(&*String::from_utf8_lossy(&e.path)).starts_with(story_dir))
+        .filter(|e| Path::new(std::ffi::OsStr::from_bytes(&e.path)).starts_with(story_dir))
         .collect();
     if own.is_empty() {
         return Ok(());
     }
     for mut entry in own {
-        let path = PathBuf::from(String::from_utf8_lossy(&entry.path).into_owned());
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&entry.path));
         index.conflict_remove(&path)?;
         entry.flags &= !STAGE_MASK;
         let blob = repo.find_blob(entry.id)?;
@@ -291,7 +297,7 @@ fn user_edited(root: &Path, change: &Change) -> bool {
 }
 
 /// Brings one file of the project folder to the merge's side, unless it is there already.
-fn write_file(repo: &Repository, root: &Path, change: &Change) -> Result<(), GitError> {
+fn write_file(repo: &Repository, root: &Path, change: &Change, umask: u32) -> Result<(), GitError> {
     let path = root.join(&change.path);
     let io = |e: std::io::Error| GitError::Git(git2::Error::from_str(&format!("{}: {e}", path.display())));
     let Some((blob, mode)) = change.new else {
@@ -309,12 +315,13 @@ fn write_file(repo: &Repository, root: &Path, change: &Change) -> Result<(), Git
     }
     crate::project::write_atomic(&path, content.content())
         .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
-    // The daemon's own umask is 077: a file new to the project gets git's modes instead.
+    // The daemon's own umask is 077: a file new to the project gets the modes git would give
+    // it under the user's umask.
     let fresh = change.old.is_none();
     let executable = mode == i32::from(git2::FileMode::BlobExecutable);
     if fresh || executable {
         use std::os::unix::fs::PermissionsExt;
-        let bits = if executable { 0o755 } else { 0o644 };
+        let bits = if executable { 0o777 } else { 0o666 } & !umask;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bits)).map_err(io)?;
     }
     Ok(())

@@ -102,7 +102,15 @@ fn progress(inv: &Invocation, script: &Script, story_id: &str, status: &mut Valu
 /// `git add` of the story folder and `files`, then `git commit`, under a lock that keeps workers
 /// running side by side from colliding on git's index lock.
 fn commit_story(inv: &Invocation, script: &Script, story_id: &str, status: &Value) -> Result<()> {
-    let _lock = lock_exclusive(&inv.project_dir.join(".git").join("sticler-test-worker.lock"))?;
+    // In a worktree `.git` is a file naming the repository's folder: the lock goes in the folder
+    // git itself shares between the worktrees.
+    let common = Command::new("git")
+        .current_dir(&inv.project_dir)
+        .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
+        .output()
+        .map_err(|e| Failure::io(&inv.project_dir, "run git", e))?;
+    let git_dir = std::path::PathBuf::from(String::from_utf8_lossy(&common.stdout).trim());
+    let _lock = lock_exclusive(&git_dir.join("sticler-test-worker.lock"))?;
     let title = status.get("title").and_then(Value::as_str).unwrap_or("");
     let mut add = Command::new("git");
     add.current_dir(&inv.project_dir).args(["add", "--"]).arg(&inv.story_dir);

@@ -300,3 +300,33 @@ fn retryable_means_failed_or_blocked_and_not_running() {
     assert!(!retryable(Some(StoryState::Verifying), true));
     assert!(!retryable(Some(StoryState::Pending), false));
 }
+
+#[test]
+fn a_waiting_merge_holds_no_slot_keeps_the_run_going_and_completes_when_it_lands() {
+    let mut s = Scheduler::new(vec![story("a", &[]), story("b", &["a"]), story("c", &[])], limits(1));
+    assert_eq!(starts(&s.schedule(1)), ["a"]);
+    let actions = end(&mut s, "a", Verdict::MergeWaits("your edit of x".into()), 1);
+    assert!(actions.contains(&Action::Release("a".into())), "{actions:?}");
+    assert_eq!(starts(&actions), ["c"], "the slot serves another story meanwhile");
+    assert_eq!((s.state("a"), s.waiting("a")), (Some(StoryState::Merging), Some("your edit of x")));
+    assert_eq!(s.state("b"), Some(StoryState::Pending), "a dependent waits for the merge");
+    end(&mut s, "c", Verdict::Completed, 1);
+    assert_eq!(s.ended(), None, "the run waits for the merge");
+    assert_eq!(s.merged("a"), [Action::Completed("a".into())]);
+    assert_eq!(starts(&s.schedule(1)), ["b"]);
+}
+
+#[test]
+fn conflicts_go_back_to_the_agent_and_fail_the_story_at_retry_limit() {
+    let mut s = Scheduler::new(vec![story("a", &[])], limits(1));
+    s.schedule(1);
+    assert_eq!(end(&mut s, "a", Verdict::Conflict("x.rs".into()), 0), [Action::Next("a".into())]);
+    assert_eq!(end(&mut s, "a", Verdict::Conflict("x.rs".into()), 0), [Action::Next("a".into())]);
+    let actions = end(&mut s, "a", Verdict::Conflict("x.rs, y.rs".into()), 0);
+    let failed = actions.iter().find_map(|a| match a {
+        Action::Failed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    let reason = failed.expect("failed at retry_limit");
+    assert!(reason.contains("3 merges in a row conflicted") && reason.contains("x.rs, y.rs"), "{reason}");
+}

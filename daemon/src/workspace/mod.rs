@@ -109,7 +109,11 @@ impl Workspaces {
             }
         };
         let slot = &mut self.slots[index];
-        worktree::enter(&main, &slot.name, &slot.path, &branch_name(self.phase, story), base)?;
+        let started = std::time::Instant::now();
+        let made = worktree::enter(&main, &slot.name, &slot.path, &branch_name(self.phase, story), base)?;
+        // The bench reads this line: how long a worktree takes to be ready, made or reused.
+        let how = if made { "made" } else { "reused" };
+        tracing::info!(story_id = %story, "worktree ready in {:.1} ms ({how})", started.elapsed().as_secs_f64() * 1e3);
         slot.story = Some(story.to_string());
         slot.kept = false;
         Ok(slot.path.clone())

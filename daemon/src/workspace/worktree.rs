@@ -19,7 +19,8 @@ pub fn branch_name(phase: u32, story: &str) -> String {
 /// Puts the worktree `name` at `path` on `branch`, made at `base` when it does not exist yet (a
 /// branch that exists holds the story's earlier work and is continued). An existing worktree is
 /// reused: its checkout rewrites only what differs, and untracked files that are not ignored go.
-pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid) -> Result<(), GitError> {
+/// Returns whether the worktree was made (not reused).
+pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid) -> Result<bool, GitError> {
     let reference = match main.find_branch(branch, BranchType::Local) {
         Ok(existing) => existing.into_reference(),
         Err(_) => main.branch(branch, &main.find_commit(base)?, false)?.into_reference(),
@@ -40,7 +41,7 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
             checkout.force().remove_untracked(true);
             tree.checkout_tree(target.as_object(), Some(&mut checkout))?;
             tree.set_head(&refname)?;
-            return Ok(());
+            return Ok(false);
         }
     }
     // Nothing usable there: a folder left by a crash mid-creation, or a registration whose
@@ -57,7 +58,7 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
     options.reference(Some(&reference));
     main.worktree(name, path, Some(&options))?;
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Commits what the story left in its worktree (new, changed and deleted files, honouring

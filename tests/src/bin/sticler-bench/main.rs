@@ -19,6 +19,7 @@ mod micro;
 mod pueue;
 mod runners;
 mod workload;
+mod worktrees;
 
 use std::path::PathBuf;
 
@@ -49,7 +50,7 @@ fn settings() -> Settings {
         stories: env("STORIES", 200),
         width: env("WIDTH", 8),
         reps: env("REPS", 3),
-        tools: vec![Tool::Floor, Tool::Make, Tool::Pueue, Tool::Sticler],
+        tools: vec![Tool::Floor, Tool::Make, Tool::Pueue, Tool::SticlerShared, Tool::Sticler],
         iterations: vec![1, 3],
         auto_commit: vec![false, true],
         pueue: None,
@@ -74,7 +75,7 @@ fn settings() -> Settings {
                     _ => usage("--commit takes auto or worker"),
                 }
             }
-            "all" | "dag" | "chain" | "status" | "callgrind" | "start" => s.section = arg,
+            "all" | "dag" | "chain" | "status" | "callgrind" | "start" | "worktree" => s.section = arg,
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -85,7 +86,8 @@ fn settings() -> Settings {
                 "floor" | "shell" => Tool::Floor,
                 "make" => Tool::Make,
                 "pueue" => Tool::Pueue,
-                "sticler" => Tool::Sticler,
+                "sticler" | "worktree" => Tool::Sticler,
+                "shared" => Tool::SticlerShared,
                 other => usage(&format!("unknown tool {other:?}")),
             })
             .collect();
@@ -111,8 +113,8 @@ fn settings() -> Settings {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "sticler-bench: {problem}\nusage: sticler-bench [all|dag|chain|status|callgrind|start] \
-         [--stories N] [--width W] [--reps R] [--tools floor,make,pueue,sticler] [--iterations 1|3] \
+        "sticler-bench: {problem}\nusage: sticler-bench [all|dag|chain|status|callgrind|start|worktree] \
+         [--stories N] [--width W] [--reps R] [--tools floor,make,pueue,shared,sticler] [--iterations 1|3] \
          [--commit auto|worker]"
     );
     std::process::exit(2);
@@ -285,6 +287,13 @@ fn main() {
         figures.start = Some(f);
     }
     println!();
+    if matches!(section.as_str(), "all" | "worktree") {
+        let ready = worktrees::readiness(10_000, 10 * 1024, 6);
+        let w = Workload { stories: s.stories, width: s.width, iterations: 1, auto_commit: true };
+        let disk = worktrees::disk_during(&w);
+        worktrees::print(&ready, disk, s.width);
+        figures.reuse_ms = Some(median(ready.reuse_ms));
+    }
     if section == "all" {
         budgets(&dag, &chain, &figures);
     }
@@ -292,6 +301,8 @@ fn main() {
 
 #[derive(Default)]
 struct Figures {
+    /// p50 of a reused worktree's readiness.
+    reuse_ms: Option<f64>,
     status: Option<micro::StatusFigures>,
     start: Option<micro::StartFigures>,
 }
@@ -308,6 +319,10 @@ fn budgets(dag: &[(Workload, Vec<Row>)], chain: &[(Workload, Vec<Row>)], f: &Fig
         if let (Some(s), Some(m)) = (wall(rows, Tool::Sticler), wall(rows, Tool::Make)) {
             println!("- {}: sticler ÷ make = {:.2} (≤ 1.30): {}", short(w), s / m, verdict(s / m <= 1.3));
         }
+        if let (Some(s), Some(shared)) = (wall(rows, Tool::Sticler), wall(rows, Tool::SticlerShared)) {
+            let ratio = s / shared;
+            println!("- {}: worktree ÷ shared = {ratio:.2} (≤ 1.30): {}", short(w), verdict(ratio <= 1.3));
+        }
         if let (Some(s), Some(p)) = (wall(rows, Tool::Sticler), wall(rows, Tool::Pueue)) {
             println!("- {}: sticler ÷ pueue = {:.2} (< 1): {}", short(w), s / p, verdict(s < p));
         }
@@ -317,6 +332,9 @@ fn budgets(dag: &[(Workload, Vec<Row>)], chain: &[(Workload, Vec<Row>)], f: &Fig
             let p50 = percentile(r.latencies.clone(), 0.5);
             println!("- dispatch p50 ({}): {p50:.2} ms (< 2 ms): {}", short(w), verdict(p50 < 2.0));
         }
+    }
+    if let Some(ms) = f.reuse_ms {
+        println!("- reused worktree ready p50 {ms:.1} ms (< 50 ms): {}", verdict(ms < 50.0));
     }
     if let Some(s) = &f.status {
         if let Some(p) = s.pueue_ms {

@@ -17,7 +17,10 @@ pub enum Tool {
     Floor,
     Make,
     Pueue,
+    /// sticler in its default `"workspace": "worktree"` mode.
     Sticler,
+    /// sticler with `"workspace": "shared"` (every worker in the project folder).
+    SticlerShared,
 }
 
 impl Tool {
@@ -26,7 +29,8 @@ impl Tool {
             Tool::Floor => "shell loop (floor)".into(),
             Tool::Make => format!("make -j{width}"),
             Tool::Pueue => format!("pueue (parallel {width})"),
-            Tool::Sticler => "sticler".into(),
+            Tool::Sticler => "sticler (worktree)".into(),
+            Tool::SticlerShared => "sticler (shared)".into(),
         }
     }
 }
@@ -48,6 +52,10 @@ pub fn run(tool: Tool, w: &Workload, pueue_bin: Option<&Path>, kernel_clock: boo
     let tracer = (kernel_clock && tool != Tool::Floor).then(|| crate::exectrace::Tracer::start(rec.path()));
     let mut sample = match tool {
         Tool::Sticler => sticler(w, p.path()),
+        Tool::SticlerShared => {
+            p.config(w.config(true));
+            sticler(w, p.path())
+        }
         Tool::Make => make(w, &p),
         Tool::Floor => floor(w, &p),
         Tool::Pueue => pueue(w, &p, pueue_bin.expect("pueue located")),

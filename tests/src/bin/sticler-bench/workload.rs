@@ -35,12 +35,18 @@ impl Workload {
             .collect()
     }
 
+    /// The project's orchestrator.config.json (over the harness's defaults).
+    pub fn config(&self, shared: bool) -> serde_json::Value {
+        json!({"max_parallel_workers": self.width, "auto_commit": self.auto_commit,
+               "max_iterations_per_task": self.iterations + 2,
+               "workspace": if shared { "shared" } else { "worktree" }})
+    }
+
     /// A fresh project holding the phase; workers record their start and end in `record_dir`.
     /// Without auto_commit the workers commit their own stories, under every tool.
     pub fn project(&self, record_dir: &Path) -> ProjectBuilder {
         let p = ProjectBuilder::new();
-        p.config(json!({"max_parallel_workers": self.width, "auto_commit": self.auto_commit,
-                        "max_iterations_per_task": self.iterations + 2}));
+        p.config(self.config(false));
         let script = json!({"record_dir": record_dir.display().to_string(), "commit": !self.auto_commit,
                             "complete_after": self.iterations});
         let list: Vec<StorySpec> = self

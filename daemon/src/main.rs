@@ -160,6 +160,34 @@ fn report(ready: &mut Option<OwnedFd>, text: &str) {
     }
 }
 
+/// What the daemon holds before it serves: its folders, the pid locks of the state dir and the
+/// socket, the store, the event bus, the reaper, the log files and the spawner.
+type Held = (paths::PidLock, paths::PidLock, Arc<store::Store>, Arc<Daemon>);
+
+fn open_state(
+    args: &Args,
+    socket: &std::path::Path,
+    state_dir: &std::path::Path,
+    user_umask: nix::sys::stat::Mode,
+) -> anyhow::Result<Held> {
+    paths::private_dir(state_dir)?;
+    let socket_dir = socket.parent().context("socket path has no folder")?;
+    if !socket_dir.exists() {
+        paths::private_dir(socket_dir)?;
+    }
+    let state_lock = paths::PidLock::acquire(&state_dir.join("sticlerd.pid"))?;
+    let socket_lock = paths::PidLock::acquire(&lock_path(socket))?;
+    let store = Arc::new(store::Store::open(state_dir)?);
+    let bus = events::EventBus::new(Arc::clone(&store))?;
+    git::configure();
+    let reaper = reaper::Reaper::start().context("cannot become a child subreaper")?;
+    let logs = logs::LogFiles::start(state_dir.join("logs")).context("cannot start the log file thread")?;
+    let spawner = spawn::Spawner::start(reaper, user_umask).context("cannot start the spawning thread")?;
+    let mut daemon = Daemon::new(bus, spawner, logs, args.max_workers as usize, state_dir.to_path_buf());
+    daemon.user_umask = user_umask.bits();
+    Ok((state_lock, socket_lock, store, Arc::new(daemon)))
+}
+
 fn serve(
     args: &Args,
     socket: &std::path::Path,
@@ -168,25 +196,7 @@ fn serve(
     notifier: Option<Arc<notify::Notifier>>,
     user_umask: nix::sys::stat::Mode,
 ) -> anyhow::Result<()> {
-    let result = (|| -> anyhow::Result<_> {
-        paths::private_dir(state_dir)?;
-        let socket_dir = socket.parent().context("socket path has no folder")?;
-        if !socket_dir.exists() {
-            paths::private_dir(socket_dir)?;
-        }
-        let state_lock = paths::PidLock::acquire(&state_dir.join("sticlerd.pid"))?;
-        let socket_lock = paths::PidLock::acquire(&lock_path(socket))?;
-        let store = Arc::new(store::Store::open(state_dir)?);
-        let bus = events::EventBus::new(Arc::clone(&store))?;
-        git::configure();
-        let reaper = reaper::Reaper::start().context("cannot become a child subreaper")?;
-        let logs = logs::LogFiles::start(state_dir.join("logs")).context("cannot start the log file thread")?;
-        let spawner = spawn::Spawner::start(reaper, user_umask).context("cannot start the spawning thread")?;
-        let mut daemon = Daemon::new(bus, spawner, logs, args.max_workers as usize, state_dir.to_path_buf());
-        daemon.user_umask = user_umask.bits();
-        let daemon = Arc::new(daemon);
-        Ok((state_lock, socket_lock, store, daemon))
-    })();
+    let result = open_state(args, socket, state_dir, user_umask);
     let (_state_lock, _socket_lock, store, daemon) = match result {
         Ok(parts) => parts,
         Err(e) => {

@@ -190,15 +190,7 @@ impl Store {
 
     /// The story records of run `run`, by story id.
     pub fn stories(&self, run: &str) -> Result<Vec<(String, StoryRecord)>, StoreError> {
-        let prefix = story_prefix(run);
-        self.stories
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, value) = item?;
-                let story = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                Ok((story, decode(&value)?))
-            })
-            .collect()
+        by_story(&self.stories, run)
     }
 
     /// Records a merge about to land, flushed before the caller acts on it.
@@ -210,14 +202,7 @@ impl Store {
 
     /// The merges of run `run` that were recorded and not yet done, by story id.
     pub fn merges(&self, run: &str) -> Result<Vec<(String, MergeRecord)>, StoreError> {
-        let prefix = story_prefix(run);
-        self.merges
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (key, value) = item?;
-                Ok((String::from_utf8_lossy(&key[prefix.len()..]).into_owned(), decode(&value)?))
-            })
-            .collect()
+        by_story(&self.merges, run)
     }
 
     /// The merge of `story` is done (landed, or known never to have happened).
@@ -275,6 +260,17 @@ impl Store {
 }
 
 /// Run keys hold no NUL after the phase number, so this prefix never matches another run.
+/// The values a tree keeps per story of run `run`, by story id.
+fn by_story<T: DeserializeOwned>(tree: &sled::Tree, run: &str) -> Result<Vec<(String, T)>, StoreError> {
+    let prefix = story_prefix(run);
+    tree.scan_prefix(&prefix)
+        .map(|item| {
+            let (key, value) = item?;
+            Ok((String::from_utf8_lossy(&key[prefix.len()..]).into_owned(), decode(&value)?))
+        })
+        .collect()
+}
+
 fn story_prefix(run: &str) -> String {
     format!("{run}\0")
 }

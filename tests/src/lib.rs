@@ -458,7 +458,8 @@ impl ProjectBuilder {
     }
 }
 
-fn merge(base: &mut Value, extra: Value) {
+/// Merges `extra` into `base`, object by object (the rest replaced).
+pub fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {
         (Value::Object(b), Value::Object(e)) => {
             for (k, v) in e {

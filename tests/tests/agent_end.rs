@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sticler_proto::{ExitReason, StoryState, StoryView};
-use sticler_tests::{describe, poll, process_alive, story, Daemon, ProjectBuilder};
+use sticler_tests::{describe, merge, poll, process_alive, story, Daemon, ProjectBuilder};
 
 /// Marks the worker's story completed, atomically as a real worker does (temp file, rename).
 const COMPLETE: &str = r#"sed 's/"status": "pending"/"status": "completed"/' "$STICLER_STATUS_FILE" > "$STICLER_STATUS_FILE.tmp" && mv "$STICLER_STATUS_FILE.tmp" "$STICLER_STATUS_FILE""#;
@@ -25,17 +25,6 @@ fn project(script: &str, config: Value, stories: &[sticler_tests::StorySpec]) ->
     p.config(all);
     p.phase(1, "decomposed", stories);
     p
-}
-
-fn merge(base: &mut Value, extra: Value) {
-    match (base, extra) {
-        (Value::Object(b), Value::Object(e)) => {
-            for (k, v) in e {
-                merge(b.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (b, e) => *b = e,
-    }
 }
 
 fn start(daemon: &Daemon, p: &ProjectBuilder) {

@@ -41,14 +41,7 @@ pub fn plan(
     let mut index = main.merge_commits(&ours, &theirs, None)?;
     take_own_folder(&mut index, story_dir)?;
     if index.has_conflicts() {
-        let mut paths: Vec<String> = index
-            .conflicts()?
-            .filter_map(|c| c.ok())
-            .filter_map(|c| c.our.or(c.their).or(c.ancestor))
-            .map(|entry| String::from_utf8_lossy(&entry.path).into_owned())
-            .collect();
-        paths.dedup();
-        return Ok(Plan::Conflict(paths));
+        return Ok(Plan::Conflict(conflicted_paths(&index)?));
     }
     keep_other_stories(main, &mut index, &ours.tree()?, story_dir)?;
     let tree = main.find_tree(index.write_tree_to(main)?)?;
@@ -148,14 +141,7 @@ pub fn hand_back(worktree: &Path, integration_head: Oid, story_dir: &Path) -> Re
     tree_repo.merge(&[&annotated], None, Some(&mut checkout))?;
     let mut index = tree_repo.index()?;
     keep_own_folder(&tree_repo, worktree, &mut index, story_dir)?;
-    let mut paths: Vec<String> = index
-        .conflicts()?
-        .filter_map(|c| c.ok())
-        .filter_map(|c| c.our.or(c.their).or(c.ancestor))
-        .map(|entry| String::from_utf8_lossy(&entry.path).into_owned())
-        .collect();
-    paths.dedup();
-    Ok(paths)
+    conflicted_paths(&index)
 }
 
 /// A story's merge holds its own changes only: whatever its branch did to `phases/` outside its
@@ -261,6 +247,18 @@ fn keep_own_folder(repo: &Repository, root: &Path, index: &mut git2::Index, stor
     }
     index.write()?;
     Ok(())
+}
+
+/// The paths of the index's conflicts, for people (and `STICLER_MERGE_CONFLICTS`).
+fn conflicted_paths(index: &git2::Index) -> Result<Vec<String>, GitError> {
+    let mut paths: Vec<String> = index
+        .conflicts()?
+        .filter_map(|c| c.ok())
+        .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+        .map(|entry| String::from_utf8_lossy(&entry.path).into_owned())
+        .collect();
+    paths.dedup();
+    Ok(paths)
 }
 
 /// One file the merge changes: its path and its blob and mode before and after (None: absent).

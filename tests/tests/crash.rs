@@ -35,6 +35,15 @@ fn phase_of(n: usize) -> Vec<StorySpec> {
 
 fn assert_finished_cleanly(daemon: &Daemon, p: &ProjectBuilder, n: usize) {
     let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    if out.status.code() != Some(0) {
+        let graph = Command::new("git")
+            .arg("-C")
+            .arg(p.path())
+            .args(["log", "--all", "--graph", "--format=%h %s", "--name-only"])
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&graph.stdout));
+    }
     assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
     let log = Command::new("git").arg("-C").arg(p.path()).args(["log", "--format=%s"]).output().unwrap();
     let subjects = String::from_utf8(log.stdout).unwrap();

@@ -103,7 +103,10 @@ impl Workspaces {
         let index = match self.slots.iter().position(|s| s.story.is_none()) {
             Some(index) => index,
             None => {
-                let name = format!("{}{}", slot_prefix(self.phase), self.slots.len());
+                // The first free number: slots adopted from an earlier run may leave gaps.
+                let taken = |n: usize| self.slots.iter().any(|s| s.name == format!("{}{n}", slot_prefix(self.phase)));
+                let number = (0..).find(|n| !taken(*n)).unwrap_or(self.slots.len());
+                let name = format!("{}{number}", slot_prefix(self.phase));
                 self.slots.push(Slot { path: self.dir.join(&name), name, story: None, kept: false });
                 self.slots.len() - 1
             }

@@ -72,6 +72,7 @@ pub fn commit_leftovers(path: &Path, message: &str) -> Result<Option<Oid>, GitEr
         merging.push(*oid);
         true
     });
+    settle_conflicts(&tree_repo, path)?;
     let tree_id = git::stage_all(&tree_repo, path)?;
     let head = git::head_commit(&tree_repo);
     let unchanged = head.as_ref().is_some_and(|h| h.tree_id() == tree_id);
@@ -100,6 +101,30 @@ pub fn detach(path: &Path) -> Result<(), GitError> {
     let tree_repo = Repository::open(path)?;
     let head = tree_repo.head()?.peel_to_commit()?.id();
     tree_repo.set_head_detached(head)?;
+    Ok(())
+}
+
+/// Conflicts a merge left in the index are settled as the worktree's files are now (the agent's
+/// resolution, or the markers, which the next merge then refuses): a tree can be written again.
+fn settle_conflicts(tree_repo: &Repository, path: &Path) -> Result<(), GitError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut index = tree_repo.index()?;
+    if !index.has_conflicts() {
+        return Ok(());
+    }
+    let paths: Vec<std::path::PathBuf> = index
+        .conflicts()?
+        .filter_map(|c| c.ok())
+        .filter_map(|c| c.our.or(c.their).or(c.ancestor))
+        .map(|e| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&e.path)))
+        .collect();
+    for rel in paths {
+        index.conflict_remove(&rel)?;
+        if path.join(&rel).exists() {
+            index.add_path(&rel)?;
+        }
+    }
+    index.write()?;
     Ok(())
 }
 

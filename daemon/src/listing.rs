@@ -210,7 +210,7 @@ impl Listing {
                 Some(doc) if !self.dirty.contains(&index) => Ok(Arc::clone(doc)),
                 _ => {
                     let rel = Path::new(entry.dir.file_name().unwrap_or_default()).join(STATUS_FILE);
-                    let read = docs.read_at(&dir_fd, &rel, &entry.dir.join(STATUS_FILE));
+                    let read = read_status(docs, &dir_fd, &rel, &entry.dir.join(STATUS_FILE));
                     let watchable =
                         fs::symlink_metadata(entry.dir.join(STATUS_FILE)).map_or(true, |m| !m.file_type().is_symlink());
                     entry.status = read.as_ref().ok().filter(|_| watchable).cloned();
@@ -275,12 +275,20 @@ fn scan<W>(
             tracing::debug!("cannot watch {}: {e}", path.display());
             None
         });
-        let status = docs.read_at(&dir_fd, &Path::new(&name).join(STATUS_FILE), &path.join(STATUS_FILE));
+        let status = read_status(docs, &dir_fd, &Path::new(&name).join(STATUS_FILE), &path.join(STATUS_FILE));
         found.push((StoryFiles { id, dir: path, status }, wd));
     }
     found.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     let (stories, wds) = found.into_iter().unzip();
     Ok((Stories { stories, problems }, wds))
+}
+
+/// A story's status.json, parsed and type-checked: a field of the wrong type makes the story
+/// invalid like a syntax error does (the listing then reads it again on every request).
+fn read_status(docs: &DocCache, dir_fd: &fs::File, rel: &Path, path: &Path) -> Result<Arc<JsonDoc>, ProjectError> {
+    let doc = docs.read_at(dir_fd, rel, path)?;
+    doc.check_status_fields()?;
+    Ok(doc)
 }
 
 #[cfg(test)]

@@ -115,3 +115,59 @@ fn malformed_phase_config_is_reported_with_position() {
     let list = problems(&daemon, &p);
     assert_problem(&list, "phase_config.json: malformed JSON at line 1, column 25");
 }
+
+#[test]
+fn status_fields_of_the_wrong_type_make_the_story_invalid_and_are_left_untouched() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let ids = ["US-P1-001", "US-P1-002", "US-P1-003", "US-P1-004", "US-P1-005"];
+    p.phase(1, "decomposed", &ids.map(|id| story(id, &[])));
+    let edits = [
+        ("US-P1-002", "\"dependencies\": []", "\"dependencies\": \"US-P1-001\""),
+        ("US-P1-003", "\"criteria\": [", "\"criteria\": \"all of them\", \"old_criteria\": ["),
+        ("US-P1-004", "\"iteration\": 0", "\"iteration\": \"three\""),
+        ("US-P1-005", "\"status\": \"pending\"", "\"status\": \"complete\""),
+    ];
+    let mut written = Vec::new();
+    for (id, from, to) in edits {
+        let rel = format!("{}/status.json", p.story_rel(id));
+        let text = p.read(&rel);
+        assert!(text.contains(from), "{text}");
+        p.write(&rel, &text.replace(from, to));
+        written.push((rel, text.replace(from, to)));
+    }
+    let list = problems(&daemon, &p);
+    assert_eq!(list.len(), 4, "{list:#?}");
+    assert_problem(&list, "US-P1-002/status.json: field `dependencies` must be a list of story ids");
+    assert_problem(&list, "US-P1-003/status.json: field `criteria` must be a list of objects");
+    assert_problem(&list, "US-P1-004/status.json: field `iteration` must be a whole number (0 or more), not \"three\"");
+    assert_problem(
+        &list,
+        "US-P1-005/status.json: field `status` is \"complete\"; it must be one of \"pending\", \"in_progress\", \"completed\", \"failed\"",
+    );
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!(phase.counts.invalid, 4, "{phase:?}");
+    assert_eq!(phase.stories[0].state, StoryState::Pending);
+    for (rel, text) in written {
+        assert_eq!(p.read(&rel), text, "{rel} is left as written");
+    }
+}
+
+#[test]
+fn an_unknown_status_written_by_the_worker_is_a_failed_iteration_naming_it() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    // The plausible agent typo: "complete" for "completed".
+    let typo = r#"sed -i 's/"status": "[a-z_]*"/"status": "complete"/' "$STICLER_STATUS_FILE""#;
+    p.config(serde_json::json!({"workspace": "shared", "retry_limit": 2, "worker": {"command": typo}}));
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    let phase = daemon.phase_status(p.path(), 1);
+    let story = &phase.stories[0];
+    assert_eq!((story.state, story.runs), (StoryState::Failed, 2), "{phase:?}");
+    let reasons = story.failed_reasons.join("\n");
+    assert!(reasons.contains("field `status` is \"complete\""), "{reasons}");
+}

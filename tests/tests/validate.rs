@@ -171,3 +171,31 @@ fn an_unknown_status_written_by_the_worker_is_a_failed_iteration_naming_it() {
     let reasons = story.failed_reasons.join("\n");
     assert!(reasons.contains("field `status` is \"complete\""), "{reasons}");
 }
+
+#[test]
+fn config_typos_arrays_and_empty_commands_are_refused_by_name() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    for (config, says) in [
+        (
+            r#"{"max_paralel_workers": 2}"#,
+            "orchestrator.config.json: unknown key \"max_paralel_workers\"; did you mean \"max_parallel_workers\"?",
+        ),
+        (
+            r#"{"worker": {"comand": ["x"]}}"#,
+            "orchestrator.config.json: unknown key \"worker.comand\"; did you mean \"worker.command\"?",
+        ),
+        (r#"[{"max_parallel_workers": 2}]"#, "orchestrator.config.json: expected a JSON object of settings"),
+        (r#"{"worker": {"command": ""}}"#, "orchestrator.config.json: worker.command is empty"),
+        (r#"{"worker": {"command": [""]}}"#, "orchestrator.config.json: worker.command is empty"),
+    ] {
+        p.write("orchestrator.config.json", config);
+        let list = problems(&daemon, &p);
+        assert_eq!(list.len(), 1, "{config}: {list:#?}");
+        assert_problem(&list, says);
+        let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
+        assert_eq!(out.status.code(), Some(1), "{config}: {}", describe(&out));
+        assert_eq!(p.read("orchestrator.config.json"), config);
+    }
+}

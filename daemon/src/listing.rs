@@ -262,9 +262,17 @@ fn scan<W>(
         if !file_type.is_dir() {
             continue;
         }
-        let Some(id) = StoryId::parse(&name) else {
-            problems.push(problem(format!("folder name {name:?} is not a story id of the form US-P{phase}-<digits>")));
-            continue;
+        let id = match StoryId::parse_checked(&name) {
+            Ok(id) => id,
+            Err(sticler_proto::StoryIdError::NotAnId(_)) => {
+                problems
+                    .push(problem(format!("folder name {name:?} is not a story id of the form US-P{phase}-<digits>")));
+                continue;
+            }
+            Err(e) => {
+                problems.push(problem(format!("folder name {e}")));
+                continue;
+            }
         };
         if id.phase != phase {
             problems

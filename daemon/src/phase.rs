@@ -121,9 +121,9 @@ impl PhaseFiles {
     ) -> Vec<String> {
         let mut inside = Vec::new();
         for dep in dependencies {
-            match StoryId::parse(dep) {
-                None => push(problems, &story.status_path(), format!("dependency {dep:?} is not a story id")),
-                Some(dep_id) if dep_id.phase == self.number => {
+            match StoryId::parse_checked(dep) {
+                Err(e) => push(problems, &story.status_path(), format!("dependency {e}")),
+                Ok(dep_id) if dep_id.phase == self.number => {
                     if ids.contains(dep_id.as_str()) {
                         inside.push(dep.clone());
                     } else {
@@ -134,7 +134,7 @@ impl PhaseFiles {
                         );
                     }
                 }
-                Some(dep_id) => {
+                Ok(dep_id) => {
                     if !project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
                         let dir = project.story_dir(&dep_id);
                         let message = format!("unknown dependency {dep}: no status.json in {}", dir.display());

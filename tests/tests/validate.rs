@@ -199,3 +199,27 @@ fn config_typos_arrays_and_empty_commands_are_refused_by_name() {
         assert_eq!(p.read("orchestrator.config.json"), config);
     }
 }
+
+#[test]
+fn story_numbers_of_any_length_are_ids_and_a_phase_beyond_u32_is_named() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-0000000007", &[]), story("US-P1-0000000008", &["US-P1-0000000007"])]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "validate", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = daemon.ctl(&["-C", &p.path_str(), "status", "1", "US-P1-0000000008"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    p.add_story(&story("US-P1-0000000009", &["US-P4294967296-001"]));
+    let list = problems(&daemon, &p);
+    assert_problem(
+        &list,
+        "dependency \"US-P4294967296-001\": phase number 4294967296 is too large; phase numbers go up to 4294967295",
+    );
+    let out = daemon.ctl(&["-C", &p.path_str(), "logs", "US-P4294967296-001"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("phase number 4294967296 is too large"),
+        "{}",
+        describe(&out)
+    );
+}

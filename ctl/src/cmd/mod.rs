@@ -110,9 +110,13 @@ fn phase_number(text: &str) -> Result<u32, CliError> {
 
 /// The phase a story id belongs to (`US-P3-007` → 3).
 fn story_phase(story: &str) -> Result<u32, CliError> {
-    sticler_proto::StoryId::parse(story)
-        .map(|id| id.phase)
-        .ok_or_else(|| CliError::Usage(format!("{story:?} is not a story id like US-P1-003")))
+    match sticler_proto::StoryId::parse_checked(story) {
+        Ok(id) => Ok(id.phase),
+        Err(sticler_proto::StoryIdError::NotAnId(_)) => {
+            Err(CliError::Usage(format!("{story:?} is not a story id like US-P1-003")))
+        }
+        Err(e) => Err(CliError::Usage(e.to_string())),
+    }
 }
 
 /// Pretty for a person at a terminal; one compact line for a script, written straight to

@@ -103,14 +103,17 @@ impl PhaseFiles {
             let deps = self.check_dependencies(project, story, doc.dependencies(), &ids, &mut problems);
             edges.insert(story.id.as_str(), deps);
         }
+        // A cycle may pass through other phases: their stories this phase reaches join the graph.
+        let elsewhere = reached_elsewhere(project, &edges);
+        edges.extend(elsewhere.iter().map(|(id, deps)| (id.as_str(), deps.clone())));
         if let Some(cycle) = find_cycle(&edges) {
             push(&mut problems, &self.dir.join("stories"), format!("dependency cycle: {}", cycle.join(" -> ")));
         }
         problems
     }
 
-    /// Each dependency names a story of this phase (returned, for the cycle check) or an
-    /// existing story of another phase.
+    /// Each dependency names a story of this phase or an existing story of an earlier phase.
+    /// Returns the dependencies that are story ids, for the cycle check.
     fn check_dependencies(
         &self,
         project: &Project,
@@ -119,13 +122,13 @@ impl PhaseFiles {
         ids: &BTreeSet<&str>,
         problems: &mut Vec<Problem>,
     ) -> Vec<String> {
-        let mut inside = Vec::new();
+        let mut linked = Vec::new();
         for dep in dependencies {
             match StoryId::parse_checked(dep) {
                 Err(e) => push(problems, &story.status_path(), format!("dependency {e}")),
                 Ok(dep_id) if dep_id.phase == self.number => {
                     if ids.contains(dep_id.as_str()) {
-                        inside.push(dep.clone());
+                        linked.push(dep.clone());
                     } else {
                         push(
                             problems,
@@ -134,8 +137,21 @@ impl PhaseFiles {
                         );
                     }
                 }
+                // Phases run in order: a story cannot wait for one of a phase that comes after
+                // its own (that phase's start would wait for this one in turn).
+                Ok(dep_id) if dep_id.phase > self.number => {
+                    let message = format!(
+                        "dependency {dep} is in phase {}, after this phase {}; a story may depend only on stories of its own or earlier phases",
+                        dep_id.phase, self.number
+                    );
+                    push(problems, &story.status_path(), message);
+                    // Still an edge: a cycle through it is shown too.
+                    linked.push(dep.clone());
+                }
                 Ok(dep_id) => {
-                    if !project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
+                    if project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
+                        linked.push(dep.clone());
+                    } else {
                         let dir = project.story_dir(&dep_id);
                         let message = format!("unknown dependency {dep}: no status.json in {}", dir.display());
                         push(problems, &story.status_path(), message);
@@ -143,8 +159,27 @@ impl PhaseFiles {
                 }
             }
         }
-        inside
+        linked
     }
+}
+
+/// The stories of other phases that this phase's dependencies reach, directly or through one
+/// another, with their own dependencies (each status.json read once; an unreadable one has none:
+/// its own phase's validation reports it).
+fn reached_elsewhere(project: &Project, edges: &BTreeMap<&str, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut queue: Vec<String> = edges.values().flatten().cloned().collect();
+    while let Some(id) = queue.pop() {
+        if edges.contains_key(id.as_str()) || found.contains_key(&id) {
+            continue;
+        }
+        let Some(story) = StoryId::parse(&id) else { continue };
+        let status = project.story_dir(&story).join(STATUS_FILE);
+        let deps = JsonDoc::read(&status).map(|doc| doc.dependencies().to_vec()).unwrap_or_default();
+        queue.extend(deps.iter().cloned());
+        found.insert(id, deps);
+    }
+    found
 }
 
 fn push(problems: &mut Vec<Problem>, path: &Path, message: String) {

@@ -223,3 +223,32 @@ fn story_numbers_of_any_length_are_ids_and_a_phase_beyond_u32_is_named() {
         describe(&out)
     );
 }
+
+#[test]
+fn dependencies_on_later_phases_and_cycles_across_phases_are_reported() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &["US-P2-001"]), story("US-P1-002", &[])]);
+    p.phase(2, "decomposed", &[story("US-P2-001", &["US-P1-001"]), story("US-P2-002", &["US-P1-002"])]);
+    let cycle = "dependency cycle: US-P1-001 -> US-P2-001 -> US-P1-001";
+    let list = problems(&daemon, &p);
+    assert_eq!(list.len(), 2, "{list:#?}");
+    assert_problem(
+        &list,
+        "US-P1-001/status.json: dependency US-P2-001 is in phase 2, after this phase 1; a story may depend only on stories of its own or earlier phases",
+    );
+    assert_problem(&list, cycle);
+    let out = daemon.ctl(&["--json", "-C", &p.path_str(), "validate", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let report: ValidationReport = serde_json::from_slice(&out.stdout).unwrap();
+    let list: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_problem(&list, &format!("phase_2/stories: {cycle}"));
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(cycle), "{}", describe(&out));
+    // Without the backward edge both phases are valid: an earlier phase is fine.
+    p.add_story(&story("US-P1-001", &[]));
+    assert!(daemon.ctl(&["-C", &p.path_str(), "validate", "1"]).status.success());
+    assert!(daemon.ctl(&["-C", &p.path_str(), "validate", "2"]).status.success());
+}

@@ -116,10 +116,15 @@ impl Daemon {
         lock(&self.finished).get(&key).cloned()
     }
 
-    /// Every phase this daemon runs or has run.
+    /// Every phase this daemon runs or has run, and those earlier daemons on the same state
+    /// dir ran (from the store: a restart must not make `status --all` forget them).
     pub fn known_runs(&self) -> Vec<RunKey> {
         let mut keys: Vec<RunKey> = lock(&self.runs).keys().cloned().collect();
         keys.extend(lock(&self.finished).keys().cloned());
+        match self.bus.store().known_phases() {
+            Ok(known) => keys.extend(known),
+            Err(e) => tracing::warn!("cannot read the phases run before: {e}"),
+        }
         keys
     }
 

@@ -88,6 +88,12 @@ impl Default for Listings {
 }
 
 impl Listings {
+    /// Listings read the plain way, with no inotify watches: for a one-off read of a phase
+    /// (`sticlerctl validate` without a daemon), where watches would only cost.
+    pub fn unwatched() -> Listings {
+        Listings { docs: DocCache::default(), inotify: None, state: Mutex::default() }
+    }
+
     /// The story folders under `stories_dir` (of phase `phase`) with their status.json parsed.
     pub fn stories(&self, stories_dir: &Path, phase: u32) -> Result<Stories, ProjectError> {
         let meta = match fs::metadata(stories_dir) {

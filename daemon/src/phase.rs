@@ -4,12 +4,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use sticler_proto::Problem;
+use sticler_proto::{Problem, ValidationReport};
 
 use std::sync::Arc;
 
 use crate::listing::{Listings, Stories};
-use crate::project::{JsonDoc, Project, ProjectError, StatusFields, StoryId};
+use crate::project::{JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields, StoryId, CONFIG_FILE};
 
 pub const PHASE_CONFIG: &str = "phase_config.json";
 pub const STATUS_FILE: &str = "status.json";
@@ -180,6 +180,24 @@ fn reached_elsewhere(project: &Project, edges: &BTreeMap<&str, Vec<String>>) -> 
         found.insert(id, deps);
     }
     found
+}
+
+/// What `validate` answers for phase `phase` of the project at `dir`: the phase's problems and
+/// those of orchestrator.config.json. The daemon and, without one, sticlerctl both call this,
+/// so the report is the same wherever it is made.
+pub fn validation_report(dir: &Path, phase: u32, listings: &Listings) -> Result<ValidationReport, ProjectError> {
+    let project = Project::open(dir)?;
+    let files = PhaseFiles::load(&project, phase, listings)?;
+    let mut problems = files.validate(&project);
+    if let Err(e) = OrchestratorConfig::load(&project.root) {
+        push(&mut problems, &project.root.join(CONFIG_FILE), e.detail());
+    }
+    Ok(ValidationReport {
+        project: project.root.display().to_string(),
+        phase,
+        stories: files.stories.len() as u32,
+        problems,
+    })
 }
 
 fn push(problems: &mut Vec<Problem>, path: &Path, message: String) {

@@ -252,3 +252,34 @@ fn dependencies_on_later_phases_and_cycles_across_phases_are_reported() {
     assert!(daemon.ctl(&["-C", &p.path_str(), "validate", "1"]).status.success());
     assert!(daemon.ctl(&["-C", &p.path_str(), "validate", "2"]).status.success());
 }
+
+/// `validate` only reads files: with no daemon it gives the report the daemon gives.
+#[test]
+fn validate_works_without_a_daemon_and_reports_what_the_daemon_reports() {
+    use std::io::{BufRead, Write};
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &["US-P1-009"]), story("US-P1-002", &[])]);
+    let root = std::fs::canonicalize(p.path()).unwrap().display().to_string();
+    let mut socket = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let request = serde_json::json!({"request": {"validate": {"project": root, "phase": 1}}});
+    socket.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let line = std::io::BufReader::new(socket).lines().next().unwrap().unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let from_daemon: ValidationReport = serde_json::from_value(reply["response"]["validated"].clone()).unwrap();
+    drop(daemon);
+
+    let nobody = Daemon::unstarted();
+    assert!(!nobody.ctl(&["ping"]).status.success(), "no daemon runs");
+    let out = nobody.ctl(&["--json", "-C", &p.path_str(), "validate", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let report: ValidationReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report, from_daemon);
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    let out = nobody.ctl(&["-C", &p.path_str(), "validate", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("phase 1 of ") && text.contains("unknown dependency US-P1-009"), "{}", describe(&out));
+    let out = nobody.ctl(&["-C", &p.path_str(), "validate", "7"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("phase 7 not found"), "{}", describe(&out));
+}

@@ -53,6 +53,8 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Presets => return presets::run(cli.json),
         Command::Completions { shell } => return generate::completions(*shell),
         Command::Man => return generate::man(),
+        // Validation only reads files: no daemon needed.
+        Command::Validate { phase } => return validate::run(cli.json, cli.dir.as_deref(), phase),
         _ => {}
     }
     let socket = client::socket_path(cli.socket.clone()).ok_or_else(|| {
@@ -61,14 +63,13 @@ pub fn run(cli: Cli) -> CmdResult {
     let ctx = Context { socket, json: cli.json, dir: cli.dir.as_deref() };
     match &cli.command {
         // Answered above, before a socket was needed.
-        Command::Presets | Command::Completions { .. } | Command::Man => Ok(0),
+        Command::Presets | Command::Completions { .. } | Command::Man | Command::Validate { .. } => Ok(0),
         Command::Demo { into } => demo::run(into.clone()),
         Command::Ping => daemon::ping(&ctx),
         Command::Version => daemon::version(&ctx),
         Command::Shutdown => daemon::shutdown(&ctx),
         Command::Status { all: true, .. } => status::all(&ctx),
         Command::Status { phase, story, .. } => status::project(&ctx, phase.as_deref(), story.as_deref()),
-        Command::Validate { phase } => validate::run(&ctx, phase),
         Command::Start { phase, force, wait } => start::run(&ctx, phase, *force, *wait),
         Command::Stop { phase, grace } => control::stop(&ctx, phase, *grace),
         Command::Kill { phase } => control::kill(&ctx, phase),

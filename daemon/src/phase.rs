@@ -60,7 +60,7 @@ impl PhaseFiles {
                 });
             }
         }
-        let config = JsonDoc::read(&dir.join(PHASE_CONFIG));
+        let config = read_config(&dir);
         let Stories { stories, problems } = listings.stories(&stories_dir, number)?;
         Ok(PhaseFiles { number, dir, config, stories, problems })
     }
@@ -180,6 +180,28 @@ fn reached_elsewhere(project: &Project, edges: &BTreeMap<&str, Vec<String>>) -> 
         found.insert(id, deps);
     }
     found
+}
+
+/// The phase_config.json of the phase folder `dir`, which exists. A missing file is said in
+/// words, the same for every command (never a bare "No such file or directory").
+fn read_config(dir: &Path) -> Result<JsonDoc, ProjectError> {
+    let path = dir.join(PHASE_CONFIG);
+    JsonDoc::read(&path).map_err(|e| match e {
+        ProjectError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ProjectError::Invalid {
+            path,
+            message: "missing; every phase folder needs a phase_config.json (with its title and status)".into(),
+        },
+        other => other,
+    })
+}
+
+/// The phase_config.json of phase `phase`: `NoPhase` when the phase folder does not exist.
+pub fn phase_config(project: &Project, phase: u32) -> Result<JsonDoc, ProjectError> {
+    let dir = project.phase_dir(phase);
+    if !dir.is_dir() {
+        return Err(ProjectError::NoPhase { project: project.root.clone(), phase });
+    }
+    read_config(&dir)
 }
 
 /// What `validate` answers for phase `phase` of the project at `dir`: the phase's problems and

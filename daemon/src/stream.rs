@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::connection::Connection;
 use crate::daemon::{error, Daemon};
-use crate::project::{JsonDoc, Project, StoryId};
+use crate::project::{Project, StoryId};
 
 /// How often `logs -f` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
@@ -140,8 +140,7 @@ fn ended_outcome(daemon: &Daemon, project: &Project, phase: u32) -> Result<RunOu
     if let Some(outcome) = daemon.last_run(&project.root, phase).and_then(|state| state.borrow().outcome) {
         return Ok(outcome);
     }
-    let path = project.phase_dir(phase).join(crate::phase::PHASE_CONFIG);
-    let doc = JsonDoc::read(&path)?;
+    let doc = crate::phase::phase_config(project, phase)?;
     match doc.str_field("status") {
         "completed" => Ok(RunOutcome::Completed),
         "failed" => Ok(RunOutcome::Failed),

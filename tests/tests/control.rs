@@ -253,3 +253,35 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Like `systemctl stop`: stopping what does not run says so and succeeds. A phase that does not
+/// exist, or has no phase_config.json, gets the same clear message from every command.
+#[test]
+fn stop_of_an_idle_phase_succeeds_and_missing_phases_are_named_the_same_everywhere() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    p.phase(2, "decomposed", &[story("US-P2-001", &[])]);
+    fs::remove_file(p.path().join("phases/phase_2/phase_config.json")).unwrap();
+    let dir = p.path_str();
+    for (verb, says) in [("stop", "nothing to stop"), ("kill", "nothing to kill")] {
+        let out = daemon.ctl(&["-C", &dir, verb, "1"]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("phase 1 of ") && text.contains(&format!("is not running; {says}")), "{text}");
+    }
+    let missing = "phases/phase_7)";
+    for args in [["stop", "7"], ["kill", "7"], ["wait", "7"], ["status", "7"]] {
+        let out = daemon.ctl(&[&["-C", &dir][..], &args[..]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("phase 7 not found (expected folder") && err.contains(missing), "{args:?}: {err}");
+        assert!(!err.contains("os error"), "{args:?}: {err}");
+    }
+    let no_config = "phase_2/phase_config.json: missing; every phase folder needs a phase_config.json";
+    for args in [["wait", "2"], ["validate", "2"], ["start", "2"], ["status", "2"]] {
+        let out = daemon.ctl(&[&["-C", &dir][..], &args[..]].concat());
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(no_config) && !text.contains("os error"), "{args:?}: {}", describe(&out));
+    }
+}

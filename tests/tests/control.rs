@@ -285,3 +285,54 @@ fn stop_of_an_idle_phase_succeeds_and_missing_phases_are_named_the_same_everywhe
         assert!(text.contains(no_config) && !text.contains("os error"), "{args:?}: {}", describe(&out));
     }
 }
+
+/// After `retry` returns, `status` shows the retried story's dependents pending, in a running
+/// phase and after the run ended alike; the sentence agrees with the number of stories.
+#[test]
+fn retry_shows_the_dependents_pending_at_once() {
+    let daemon = Daemon::start();
+    let fix = |p: &ProjectBuilder, script: Value| {
+        let rel = format!("{}/status.json", p.story_rel("US-P1-001"));
+        let mut status: Value = serde_json::from_str(&p.read(&rel)).unwrap();
+        status["script"] = script;
+        p.write(&rel, &status.to_string());
+    };
+    let q = ProjectBuilder::new();
+    q.phase(
+        1,
+        "decomposed",
+        &[story("US-P1-001", &[]).script(json!({"mode": "self_fail"})), story("US-P1-002", &["US-P1-001"])],
+    );
+    assert_eq!(daemon.ctl(&["-C", &q.path_str(), "start", "1", "--wait"]).status.code(), Some(4));
+    assert_eq!(states(&daemon.phase_status(q.path(), 1)), ["failed", "blocked"]);
+    fix(&q, json!({}));
+    let out = daemon.ctl(&["-C", &q.path_str(), "retry", "US-P1-001"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), "US-P1-001 is pending again; it runs at the next `sticlerctl start 1`");
+    let phase = daemon.phase_status(q.path(), 1);
+    assert_eq!(states(&phase), ["pending", "pending"], "{phase:?}");
+    assert!(phase.stories[1].blocked_by.is_empty(), "{phase:?}");
+    assert_eq!(daemon.ctl(&["-C", &q.path_str(), "start", "1", "--wait"]).status.code(), Some(0));
+
+    // In a running phase (US-P1-003 keeps it running).
+    let p = ProjectBuilder::new();
+    p.phase(
+        1,
+        "decomposed",
+        &[
+            story("US-P1-001", &[]).script(json!({"mode": "self_fail"})),
+            story("US-P1-002", &["US-P1-001"]),
+            story("US-P1-003", &[]).script(json!({"mode": "hang"})),
+        ],
+    );
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    poll(Duration::from_secs(20), "US-P1-002 to be blocked", || {
+        (daemon.phase_status(p.path(), 1).stories[1].state == StoryState::Blocked).then_some(())
+    });
+    fix(&p, json!({"sleep_ms": 5000}));
+    assert!(daemon.ctl(&["-C", &p.path_str(), "retry", "US-P1-001"]).status.success());
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!(phase.stories[1].state, StoryState::Pending, "{phase:?}");
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+}

@@ -44,13 +44,34 @@ pub async fn retry(
         let _ = answer.await;
         return Ok(Response::Done { message: format!("retrying {} in the running phase", names.join(", ")) });
     }
-    Ok(Response::Done {
-        message: format!(
-            "{} set back to pending; they run at the next `sticlerctl start {}`",
-            names.join(", "),
-            phase.phase
-        ),
-    })
+    Ok(Response::Done { message: pending_again(&names, phase.phase) })
+}
+
+/// "US-P1-002 is pending again; it runs at the next `sticlerctl start 1`", plural for several.
+fn pending_again(names: &[String], phase: u32) -> String {
+    let (is, it) = if names.len() == 1 { ("is", "it") } else { ("are", "they") };
+    format!(
+        "{} {is} pending again; {it} run{} at the next `sticlerctl start {phase}`",
+        names.join(", "),
+        if names.len() == 1 { "s" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_retry_message_agrees_with_its_number() {
+        let one = ["US-P1-002".to_string()];
+        assert_eq!(
+            super::pending_again(&one, 1),
+            "US-P1-002 is pending again; it runs at the next `sticlerctl start 1`"
+        );
+        let two = ["US-P1-001".to_string(), "US-P1-002".to_string()];
+        assert_eq!(
+            super::pending_again(&two, 3),
+            "US-P1-001, US-P1-002 are pending again; they run at the next `sticlerctl start 3`"
+        );
+    }
 }
 
 /// The stories to retry: every retryable one (`--failed`), or the named ones, each of which

@@ -404,8 +404,14 @@ impl Scheduler {
                 return actions;
             }
         }
+        let failed = node.state == StoryState::Failed;
         self.running -= 1;
         actions.push(Action::Release(story.to_string()));
+        // Its dependents are blocked in this same step, not at the next `schedule`: nobody
+        // reading the state in between sees a failed story whose dependents look pending.
+        if failed && !stopping && !held {
+            self.propagate_blocks(&mut actions);
+        }
         actions
     }
 

@@ -300,3 +300,14 @@ fn retryable_means_failed_or_blocked_and_not_running() {
     assert!(!retryable(Some(StoryState::Verifying), true));
     assert!(!retryable(Some(StoryState::Pending), false));
 }
+
+#[test]
+fn a_failure_blocks_its_dependents_in_the_same_step() {
+    let mut s = Scheduler::new(vec![story("a", &[]), story("b", &["a"]), story("c", &[])], limits(2));
+    s.schedule(10);
+    // No `schedule` in between: whoever reads the state now sees b blocked already.
+    let actions = s.iteration_ended("a", Verdict::SelfFailed);
+    assert!(actions.contains(&Action::Blocked { story: "b".into(), by: "a".into() }), "{actions:?}");
+    assert_eq!(s.state("b"), Some(StoryState::Blocked));
+    assert!(s.schedule(10).iter().all(|a| !matches!(a, Action::Blocked { .. })), "blocked once, not twice");
+}

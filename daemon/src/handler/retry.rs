@@ -49,12 +49,8 @@ pub async fn retry(
 
 /// "US-P1-002 is pending again; it runs at the next `sticlerctl start 1`", plural for several.
 fn pending_again(names: &[String], phase: u32) -> String {
-    let (is, it) = if names.len() == 1 { ("is", "it") } else { ("are", "they") };
-    format!(
-        "{} {is} pending again; {it} run{} at the next `sticlerctl start {phase}`",
-        names.join(", "),
-        if names.len() == 1 { "s" } else { "" }
-    )
+    let (is, it, runs) = if names.len() == 1 { ("is", "it", "runs") } else { ("are", "they", "run") };
+    format!("{} {is} pending again; {it} {runs} at the next `sticlerctl start {phase}`", names.join(", "))
 }
 
 #[cfg(test)]

@@ -53,23 +53,6 @@ fn pending_again(names: &[String], phase: u32) -> String {
     format!("{} {is} pending again; {it} {runs} at the next `sticlerctl start {phase}`", names.join(", "))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_retry_message_agrees_with_its_number() {
-        let one = ["US-P1-002".to_string()];
-        assert_eq!(
-            super::pending_again(&one, 1),
-            "US-P1-002 is pending again; it runs at the next `sticlerctl start 1`"
-        );
-        let two = ["US-P1-001".to_string(), "US-P1-002".to_string()];
-        assert_eq!(
-            super::pending_again(&two, 3),
-            "US-P1-001, US-P1-002 are pending again; they run at the next `sticlerctl start 3`"
-        );
-    }
-}
-
 /// The stories to retry: every retryable one (`--failed`), or the named ones, each of which
 /// must be retryable.
 fn targets<'a>(
@@ -101,4 +84,21 @@ fn targets<'a>(
         targets.push(story);
     }
     Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_retry_message_agrees_with_its_number() {
+        let one = ["US-P1-002".to_string()];
+        assert_eq!(
+            super::pending_again(&one, 1),
+            "US-P1-002 is pending again; it runs at the next `sticlerctl start 1`"
+        );
+        let two = ["US-P1-001".to_string(), "US-P1-002".to_string()];
+        assert_eq!(
+            super::pending_again(&two, 3),
+            "US-P1-001, US-P1-002 are pending again; they run at the next `sticlerctl start 3`"
+        );
+    }
 }

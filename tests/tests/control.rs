@@ -336,3 +336,61 @@ fn retry_shows_the_dependents_pending_at_once() {
     assert_eq!(phase.stories[1].state, StoryState::Pending, "{phase:?}");
     assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
 }
+
+/// `logs` names the story and iteration above each log; `--all` shows every iteration in order,
+/// `--tail N` the last lines.
+#[test]
+fn logs_have_a_header_and_take_all_and_tail() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(3)]);
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]).status.code(), Some(0));
+    let logs = |args: &[&str]| {
+        let out = daemon.ctl(&[&["-C", &p.path_str(), "logs", "US-P1-001"][..], args].concat());
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let latest = logs(&[]);
+    assert!(latest.starts_with("--- US-P1-001 iteration 3 ---\n"), "{latest}");
+    let all = logs(&["--all"]);
+    let headers: Vec<&str> = all.lines().filter(|l| l.starts_with("--- ")).collect();
+    assert_eq!(
+        headers,
+        ["--- US-P1-001 iteration 1 ---", "--- US-P1-001 iteration 2 ---", "--- US-P1-001 iteration 3 ---"],
+        "{all}"
+    );
+    assert!(all.ends_with(&latest[latest.find('\n').unwrap() + 1..]), "the last log comes last:\n{all}");
+    let body: Vec<&str> = latest.lines().skip(1).collect();
+    assert!(body.len() > 2, "{latest}");
+    let tail = logs(&["--tail", "2"]);
+    let expected = format!("--- US-P1-001 iteration 3 ---\n{}\n", body[body.len() - 2..].join("\n"));
+    assert_eq!(tail, expected);
+    let out = daemon.ctl(&["-C", &p.path_str(), "logs", "US-P1-001", "--all", "--iteration", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+/// `watch` of a phase that is not running says so at once and how to start it; of a phase that
+/// does not exist, it fails instead of waiting.
+#[test]
+fn watch_of_an_idle_phase_says_it_waits_and_how_to_start_it() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    let mut watch = daemon.ctl_command(&["-C", &p.path_str(), "watch", "1"]).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read on a thread: without the line, the test fails after a while instead of hanging.
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(first.starts_with("phase 1 of "), "{first}");
+    assert!(first.contains("is not running; waiting for its events (start it with `sticlerctl start 1`)"), "{first}");
+    let out = daemon.ctl(&["-C", &p.path_str(), "watch", "7"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("phase 7 not found"), "{}", describe(&out));
+}

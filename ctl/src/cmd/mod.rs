@@ -75,7 +75,10 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Kill { phase } => control::kill(&ctx, phase),
         Command::Resume { phase } => control::resume(&ctx, phase),
         Command::Retry { stories, failed } => retry::run(&ctx, stories, failed.as_deref()),
-        Command::Logs { story, iteration, follow } => logs::run(&ctx, story, *iteration, *follow),
+        Command::Logs { story, iteration, follow, all, tail } => {
+            let options = logs::Options { iteration: *iteration, follow: *follow, all: *all, tail: *tail };
+            logs::run(&ctx, story, options)
+        }
         Command::Watch { phase, since } => watch::run(&ctx, phase.as_deref(), *since),
         Command::Wait { phase } => wait::run(&ctx, phase),
     }

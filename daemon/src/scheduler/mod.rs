@@ -339,53 +339,7 @@ impl Scheduler {
         if !matches!(verdict, Verdict::Stopped | Verdict::Limited) {
             node.iterations += 1;
         }
-        let failure = match &verdict {
-            Verdict::Completed => {
-                node.state = StoryState::Completed;
-                node.conflicts = 0;
-                actions.push(Action::Completed(story.to_string()));
-                None
-            }
-            Verdict::SelfFailed => {
-                node.state = StoryState::Failed;
-                actions.push(Action::Failed {
-                    story: story.to_string(),
-                    reason: "the worker marked the story failed".into(),
-                    record: false,
-                });
-                None
-            }
-            Verdict::Stopped | Verdict::Limited => {
-                node.state = StoryState::Pending;
-                None
-            }
-            Verdict::Rejected(why) | Verdict::Fail(why) => Some(why.clone()),
-            Verdict::MergeWaits(why) => {
-                node.state = StoryState::Merging;
-                node.waiting = Some(why.clone());
-                None
-            }
-            Verdict::Conflict(files) => {
-                node.infra_streak = 0;
-                node.same_streak = 0;
-                node.conflicts += 1;
-                rules::too_many_conflicts(node.conflicts, limits.retry_limit, files)
-            }
-            Verdict::Progress => {
-                node.infra_streak = 0;
-                node.same_streak = 0;
-                None
-            }
-            Verdict::NoChange => {
-                node.infra_streak = 0;
-                node.same_streak += 1;
-                rules::no_progress(node.same_streak)
-            }
-            Verdict::Infra(why) => {
-                node.infra_streak += 1;
-                rules::too_many_infra_failures(node.infra_streak, limits.retry_limit, why)
-            }
-        };
+        let failure = apply_verdict(node, story, &verdict, limits, &mut actions);
         let failure = failure.or_else(|| {
             (node.state == StoryState::Running)
                 .then(|| rules::too_many_iterations(node.iterations, limits.max_iterations))
@@ -457,6 +411,64 @@ impl Scheduler {
         node.conflicts = 0;
         self.unblock(story);
         true
+    }
+}
+
+/// What one iteration's verdict does to its story's node: the new state and streaks, the
+/// actions to announce, and the reason the story fails, if a rule says it does.
+fn apply_verdict(
+    node: &mut Node,
+    story: &str,
+    verdict: &Verdict,
+    limits: Limits,
+    actions: &mut Vec<Action>,
+) -> Option<String> {
+    match verdict {
+        Verdict::Completed => {
+            node.state = StoryState::Completed;
+            node.conflicts = 0;
+            actions.push(Action::Completed(story.to_string()));
+            None
+        }
+        Verdict::SelfFailed => {
+            node.state = StoryState::Failed;
+            actions.push(Action::Failed {
+                story: story.to_string(),
+                reason: "the worker marked the story failed".into(),
+                record: false,
+            });
+            None
+        }
+        Verdict::Stopped | Verdict::Limited => {
+            node.state = StoryState::Pending;
+            None
+        }
+        Verdict::Rejected(why) | Verdict::Fail(why) => Some(why.clone()),
+        Verdict::MergeWaits(why) => {
+            node.state = StoryState::Merging;
+            node.waiting = Some(why.clone());
+            None
+        }
+        Verdict::Conflict(files) => {
+            node.infra_streak = 0;
+            node.same_streak = 0;
+            node.conflicts += 1;
+            rules::too_many_conflicts(node.conflicts, limits.retry_limit, files)
+        }
+        Verdict::Progress => {
+            node.infra_streak = 0;
+            node.same_streak = 0;
+            None
+        }
+        Verdict::NoChange => {
+            node.infra_streak = 0;
+            node.same_streak += 1;
+            rules::no_progress(node.same_streak)
+        }
+        Verdict::Infra(why) => {
+            node.infra_streak += 1;
+            rules::too_many_infra_failures(node.infra_streak, limits.retry_limit, why)
+        }
     }
 }
 

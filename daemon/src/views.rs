@@ -2,13 +2,13 @@
 //! scheduler gives it (while a run is active, or blocked by the last one), its cost, and the
 //! phase's counts, cost, budget and usage-limit wait. These views are the stable `--json`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sticler_proto::{PhaseView, Problem, StoryCounts, StoryState, StoryView};
 
 use crate::daemon::Daemon;
 use crate::phase::{PhaseFiles, StoryFiles};
-use crate::project::{DiskStatus, Project, StatusFields, StoryId};
+use crate::project::{DiskStatus, Project, StatusFields};
 use crate::run::RunState;
 
 /// What the run knows of one story, taken from its state in one short read.
@@ -76,16 +76,10 @@ pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> Pha
             (String::new(), String::new())
         }
     };
-    // A story the last run blocked stays shown blocked while what blocks it still does: a
-    // story of this phase still failed on disk, or one of another phase. Once retried (pending
-    // on disk again), its dependents show pending at once, not at the next start.
-    let failed: HashSet<&str> = files
-        .stories
-        .iter()
-        .filter(|s| s.status.as_ref().is_ok_and(|d| d.disk_status() == DiskStatus::Failed))
-        .map(|s| s.id.as_str())
-        .collect();
-    let still_blocks = |by: &str| failed.contains(by) || StoryId::parse(by).is_none_or(|id| id.phase != files.number);
+    // A story the last run blocked stays shown blocked until what blocks it is retried: then
+    // it shows pending at once, not only at the next start.
+    let retried = daemon.retried_since_end(&project.root, files.number);
+    let still_blocks = |by: &str| !retried.contains(by);
     let project_name = project.root.display().to_string();
     let stories: Vec<StoryView> = files
         .stories

@@ -44,6 +44,7 @@ pub async fn retry(
         let _ = answer.await;
         return Ok(Response::Done { message: format!("retrying {} in the running phase", names.join(", ")) });
     }
+    daemon.retried_after_end(&project.root, phase.phase, &names);
     Ok(Response::Done { message: pending_again(&names, phase.phase) })
 }
 

@@ -44,22 +44,27 @@ pub enum Command {
         after_help = "Examples:\n  sticlerctl status            # every phase of the project\n  sticlerctl status 1          # one phase\n  sticlerctl status 1 US-P1-003\n  sticlerctl status --all      # every phase sticlerd runs or ran, of all projects\n  sticlerctl --json status 1"
     )]
     Status {
-        /// Every phase sticlerd runs or has run since it started, of all projects (no -C needed)
+        /// Every phase sticlerd runs or has run (also before a restart), of all projects (no -C needed)
         #[arg(long, conflicts_with_all = ["phase", "story"])]
         all: bool,
-        /// Phase number
+        /// Phase number (`1` or `phase_1`); every phase of the project when left out
         phase: Option<String>,
         /// Story id (narrows to one story)
         story: Option<String>,
     },
-    /// Check a phase without running it: ids, dependencies, cycles, spec.md, JSON syntax
+    /// Check a phase without running it (no daemon needed): ids, dependencies, cycles, spec.md,
+    /// JSON syntax and field types, orchestrator.config.json
     #[command(after_help = "Example:\n  sticlerctl validate 1")]
-    Validate { phase: String },
+    Validate {
+        /// Phase number (`1` or `phase_1`)
+        phase: String,
+    },
     /// Start (or resume) a phase
     #[command(
         after_help = "Examples:\n  sticlerctl start 1\n  sticlerctl start 1 --wait     # follow progress, exit like `wait`\n  sticlerctl start 1 --force    # run a completed phase again"
     )]
     Start {
+        /// Phase number (`1` or `phase_1`)
         phase: String,
         /// Start even if phase_config.json says completed, discussing or finalized
         #[arg(long)]
@@ -71,6 +76,7 @@ pub enum Command {
     /// Stop a phase: SIGTERM to every worker, SIGKILL after the grace period; resumable
     #[command(after_help = "Example:\n  sticlerctl stop 1 --grace 30")]
     Stop {
+        /// Phase number (`1` or `phase_1`); one that is not running is told so, exit 0
         phase: String,
         /// Seconds between SIGTERM and SIGKILL
         #[arg(long, value_name = "S", default_value_t = 10)]
@@ -78,7 +84,10 @@ pub enum Command {
     },
     /// Stop a phase at once (SIGKILL)
     #[command(after_help = "Example:\n  sticlerctl kill 1")]
-    Kill { phase: String },
+    Kill {
+        /// Phase number (`1` or `phase_1`); one that is not running is told so, exit 0
+        phase: String,
+    },
     /// Put failed (or blocked) stories back to pending and run them again
     #[command(after_help = "Examples:\n  sticlerctl retry US-P1-003 US-P1-004\n  sticlerctl retry --failed 1")]
     Retry {
@@ -91,19 +100,29 @@ pub enum Command {
     },
     /// Show a story's worker output, one log per iteration
     #[command(
-        after_help = "Examples:\n  sticlerctl logs US-P1-003              # latest iteration\n  sticlerctl logs US-P1-003 --iteration 2\n  sticlerctl logs US-P1-003 -f           # follow, across iterations"
+        after_help = "Examples:\n  sticlerctl logs US-P1-003              # latest iteration\n  sticlerctl logs US-P1-003 --iteration 2\n  sticlerctl logs US-P1-003 --all        # every iteration, in order\n  sticlerctl logs US-P1-003 --tail 20    # the last 20 lines of the latest iteration\n  sticlerctl logs US-P1-003 -f           # follow, across iterations"
     )]
     Logs {
+        /// Story id, such as US-P1-003
         story: String,
-        #[arg(long, value_name = "K")]
+        /// Show this iteration (numbered from 1) instead of the latest
+        #[arg(long, value_name = "K", conflicts_with = "all")]
         iteration: Option<u32>,
         /// Follow new output and move on to the next iteration until the run ends
         #[arg(short, long)]
         follow: bool,
+        /// Show every iteration's log in order, each under its header line
+        #[arg(long)]
+        all: bool,
+        /// Show only the last N lines of the iteration shown (then follow whole with -f)
+        #[arg(long, value_name = "N", conflicts_with = "all")]
+        tail: Option<u32>,
     },
     /// Stream events (story started, iteration ended, completed, failed, phase ended)
     #[command(after_help = "Examples:\n  sticlerctl watch\n  sticlerctl watch 1 --json")]
     Watch {
+        /// Phase number (`1` or `phase_1`); every phase (of the project of -C, else of all
+        /// projects) when left out
         phase: Option<String>,
         /// Replay stored events after this sequence number first
         #[arg(long, value_name = "SEQ")]
@@ -111,12 +130,18 @@ pub enum Command {
     },
     /// Block until the phase's run ends; exit 0 completed, 4 failed, 5 stopped
     #[command(after_help = "Example:\n  sticlerctl wait 1 && echo done")]
-    Wait { phase: String },
+    Wait {
+        /// Phase number (`1` or `phase_1`)
+        phase: String,
+    },
     /// End the project's wait for an agent's usage limit now; iterations start again at once
     #[command(
         after_help = "Examples:\n  sticlerctl resume 1          # the project of phase 1 stops waiting\n  sticlerctl -C ~/my-project resume 2"
     )]
-    Resume { phase: String },
+    Resume {
+        /// Phase number (`1` or `phase_1`) of the project whose wait ends
+        phase: String,
+    },
     /// List the worker presets (coding agents) and the exact command each runs
     #[command(
         after_help = "Examples:\n  sticlerctl presets\n  sticlerctl --json presets | jq '.[] | select(.name == \"claude\") | .argv'\n\nUse one in orchestrator.config.json: {\"worker\": {\"preset\": \"claude\", \"args\": [\"--model\", \"opus\"]}}"
@@ -145,4 +170,28 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         into: Option<PathBuf>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_and_option_has_a_help_text() {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for arg in cli.get_arguments() {
+            if arg.get_help().is_none() {
+                missing.push(format!("sticlerctl {}", arg.get_id()));
+            }
+        }
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && arg.get_id() != "help" && arg.get_id() != "version" {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

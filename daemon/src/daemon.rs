@@ -38,6 +38,9 @@ pub struct Daemon {
     starting: Mutex<HashSet<RunKey>>,
     /// The last run of each phase that ended, for `status` and `wait`.
     finished: Mutex<HashMap<RunKey, watch::Receiver<RunState>>>,
+    /// Stories retried after their phase's last run ended (that run's states are final): what
+    /// that run blocked on them is no longer shown blocked. Cleared when the phase starts again.
+    retried_after_end: Mutex<HashMap<RunKey, HashSet<String>>>,
     pub shutdown: watch::Sender<bool>,
     /// Parsed status.json files, reused while unchanged.
     pub listings: Listings,
@@ -81,6 +84,7 @@ impl Daemon {
             active: watch::channel(0).0,
             starting: Mutex::new(HashSet::new()),
             finished: Mutex::new(HashMap::new()),
+            retried_after_end: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             listings: Listings::default(),
             git_locks: Mutex::new(HashMap::new()),
@@ -120,15 +124,32 @@ impl Daemon {
         lock(&self.finished).get(&key).cloned()
     }
 
-    /// Every phase this daemon runs or has run.
+    /// Every phase this daemon runs or has run, and those earlier daemons on the same state
+    /// dir ran (from the store: a restart must not make `status --all` forget them).
     pub fn known_runs(&self) -> Vec<RunKey> {
         let mut keys: Vec<RunKey> = lock(&self.runs).keys().cloned().collect();
         keys.extend(lock(&self.finished).keys().cloned());
+        match self.bus.store().known_phases() {
+            Ok(known) => keys.extend(known),
+            Err(e) => tracing::warn!("cannot read the phases run before: {e}"),
+        }
         keys
+    }
+
+    /// `stories` of a phase with no active run were retried (see `handler::retry`).
+    pub fn retried_after_end(&self, project: &Path, phase: u32, stories: &[String]) {
+        let key = (project.to_path_buf(), phase);
+        lock(&self.retried_after_end).entry(key).or_default().extend(stories.iter().cloned());
+    }
+
+    /// The stories of the phase retried since its last run ended.
+    pub fn retried_since_end(&self, project: &Path, phase: u32) -> HashSet<String> {
+        lock(&self.retried_after_end).get(&(project.to_path_buf(), phase)).cloned().unwrap_or_default()
     }
 
     /// A run was launched (see `handler::start`).
     pub fn run_started(&self, key: RunKey, handle: RunHandle) {
+        lock(&self.retried_after_end).remove(&key);
         let mut runs = lock(&self.runs);
         runs.insert(key, handle);
         self.active.send_replace(runs.len());

@@ -88,6 +88,12 @@ impl Default for Listings {
 }
 
 impl Listings {
+    /// Listings read the plain way, with no inotify watches: for a one-off read of a phase
+    /// (`sticlerctl validate` without a daemon), where watches would only cost.
+    pub fn unwatched() -> Listings {
+        Listings { docs: DocCache::default(), inotify: None, state: Mutex::default() }
+    }
+
     /// The story folders under `stories_dir` (of phase `phase`) with their status.json parsed.
     pub fn stories(&self, stories_dir: &Path, phase: u32) -> Result<Stories, ProjectError> {
         let meta = match fs::metadata(stories_dir) {
@@ -210,7 +216,7 @@ impl Listing {
                 Some(doc) if !self.dirty.contains(&index) => Ok(Arc::clone(doc)),
                 _ => {
                     let rel = Path::new(entry.dir.file_name().unwrap_or_default()).join(STATUS_FILE);
-                    let read = docs.read_at(&dir_fd, &rel, &entry.dir.join(STATUS_FILE));
+                    let read = read_status(docs, &dir_fd, &rel, &entry.dir.join(STATUS_FILE));
                     let watchable =
                         fs::symlink_metadata(entry.dir.join(STATUS_FILE)).map_or(true, |m| !m.file_type().is_symlink());
                     entry.status = read.as_ref().ok().filter(|_| watchable).cloned();
@@ -262,9 +268,17 @@ fn scan<W>(
         if !file_type.is_dir() {
             continue;
         }
-        let Some(id) = StoryId::parse(&name) else {
-            problems.push(problem(format!("folder name {name:?} is not a story id of the form US-P{phase}-<digits>")));
-            continue;
+        let id = match StoryId::parse_checked(&name) {
+            Ok(id) => id,
+            Err(sticler_proto::StoryIdError::NotAnId(_)) => {
+                problems
+                    .push(problem(format!("folder name {name:?} is not a story id of the form US-P{phase}-<digits>")));
+                continue;
+            }
+            Err(e) => {
+                problems.push(problem(format!("folder name {e}")));
+                continue;
+            }
         };
         if id.phase != phase {
             problems
@@ -275,12 +289,20 @@ fn scan<W>(
             tracing::debug!("cannot watch {}: {e}", path.display());
             None
         });
-        let status = docs.read_at(&dir_fd, &Path::new(&name).join(STATUS_FILE), &path.join(STATUS_FILE));
+        let status = read_status(docs, &dir_fd, &Path::new(&name).join(STATUS_FILE), &path.join(STATUS_FILE));
         found.push((StoryFiles { id, dir: path, status }, wd));
     }
     found.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     let (stories, wds) = found.into_iter().unzip();
     Ok((Stories { stories, problems }, wds))
+}
+
+/// A story's status.json, parsed and type-checked: a field of the wrong type makes the story
+/// invalid like a syntax error does (the listing then reads it again on every request).
+fn read_status(docs: &DocCache, dir_fd: &fs::File, rel: &Path, path: &Path) -> Result<Arc<JsonDoc>, ProjectError> {
+    let doc = docs.read_at(dir_fd, rel, path)?;
+    doc.check_status_fields()?;
+    Ok(doc)
 }
 
 #[cfg(test)]

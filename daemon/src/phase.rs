@@ -4,12 +4,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use sticler_proto::Problem;
+use sticler_proto::{Problem, ValidationReport};
 
 use std::sync::Arc;
 
 use crate::listing::{Listings, Stories};
-use crate::project::{JsonDoc, Project, ProjectError, StatusFields, StoryId};
+use crate::project::{JsonDoc, OrchestratorConfig, Project, ProjectError, StatusFields, StoryId, CONFIG_FILE};
 
 pub const PHASE_CONFIG: &str = "phase_config.json";
 pub const STATUS_FILE: &str = "status.json";
@@ -60,7 +60,7 @@ impl PhaseFiles {
                 });
             }
         }
-        let config = JsonDoc::read(&dir.join(PHASE_CONFIG));
+        let config = read_config(&dir);
         let Stories { stories, problems } = listings.stories(&stories_dir, number)?;
         Ok(PhaseFiles { number, dir, config, stories, problems })
     }
@@ -103,14 +103,17 @@ impl PhaseFiles {
             let deps = self.check_dependencies(project, story, doc.dependencies(), &ids, &mut problems);
             edges.insert(story.id.as_str(), deps);
         }
+        // A cycle may pass through other phases: their stories this phase reaches join the graph.
+        let elsewhere = reached_elsewhere(project, &edges);
+        edges.extend(elsewhere.iter().map(|(id, deps)| (id.as_str(), deps.clone())));
         if let Some(cycle) = find_cycle(&edges) {
             push(&mut problems, &self.dir.join("stories"), format!("dependency cycle: {}", cycle.join(" -> ")));
         }
         problems
     }
 
-    /// Each dependency names a story of this phase (returned, for the cycle check) or an
-    /// existing story of another phase.
+    /// Each dependency names a story of this phase or an existing story of an earlier phase.
+    /// Returns the dependencies that are story ids, for the cycle check.
     fn check_dependencies(
         &self,
         project: &Project,
@@ -119,13 +122,13 @@ impl PhaseFiles {
         ids: &BTreeSet<&str>,
         problems: &mut Vec<Problem>,
     ) -> Vec<String> {
-        let mut inside = Vec::new();
+        let mut linked = Vec::new();
         for dep in dependencies {
-            match StoryId::parse(dep) {
-                None => push(problems, &story.status_path(), format!("dependency {dep:?} is not a story id")),
-                Some(dep_id) if dep_id.phase == self.number => {
+            match StoryId::parse_checked(dep) {
+                Err(e) => push(problems, &story.status_path(), format!("dependency {e}")),
+                Ok(dep_id) if dep_id.phase == self.number => {
                     if ids.contains(dep_id.as_str()) {
-                        inside.push(dep.clone());
+                        linked.push(dep.clone());
                     } else {
                         push(
                             problems,
@@ -134,8 +137,21 @@ impl PhaseFiles {
                         );
                     }
                 }
-                Some(dep_id) => {
-                    if !project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
+                // Phases run in order: a story cannot wait for one of a phase that comes after
+                // its own (that phase's start would wait for this one in turn).
+                Ok(dep_id) if dep_id.phase > self.number => {
+                    let message = format!(
+                        "dependency {dep} is in phase {}, after this phase {}; a story may depend only on stories of its own or earlier phases",
+                        dep_id.phase, self.number
+                    );
+                    push(problems, &story.status_path(), message);
+                    // Still an edge: a cycle through it is shown too.
+                    linked.push(dep.clone());
+                }
+                Ok(dep_id) => {
+                    if project.story_dir(&dep_id).join(STATUS_FILE).is_file() {
+                        linked.push(dep.clone());
+                    } else {
                         let dir = project.story_dir(&dep_id);
                         let message = format!("unknown dependency {dep}: no status.json in {}", dir.display());
                         push(problems, &story.status_path(), message);
@@ -143,8 +159,67 @@ impl PhaseFiles {
                 }
             }
         }
-        inside
+        linked
     }
+}
+
+/// The stories of other phases that this phase's dependencies reach, directly or through one
+/// another, with their own dependencies (each status.json read once; an unreadable one has none:
+/// its own phase's validation reports it).
+fn reached_elsewhere(project: &Project, edges: &BTreeMap<&str, Vec<String>>) -> BTreeMap<String, Vec<String>> {
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut queue: Vec<String> = edges.values().flatten().cloned().collect();
+    while let Some(id) = queue.pop() {
+        if edges.contains_key(id.as_str()) || found.contains_key(&id) {
+            continue;
+        }
+        let Some(story) = StoryId::parse(&id) else { continue };
+        let status = project.story_dir(&story).join(STATUS_FILE);
+        let deps = JsonDoc::read(&status).map(|doc| doc.dependencies().to_vec()).unwrap_or_default();
+        queue.extend(deps.iter().cloned());
+        found.insert(id, deps);
+    }
+    found
+}
+
+/// The phase_config.json of the phase folder `dir`, which exists. A missing file is said in
+/// words, the same for every command (never a bare "No such file or directory").
+fn read_config(dir: &Path) -> Result<JsonDoc, ProjectError> {
+    let path = dir.join(PHASE_CONFIG);
+    JsonDoc::read(&path).map_err(|e| match e {
+        ProjectError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ProjectError::Invalid {
+            path,
+            message: "missing; every phase folder needs a phase_config.json (with its title and status)".into(),
+        },
+        other => other,
+    })
+}
+
+/// The phase_config.json of phase `phase`: `NoPhase` when the phase folder does not exist.
+pub fn phase_config(project: &Project, phase: u32) -> Result<JsonDoc, ProjectError> {
+    let dir = project.phase_dir(phase);
+    if !dir.is_dir() {
+        return Err(ProjectError::NoPhase { project: project.root.clone(), phase });
+    }
+    read_config(&dir)
+}
+
+/// What `validate` answers for phase `phase` of the project at `dir`: the phase's problems and
+/// those of orchestrator.config.json. The daemon and, without one, sticlerctl both call this,
+/// so the report is the same wherever it is made.
+pub fn validation_report(dir: &Path, phase: u32, listings: &Listings) -> Result<ValidationReport, ProjectError> {
+    let project = Project::open(dir)?;
+    let files = PhaseFiles::load(&project, phase, listings)?;
+    let mut problems = files.validate(&project);
+    if let Err(e) = OrchestratorConfig::load(&project.root) {
+        push(&mut problems, &project.root.join(CONFIG_FILE), e.detail());
+    }
+    Ok(ValidationReport {
+        project: project.root.display().to_string(),
+        phase,
+        stories: files.stories.len() as u32,
+        problems,
+    })
 }
 
 fn push(problems: &mut Vec<Problem>, path: &Path, message: String) {

@@ -159,8 +159,9 @@ async fn serve_connection(stream: Stream, daemon: Arc<Daemon>) {
 async fn dispatch(daemon: &Arc<Daemon>, conn: &mut Connection, request: Request) -> bool {
     let streamed = match request {
         Request::Watch { project, phase, since } => stream::watch(daemon, conn, project, phase, since).await,
-        Request::Logs { phase, story, iteration, follow } => {
-            stream::logs(daemon, conn, &phase, &story, iteration, follow).await
+        Request::Logs { phase, story, iteration, follow, all, tail } => {
+            let options = stream::LogOptions { iteration, follow, all, tail };
+            stream::logs(daemon, conn, &phase, &story, options).await
         }
         Request::Wait(phase) => stream::wait(daemon, conn, &phase).await,
         other => {

@@ -77,6 +77,9 @@ pub struct Store {
     stories: sled::Tree,
     pauses: sled::Tree,
     usage: sled::Tree,
+    /// Every (project, phase) a run was ever started for, so `status --all` still lists them
+    /// after a restart. Kept after the run ends; a project gone from disk is skipped on reading.
+    known: sled::Tree,
 }
 
 /// The trees of what sticler learned from the agents' output.
@@ -123,7 +126,8 @@ impl Store {
         let pauses = db.open_tree("pauses")?;
         let usage = db.open_tree("usage")?;
         let merges = db.open_tree("merges")?;
-        Ok(Store { db, merges, events, runs, stories, pauses, usage })
+        let known = db.open_tree("known_phases")?;
+        Ok(Store { db, merges, events, runs, stories, pauses, usage, known })
     }
 
     /// The highest event sequence number stored (0 when none).
@@ -159,8 +163,17 @@ impl Store {
 
     pub fn put_run(&self, key: &str, run: &RunRecord) -> Result<(), StoreError> {
         self.runs.insert(key, encode(run)?)?;
-        self.runs.flush()?;
+        self.known.insert(key, encode(&(run.project.as_str(), run.phase))?)?;
+        self.db.flush()?;
         Ok(())
+    }
+
+    /// Every (project, phase) a run was started for, by this daemon or an earlier one.
+    pub fn known_phases(&self) -> Result<Vec<(PathBuf, u32)>, StoreError> {
+        self.known
+            .iter()
+            .map(|item| decode::<(String, u32)>(&item?.1).map(|(project, phase)| (PathBuf::from(project), phase)))
+            .collect()
     }
 
     /// Every run that was active when the store was last written.

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::connection::Connection;
 use crate::daemon::{error, Daemon};
-use crate::project::{JsonDoc, Project, StoryId};
+use crate::project::{Project, StoryId};
 
 /// How often `logs -f` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
@@ -140,8 +140,7 @@ fn ended_outcome(daemon: &Daemon, project: &Project, phase: u32) -> Result<RunOu
     if let Some(outcome) = daemon.last_run(&project.root, phase).and_then(|state| state.borrow().outcome) {
         return Ok(outcome);
     }
-    let path = project.phase_dir(phase).join(crate::phase::PHASE_CONFIG);
-    let doc = JsonDoc::read(&path)?;
+    let doc = crate::phase::phase_config(project, phase)?;
     match doc.str_field("status") {
         "completed" => Ok(RunOutcome::Completed),
         "failed" => Ok(RunOutcome::Failed),
@@ -154,14 +153,22 @@ fn ended_outcome(daemon: &Daemon, project: &Project, phase: u32) -> Result<RunOu
     }
 }
 
+/// What a `logs` request asks for besides the story.
+pub struct LogOptions {
+    pub iteration: Option<u32>,
+    pub follow: bool,
+    pub all: bool,
+    pub tail: Option<u32>,
+}
+
 pub async fn logs(
     daemon: &Arc<Daemon>,
     conn: &mut Connection,
     phase: &PhaseRef,
     story: &str,
-    iteration: Option<u32>,
-    follow: bool,
+    options: LogOptions,
 ) -> StreamResult {
+    let LogOptions { iteration, follow, all, tail } = options;
     let project = Project::open(Path::new(&phase.project))?;
     if StoryId::parse(story).is_none() {
         return Err(error(ErrorKind::BadRequest, format!("{story:?} is not a story id")).into());
@@ -187,7 +194,16 @@ pub async fn logs(
             error(ErrorKind::NotFound, format!("{story} has no iteration {current} (logged: {known:?})")).into()
         );
     }
-    let mut cursor = LogCursor { root: &root, story, iteration: current, offset: 0 };
+    // `all`: from the first logged iteration on, each in turn, up to the latest.
+    let first = if all { known.first().copied().unwrap_or(current) } else { current };
+    let mut cursor = LogCursor { root: &root, story, iteration: first, offset: 0 };
+    if let Some(lines) = tail.filter(|_| first != 0) {
+        let path = crate::logs::log_path(&root, story, first);
+        cursor.offset = tokio::task::spawn_blocking(move || tail_offset(&path, lines)).await.unwrap_or(0);
+    }
+    for &next in known.iter().filter(|n| all && **n > first) {
+        cursor.move_to(conn, next).await?;
+    }
     cursor.catch_up(conn).await?;
     if let Some(events) = events {
         follow_logs(daemon, conn, phase, &project, &mut cursor, events).await?;
@@ -270,6 +286,40 @@ async fn follow_logs(
     }
 }
 
+/// Where the last `lines` lines of the file at `path` begin (0 when it has fewer, or cannot be
+/// read). Read backwards in blocks: a long log costs its tail, not its whole length.
+fn tail_offset(path: &Path, lines: u32) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return 0 };
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return 0 };
+    if lines == 0 {
+        return len;
+    }
+    // Each newline before the end starts one more line of the tail (the file's last newline
+    // only ends the last line).
+    let mut started = 0;
+    let mut end = len;
+    let mut buf = vec![0u8; CHUNK];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let block = &mut buf[..(end - start) as usize];
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_exact(block).is_err() {
+            return 0;
+        }
+        for (i, byte) in block.iter().enumerate().rev() {
+            let at = start + i as u64;
+            if *byte == b'\n' && at + 1 < len {
+                started += 1;
+                if started == lines {
+                    return at + 1;
+                }
+            }
+        }
+        end = start;
+    }
+    0
+}
+
 /// Sends what `path` holds after `offset`; returns the new offset.
 async fn send_new(conn: &mut Connection, path: &Path, iteration: u32, offset: u64) -> Result<u64, StreamError> {
     let Ok(mut file) = tokio::fs::File::open(path).await else { return Ok(offset) };
@@ -285,5 +335,29 @@ async fn send_new(conn: &mut Connection, path: &Path, iteration: u32, offset: u6
         }
         offset += n as u64;
         send(conn, ServerMessage::Response(Response::LogChunk { iteration, data: buf[..n].to_vec() })).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tail_offset_finds_the_start_of_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.log");
+        for (text, lines, expected) in [
+            ("a\nb\nc\n", 2, "b\nc\n"),
+            ("a\nb\nc", 2, "b\nc"),
+            ("a\nb\nc\n", 5, "a\nb\nc\n"),
+            ("a\nb\nc\n", 0, ""),
+            ("", 3, ""),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let at = super::tail_offset(&path, lines) as usize;
+            assert_eq!(&text[at..], expected, "{text:?} tail {lines}");
+        }
+        let long: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, &long).unwrap();
+        let at = super::tail_offset(&path, 3) as usize;
+        assert_eq!(&long[at..], "line 99997\nline 99998\nline 99999\n");
     }
 }

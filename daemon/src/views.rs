@@ -76,13 +76,17 @@ pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> Pha
             (String::new(), String::new())
         }
     };
+    // A story the last run blocked stays shown blocked until what blocks it is retried: then
+    // it shows pending at once, not only at the next start.
+    let retried = daemon.retried_since_end(&project.root, files.number);
+    let still_blocks = |by: &str| !retried.contains(by);
     let project_name = project.root.display().to_string();
     let stories: Vec<StoryView> = files
         .stories
         .iter()
         .map(|story| {
             let live_story = live.as_ref().and_then(|l| l.stories.get(story.id.as_str()));
-            let mut view = story_view(story, live_story, running, &mut problems);
+            let mut view = story_view(story, live_story, running, &still_blocks, &mut problems);
             if let Some(ledger) = daemon.ledger.story(&project_name, story.id.as_str()) {
                 view.cost_usd = ledger.cost_usd();
                 view.tokens = ledger.tokens();
@@ -131,11 +135,13 @@ fn counts(stories: &[StoryView]) -> StoryCounts {
 }
 
 /// One story: its status.json, and the run's state while the run is active (a story the last
-/// run blocked stays shown blocked: nothing on disk says so).
+/// run blocked stays shown blocked while one of its blockers `still_blocks`: nothing on disk
+/// says so).
 fn story_view(
     story: &StoryFiles,
     live: Option<&LiveStory>,
     run_active: bool,
+    still_blocks: &dyn Fn(&str) -> bool,
     problems: &mut Vec<Problem>,
 ) -> StoryView {
     let (doc, disk_state) = match &story.status {
@@ -153,7 +159,8 @@ fn story_view(
         }
     };
     let state = match live {
-        Some(l) if run_active || l.state == StoryState::Blocked => l.state,
+        Some(l) if run_active => l.state,
+        Some(l) if l.state == StoryState::Blocked && l.blocked_by.iter().any(|by| still_blocks(by)) => l.state,
         _ => disk_state,
     };
     let (criteria_done, criteria_total) = doc.map_or((0, 0), |d| d.criteria());
@@ -173,7 +180,7 @@ fn story_view(
         dependencies: doc.map_or_else(Vec::new, |d| d.dependencies().to_vec()),
         focus: doc.map_or_else(String::new, |d| d.focus().to_string()),
         failed_reasons,
-        blocked_by: live.map_or_else(Vec::new, |l| l.blocked_by.clone()),
+        blocked_by: live.filter(|_| state == StoryState::Blocked).map_or_else(Vec::new, |l| l.blocked_by.clone()),
         running_secs: live.and_then(|l| l.running_secs),
         commit_hash: doc.map_or_else(String::new, |d| d.commit_hash().to_string()),
         cost_usd: None,

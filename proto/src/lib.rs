@@ -13,7 +13,7 @@ pub mod view;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};
 pub use message::*;
-pub use story::StoryId;
+pub use story::{StoryId, StoryIdError};
 pub use view::*;
 
 /// Bumped whenever a message type changes shape. Client and daemon must agree exactly.

@@ -78,6 +78,12 @@ pub enum Request {
         iteration: Option<u32>,
         #[serde(default)]
         follow: bool,
+        /// Every iteration's log in order, not only the latest (or the one named).
+        #[serde(default)]
+        all: bool,
+        /// Only the last this many lines of the first log sent; what follows is sent whole.
+        #[serde(default)]
+        tail: Option<u32>,
     },
     /// Stream events; `None` filters nothing. `since` replays stored events after that sequence.
     Watch {

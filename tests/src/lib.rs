@@ -14,6 +14,22 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sticler_proto::{PhaseView, StatusReport, StoryView};
 
+/// Whether `tool` (a program on PATH, or an absolute path) is installed. The suite's one policy
+/// for tools from outside Rust (tmux, setpriv, python3, systemd-journald): a test that needs an
+/// absent one prints `skipped: <tool> not installed (apt-get install <package>)` and returns,
+/// so `cargo test` passes on a fresh machine; `.ci/run` installs them all so CI runs every test.
+pub fn have_tool(tool: &str, package: &str) -> bool {
+    let found = if tool.contains('/') {
+        Path::new(tool).is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+    };
+    if !found {
+        println!("skipped: {tool} not installed (apt-get install {package})");
+    }
+    found
+}
+
 /// A binary of this workspace, from the same target folder as the running test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -467,5 +483,16 @@ pub fn merge(base: &mut Value, extra: Value) {
             }
         }
         (b, e) => *b = e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn have_tool_finds_programs_on_path_and_by_absolute_path() {
+        assert!(super::have_tool("sh", "dash"));
+        assert!(super::have_tool("/bin/sh", "dash"));
+        assert!(!super::have_tool("sticler-no-such-tool", "none"));
+        assert!(!super::have_tool("/nonexistent/sticler-no-such-tool", "none"));
     }
 }

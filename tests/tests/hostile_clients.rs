@@ -219,13 +219,37 @@ fn outside_paths(daemon: &Daemon, project: &str) -> usize {
         ("NUL", Request::Status { project: format!("{project}\0/etc"), phase: None, story: None }),
         (
             "../x",
-            Request::Logs { phase: ours(), story: "../../../../etc/passwd".into(), iteration: None, follow: false },
+            Request::Logs {
+                phase: ours(),
+                story: "../../../../etc/passwd".into(),
+                iteration: None,
+                follow: false,
+                all: false,
+                tail: None,
+            },
         ),
         (
             "US-P1-001/..",
-            Request::Logs { phase: ours(), story: "US-P1-001/../..".into(), iteration: Some(1), follow: false },
+            Request::Logs {
+                phase: ours(),
+                story: "US-P1-001/../..".into(),
+                iteration: Some(1),
+                follow: false,
+                all: false,
+                tail: None,
+            },
         ),
-        ("NUL id", Request::Logs { phase: ours(), story: "US-P1-001\0".into(), iteration: None, follow: false }),
+        (
+            "NUL id",
+            Request::Logs {
+                phase: ours(),
+                story: "US-P1-001\0".into(),
+                iteration: None,
+                follow: false,
+                all: false,
+                tail: None,
+            },
+        ),
         ("retry ../", Request::Retry { phase: ours(), stories: vec!["../US-P1-001".into()], all_failed: false }),
         (
             "story filter /",

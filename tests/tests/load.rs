@@ -104,6 +104,8 @@ fn client(socket: std::path::PathBuf, project: String, kind: Kind, stop: Arc<Ato
                         story: "US-P1-001".into(),
                         iteration: None,
                         follow: false,
+                        all: false,
+                        tail: None,
                     };
                     c.send(&sticler_proto::ClientMessage::Request(request))?;
                     let mut bytes = 0;

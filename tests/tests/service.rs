@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sticler_tests::{bin, describe, poll, story, Daemon, ProjectBuilder};
+use sticler_tests::{bin, describe, have_tool, poll, story, Daemon, ProjectBuilder};
 
 /// Every datagram that arrives on a notify socket, in order, collected by a thread.
 struct NotifyListener {
@@ -188,8 +188,7 @@ fn journal_entries(journal_dir: &Path, filters: &[&str]) -> Vec<Value> {
 
 #[test]
 fn logs_go_to_a_real_journald_with_story_fields() {
-    if !Path::new(JOURNALD).is_file() {
-        println!("SKIPPED: {JOURNALD} is not installed (apt-get install systemd; .ci/run does it)");
+    if !have_tool(JOURNALD, "systemd") || !have_tool("journalctl", "systemd") {
         return;
     }
     let mut daemon = Daemon::unstarted();
@@ -247,8 +246,7 @@ fn a_journal_stream_that_is_not_our_stderr_keeps_logs_on_stderr() {
     // A process started by a service inherits JOURNAL_STREAM even when its stderr goes
     // elsewhere (here: the harness's log file); such a daemon must keep writing lines there,
     // even though a journald is listening.
-    if !Path::new(JOURNALD).is_file() {
-        println!("SKIPPED: {JOURNALD} is not installed (apt-get install systemd; .ci/run does it)");
+    if !have_tool(JOURNALD, "systemd") || !have_tool("journalctl", "systemd") {
         return;
     }
     let mut daemon = Daemon::unstarted();

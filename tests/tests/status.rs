@@ -154,3 +154,28 @@ fn version_names_both_sides() {
     assert_eq!(v["daemon_pid"], daemon.pid());
     assert_eq!(v["client_version"], v["daemon_version"]);
 }
+
+/// A restarted daemon still lists the phases run before (a stop with SIGTERM and a crash alike),
+/// and with nothing to list `status --all` says so in a line.
+#[test]
+fn status_all_remembers_phases_across_a_restart_and_says_when_there_is_nothing() {
+    use nix::sys::signal::Signal;
+    let mut daemon = Daemon::start();
+    let out = daemon.ctl(&["status", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("nothing to show: sticlerd has not run any phase yet"), "{text}");
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let root = std::fs::canonicalize(p.path()).unwrap().display().to_string();
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        daemon.signal_and_wait(signal);
+        daemon.launch(&[]);
+        let all: Vec<StatusReport> = daemon.ctl_typed(&["status", "--all"]);
+        assert_eq!(all.len(), 1, "after {signal}: {all:?}");
+        assert_eq!((all[0].project.as_str(), all[0].phases.len()), (root.as_str(), 1), "after {signal}: {all:?}");
+        assert_eq!(all[0].phases[0].status, "completed", "after {signal}: {all:?}");
+    }
+}

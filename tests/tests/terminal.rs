@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use sticler_tests::{bin, describe, story, Daemon, ProjectBuilder};
+use sticler_tests::{bin, describe, have_tool, story, Daemon, ProjectBuilder};
 
 /// A private tmux server (its own socket name) with a shell in a 150x40 pane, where the test
 /// types commands like a user; killed on drop.
@@ -100,6 +100,9 @@ fn slow_phase() -> ProjectBuilder {
 fn start_wait_in_a_terminal_shows_running_stories_and_an_overall_bar() {
     let daemon = Daemon::start();
     let p = slow_phase();
+    if !have_tool("tmux", "tmux") {
+        return;
+    }
     let tmux = Tmux::shell("wait");
     tmux.send_keys(&[&ctl_line(&daemon, &p, "", "start 1 --wait"), "Enter"]);
 
@@ -130,6 +133,9 @@ fn start_wait_in_a_terminal_shows_running_stories_and_an_overall_bar() {
 fn watch_follows_no_color_and_plain_output_when_piped() {
     let daemon = Daemon::start();
     let p = slow_phase();
+    if !have_tool("tmux", "tmux") {
+        return;
+    }
     let tmux = Tmux::shell("watch");
     tmux.send_keys(&[&ctl_line(&daemon, &p, "NO_COLOR=1", "watch 1"), "Enter"]);
     // The typed command runs (its first refresh draws the phase bar) before the phase starts.

@@ -1,5 +1,6 @@
-//! `logs`: a story's worker output, one log per iteration; `-f` follows across iterations
-//! until the run ends.
+//! `logs`: a story's worker output, one log per iteration, each under a header line naming the
+//! story and the iteration; `--all` every iteration, `--tail N` the last lines, `-f` follows
+//! across iterations until the run ends.
 
 use std::io::Write;
 
@@ -9,12 +10,22 @@ use super::{story_phase, Context};
 use crate::client::ClientError;
 use crate::CmdResult;
 
-pub fn run(ctx: &Context, story: &str, iteration: Option<u32>, follow: bool) -> CmdResult {
+/// The options of `logs` besides the story.
+pub struct Options {
+    pub iteration: Option<u32>,
+    pub follow: bool,
+    pub all: bool,
+    pub tail: Option<u32>,
+}
+
+pub fn run(ctx: &Context, story: &str, options: Options) -> CmdResult {
     let phase = PhaseRef { project: ctx.project()?, phase: story_phase(story)? };
     let mut client = ctx.connect()?;
-    client.send(Request::Logs { phase, story: story.to_string(), iteration, follow })?;
+    let Options { iteration, follow, all, tail } = options;
+    client.send(Request::Logs { phase, story: story.to_string(), iteration, follow, all, tail })?;
     let mut out = std::io::stdout().lock();
     let mut shown = None;
+    let mut at_line_start = true;
     // Write errors are ignored: SIGPIPE already ends `logs | head`; nothing else is worth a
     // failure exit for output that is only shown.
     loop {
@@ -24,10 +35,15 @@ pub fn run(ctx: &Context, story: &str, iteration: Option<u32>, follow: bool) -> 
                     let text = String::from_utf8_lossy(&data);
                     let _ = writeln!(out, "{}", serde_json::json!({"iteration": iteration, "data": text}));
                 } else {
-                    if follow && shown != Some(iteration) {
-                        let _ = writeln!(out, "--- {story} iteration {iteration} ---");
+                    if shown != Some(iteration) {
+                        // A log that did not end its last line must not run into the header.
+                        let newline = if at_line_start { "" } else { "\n" };
+                        let _ = writeln!(out, "{newline}--- {story} iteration {iteration} ---");
                     }
                     let _ = out.write_all(&data);
+                    if let Some(last) = data.last() {
+                        at_line_start = *last == b'\n';
+                    }
                 }
                 shown = Some(iteration);
                 let _ = out.flush();

@@ -53,6 +53,8 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Presets => return presets::run(cli.json),
         Command::Completions { shell } => return generate::completions(*shell),
         Command::Man => return generate::man(),
+        // Validation only reads files: no daemon needed.
+        Command::Validate { phase } => return validate::run(cli.json, cli.dir.as_deref(), phase),
         _ => {}
     }
     let socket = client::socket_path(cli.socket.clone()).ok_or_else(|| {
@@ -61,20 +63,22 @@ pub fn run(cli: Cli) -> CmdResult {
     let ctx = Context { socket, json: cli.json, dir: cli.dir.as_deref() };
     match &cli.command {
         // Answered above, before a socket was needed.
-        Command::Presets | Command::Completions { .. } | Command::Man => Ok(0),
+        Command::Presets | Command::Completions { .. } | Command::Man | Command::Validate { .. } => Ok(0),
         Command::Demo { into } => demo::run(into.clone()),
         Command::Ping => daemon::ping(&ctx),
         Command::Version => daemon::version(&ctx),
         Command::Shutdown => daemon::shutdown(&ctx),
         Command::Status { all: true, .. } => status::all(&ctx),
         Command::Status { phase, story, .. } => status::project(&ctx, phase.as_deref(), story.as_deref()),
-        Command::Validate { phase } => validate::run(&ctx, phase),
         Command::Start { phase, force, wait } => start::run(&ctx, phase, *force, *wait),
         Command::Stop { phase, grace } => control::stop(&ctx, phase, *grace),
         Command::Kill { phase } => control::kill(&ctx, phase),
         Command::Resume { phase } => control::resume(&ctx, phase),
         Command::Retry { stories, failed } => retry::run(&ctx, stories, failed.as_deref()),
-        Command::Logs { story, iteration, follow } => logs::run(&ctx, story, *iteration, *follow),
+        Command::Logs { story, iteration, follow, all, tail } => {
+            let options = logs::Options { iteration: *iteration, follow: *follow, all: *all, tail: *tail };
+            logs::run(&ctx, story, options)
+        }
         Command::Watch { phase, since } => watch::run(&ctx, phase.as_deref(), *since),
         Command::Wait { phase } => wait::run(&ctx, phase),
     }
@@ -110,9 +114,13 @@ fn phase_number(text: &str) -> Result<u32, CliError> {
 
 /// The phase a story id belongs to (`US-P3-007` → 3).
 fn story_phase(story: &str) -> Result<u32, CliError> {
-    sticler_proto::StoryId::parse(story)
-        .map(|id| id.phase)
-        .ok_or_else(|| CliError::Usage(format!("{story:?} is not a story id like US-P1-003")))
+    match sticler_proto::StoryId::parse_checked(story) {
+        Ok(id) => Ok(id.phase),
+        Err(sticler_proto::StoryIdError::NotAnId(_)) => {
+            Err(CliError::Usage(format!("{story:?} is not a story id like US-P1-003")))
+        }
+        Err(e) => Err(CliError::Usage(e.to_string())),
+    }
 }
 
 /// Pretty for a person at a terminal; one compact line for a script, written straight to

@@ -14,7 +14,7 @@ pub fn all(ctx: &Context) -> CmdResult {
     if ctx.json {
         print_json(&reports);
     } else if reports.is_empty() {
-        println!("sticlerd has run no phase since it started");
+        println!("nothing to show: sticlerd has not run any phase yet (start one with `sticlerctl start <phase>`)");
     } else {
         let text: Vec<String> = reports
             .iter()

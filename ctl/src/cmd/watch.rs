@@ -4,7 +4,7 @@
 
 use std::io::IsTerminal;
 
-use sticler_proto::{Event, EventKind, Request, Response, ServerMessage};
+use sticler_proto::{Event, EventKind, Request, Response, ServerMessage, StatusReport};
 
 use super::{phase_number, wait, Context};
 use crate::client::{Client, ClientError};
@@ -17,6 +17,9 @@ pub fn run(ctx: &Context, phase: Option<&str>, since: Option<u64>) -> CmdResult 
         None => (ctx.dir.map(|_| ctx.project()).transpose()?, None),
     };
     let mut client = ctx.connect()?;
+    if let (Some(project), Some(phase)) = (&project, phase) {
+        idle_line(ctx, project, phase)?;
+    }
     client.send(Request::Watch { project: project.clone(), phase, since })?;
     if !ctx.json && std::io::stdout().is_terminal() {
         progress::follow(client, &ctx.socket, project.zip(phase), false)?;
@@ -29,6 +32,21 @@ pub fn run(ctx: &Context, phase: Option<&str>, since: Option<u64>) -> CmdResult 
             other => return Err(ClientError::Protocol(format!("unexpected {other:?}")).into()),
         }
     }
+}
+
+/// A phase that does not run shows no event until it starts: say so in one line, and how to
+/// start it, instead of a silent wait. A phase that does not exist is an error, not a wait.
+fn idle_line(ctx: &Context, project: &str, phase: u32) -> Result<(), crate::CliError> {
+    let request = Request::Status { project: project.to_string(), phase: Some(phase), story: None };
+    let report: StatusReport = ctx.connect()?.call_expect(request)?;
+    let running = report.phases.first().is_some_and(|p| p.running);
+    if !running && !ctx.json {
+        println!(
+            "phase {phase} of {} is not running; waiting for its events (start it with `sticlerctl start {phase}`)",
+            report.project
+        );
+    }
+    Ok(())
 }
 
 /// One event: a JSON object per line with `--json`, else a line of text.

@@ -44,13 +44,14 @@ pub async fn retry(
         let _ = answer.await;
         return Ok(Response::Done { message: format!("retrying {} in the running phase", names.join(", ")) });
     }
-    Ok(Response::Done {
-        message: format!(
-            "{} set back to pending; they run at the next `sticlerctl start {}`",
-            names.join(", "),
-            phase.phase
-        ),
-    })
+    daemon.retried_after_end(&project.root, phase.phase, &names);
+    Ok(Response::Done { message: pending_again(&names, phase.phase) })
+}
+
+/// "US-P1-002 is pending again; it runs at the next `sticlerctl start 1`", plural for several.
+fn pending_again(names: &[String], phase: u32) -> String {
+    let (is, it, runs) = if names.len() == 1 { ("is", "it", "runs") } else { ("are", "they", "run") };
+    format!("{} {is} pending again; {it} {runs} at the next `sticlerctl start {phase}`", names.join(", "))
 }
 
 /// The stories to retry: every retryable one (`--failed`), or the named ones, each of which
@@ -84,4 +85,21 @@ fn targets<'a>(
         targets.push(story);
     }
     Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_retry_message_agrees_with_its_number() {
+        let one = ["US-P1-002".to_string()];
+        assert_eq!(
+            super::pending_again(&one, 1),
+            "US-P1-002 is pending again; it runs at the next `sticlerctl start 1`"
+        );
+        let two = ["US-P1-001".to_string(), "US-P1-002".to_string()];
+        assert_eq!(
+            super::pending_again(&two, 3),
+            "US-P1-001, US-P1-002 are pending again; they run at the next `sticlerctl start 3`"
+        );
+    }
 }

@@ -20,6 +20,14 @@ pub enum CommandSpec {
 }
 
 impl CommandSpec {
+    /// No program to run: `""`, `[]`, or a program name that is blank.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            CommandSpec::Argv(argv) => argv.first().is_none_or(|p| p.trim().is_empty()),
+            CommandSpec::Shell(line) => line.trim().is_empty(),
+        }
+    }
+
     pub fn argv(&self) -> Vec<String> {
         match self {
             CommandSpec::Argv(argv) => argv.clone(),
@@ -176,7 +184,7 @@ impl Default for UsageLimitConfig {
 
 /// `orchestrator.config.json` at the project root; every field is optional.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OrchestratorConfig {
     pub max_parallel_workers: usize,
     pub max_iterations_per_task: u32,
@@ -230,6 +238,8 @@ impl OrchestratorConfig {
     /// Parses the bytes of the config file at `path` (named in errors).
     pub fn parse(path: &Path, raw: &[u8]) -> Result<OrchestratorConfig, ProjectError> {
         let path = path.to_path_buf();
+        let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| ProjectError::malformed(&path, &e))?;
+        super::config_keys::check(&value).map_err(|message| ProjectError::Invalid { path: path.clone(), message })?;
         let config: OrchestratorConfig = serde_json::from_slice(raw).map_err(|e| {
             if e.is_data() {
                 ProjectError::Invalid {
@@ -240,8 +250,15 @@ impl OrchestratorConfig {
                 ProjectError::malformed(&path, &e)
             }
         })?;
-        if config.worker.command.argv().first().is_none_or(|p| p.is_empty()) {
-            return Err(ProjectError::Invalid { path, message: "worker.command is empty".into() });
+        // An empty command would spawn nothing (or a shell that does nothing) and burn every
+        // iteration as a failure: refused here, before anything runs.
+        let commands = [("worker.command", Some(&config.worker.command)), ("verify", config.verify.as_ref())];
+        for (name, command) in commands {
+            if command.is_some_and(CommandSpec::is_empty) {
+                let message =
+                    format!("{name} is empty; give a program and its arguments, such as [\"claude\", \"-p\", \"...\"]");
+                return Err(ProjectError::Invalid { path, message });
+            }
         }
         // Zero would mean no worker, no iteration or no retry at all: a typo, not a setting.
         for (name, value) in [
@@ -296,6 +313,44 @@ mod tests {
             }
         }
         assert!(OrchestratorConfig::parse(path, br#"{"max_parallel_workers": 1, "retry_limit": 1}"#).is_ok());
+    }
+
+    #[test]
+    fn every_key_the_key_check_knows_is_read() {
+        use super::super::config_keys::{TOP_KEYS, USAGE_LIMIT_KEYS, WORKER_KEYS};
+        let full = serde_json::json!({
+            "max_parallel_workers": 1, "max_iterations_per_task": 1, "retry_limit": 1, "auto_commit": true,
+            "workspace": "shared", "verify": null, "push": false, "max_cost_usd_per_story": null,
+            "max_cost_usd_per_phase": null,
+            "worker": {"preset": "command", "command": ["x"], "args": [], "stdin": "none", "iteration_timeout_secs": 1,
+                       "exit_grace_secs": 1, "idle_timeout_secs": null, "env": {}, "limit_patterns": []},
+            "usage_limit": {"margin_secs": 1, "backoff_min_secs": 1, "backoff_max_secs": 1},
+        });
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        let known = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(keys(&full), known(TOP_KEYS));
+        assert_eq!(keys(&full["worker"]), known(WORKER_KEYS));
+        assert_eq!(keys(&full["usage_limit"]), known(USAGE_LIMIT_KEYS));
+        let path = Path::new("/p/orchestrator.config.json");
+        OrchestratorConfig::parse(path, full.to_string().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn empty_commands_and_non_objects_are_refused() {
+        let path = Path::new("/p/orchestrator.config.json");
+        for (json, says) in [
+            (r#"{"worker": {"command": ""}}"#, "worker.command is empty"),
+            (r#"{"worker": {"command": "  "}}"#, "worker.command is empty"),
+            (r#"{"worker": {"command": [""]}}"#, "worker.command is empty"),
+            (r#"{"worker": {"command": []}}"#, "worker.command is empty"),
+            (r#"{"verify": ""}"#, "verify is empty"),
+            (r#"[{"max_parallel_workers": 2}]"#, "expected a JSON object of settings"),
+            (r#"{"max_paralel_workers": 2}"#, "did you mean \"max_parallel_workers\"?"),
+        ] {
+            let err = OrchestratorConfig::parse(path, json.as_bytes()).unwrap_err().to_string();
+            assert!(err.starts_with("/p/orchestrator.config.json: ") && err.contains(says), "{json}: {err}");
+        }
     }
 
     #[test]

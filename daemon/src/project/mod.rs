@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub use sticler_proto::StoryId;
 
 mod config;
+mod config_keys;
 mod doc_cache;
 mod error;
 mod json_doc;

@@ -199,6 +199,11 @@ impl PhaseRun {
             Ok(map) => JsonDoc::new(paths.status.clone(), after, map),
             Err(e) => return Verdict::Infra(format!("status.json left invalid: {e}")),
         };
+        // A field of the wrong type (a `status` such as "complete") is as unusable as a syntax
+        // error: an infrastructure failure naming it, never an iteration still in progress.
+        if let Err(e) = doc.check_status_fields() {
+            return Verdict::Infra(format!("status.json left invalid: {e}"));
+        }
         let worker = &self.config.worker;
         match (doc.disk_status(), ended.by) {
             (DiskStatus::Completed, _) => Verdict::Completed,

@@ -358,8 +358,14 @@ impl Scheduler {
                 return actions;
             }
         }
+        let failed = node.state == StoryState::Failed;
         self.running -= 1;
         actions.push(Action::Release(story.to_string()));
+        // Its dependents are blocked in this same step, not at the next `schedule`: nobody
+        // reading the state in between sees a failed story whose dependents look pending.
+        if failed && !stopping && !held {
+            self.propagate_blocks(&mut actions);
+        }
         actions
     }
 
@@ -408,8 +414,8 @@ impl Scheduler {
     }
 }
 
-/// What one verdict does to its story: its new state and streaks, the actions it brings, and
-/// the reason the story fails by one of the rules, if it does.
+/// What one iteration's verdict does to its story's node: the new state and streaks, the
+/// actions to announce, and the reason the story fails, if a rule says it does.
 fn apply_verdict(
     node: &mut Node,
     story: &str,

@@ -330,3 +330,14 @@ fn conflicts_go_back_to_the_agent_and_fail_the_story_at_retry_limit() {
     let reason = failed.expect("failed at retry_limit");
     assert!(reason.contains("3 merges in a row conflicted") && reason.contains("x.rs, y.rs"), "{reason}");
 }
+
+#[test]
+fn a_failure_blocks_its_dependents_in_the_same_step() {
+    let mut s = Scheduler::new(vec![story("a", &[]), story("b", &["a"]), story("c", &[])], limits(2));
+    s.schedule(10);
+    // No `schedule` in between: whoever reads the state now sees b blocked already.
+    let actions = s.iteration_ended("a", Verdict::SelfFailed);
+    assert!(actions.contains(&Action::Blocked { story: "b".into(), by: "a".into() }), "{actions:?}");
+    assert_eq!(s.state("b"), Some(StoryState::Blocked));
+    assert!(s.schedule(10).iter().all(|a| !matches!(a, Action::Blocked { .. })), "blocked once, not twice");
+}

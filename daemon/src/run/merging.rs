@@ -116,7 +116,7 @@ impl PhaseRun {
             match self.merge_step(&story) {
                 Verdict::Completed => {
                     let actions = self.state.update(|s| s.sched.merged(&story));
-                    self.leave_workspace(&story, false);
+                    self.leave_workspace(&story, false, true);
                     self.apply(actions);
                 }
                 Verdict::MergeWaits(why) => {
@@ -144,11 +144,11 @@ impl PhaseRun {
     }
 
     /// The story leaves its worktree (see `Workspaces::leave`).
-    pub(super) fn leave_workspace(&mut self, story: &str, keep: bool) {
+    pub(super) fn leave_workspace(&mut self, story: &str, keep: bool, merged: bool) {
         let Some(workspaces) = self.workspaces.as_mut() else { return };
         let lock = self.daemon.git_lock(&self.project.root);
         let _git = crate::lock::lock(&lock);
-        tokio::task::block_in_place(|| workspaces.leave(story, keep));
+        tokio::task::block_in_place(|| workspaces.leave(story, keep, merged));
         if !keep {
             self.state.update(|s| s.worktrees.remove(story));
         }

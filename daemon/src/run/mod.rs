@@ -231,8 +231,9 @@ impl PhaseRun {
                     let state = self.state.read().sched.state(&story);
                     match state {
                         Some(StoryState::Merging) => continue,
-                        Some(StoryState::Failed) => self.leave_workspace(&story, true),
-                        _ => self.leave_workspace(&story, false),
+                        Some(StoryState::Failed) => self.leave_workspace(&story, true, false),
+                        Some(StoryState::Completed) => self.leave_workspace(&story, false, true),
+                        _ => self.leave_workspace(&story, false, false),
                     }
                 }
                 Action::Completed(story) => self.emit(EventKind::StoryCompleted { story }),

@@ -125,10 +125,13 @@ impl Workspaces {
     /// `story` leaves its worktree (it completed, failed or went back to pending): what it left
     /// uncommitted goes to its branch. `keep`: the worktree stays the story's, for inspection,
     /// until `retry` or the next start; otherwise the slot serves the next story.
-    pub fn leave(&mut self, story: &str, keep: bool) {
+    /// `merged`: its work was just committed and merged, nothing is left to commit.
+    pub fn leave(&mut self, story: &str, keep: bool, merged: bool) {
         let Some(slot) = self.slots.iter_mut().find(|s| s.story.as_deref() == Some(story)) else { return };
-        if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}")) {
-            tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
+        if !merged {
+            if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}")) {
+                tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
+            }
         }
         if keep {
             slot.kept = true;

@@ -37,9 +37,16 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
             // The target first, against the tree checked out now (the baseline), then HEAD:
             // what `git checkout` does, so only the files that differ are written.
             let target = tree.find_commit(reference.peel_to_commit()?.id())?;
-            let mut checkout = CheckoutBuilder::new();
-            checkout.force().remove_untracked(true);
-            tree.checkout_tree(target.as_object(), Some(&mut checkout))?;
+            // The worktree is clean here (its last story's leftovers were committed), so a safe
+            // checkout touches only what differs; a forced one (untracked files removed) is the
+            // fallback when something was left after all.
+            let mut safe = CheckoutBuilder::new();
+            safe.safe();
+            if tree.checkout_tree(target.as_object(), Some(&mut safe)).is_err() {
+                let mut force = CheckoutBuilder::new();
+                force.force().remove_untracked(true);
+                tree.checkout_tree(target.as_object(), Some(&mut force))?;
+            }
             tree.set_head(&refname)?;
             return Ok(false);
         }

@@ -112,6 +112,19 @@ pub fn parse_object(path: &Path, raw: &[u8]) -> Result<Map<String, Value>, Proje
 /// Replaces `path` with `bytes` so that readers see either the old or the new file, never a
 /// mix: temp file in the same folder, fsync, rename, fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
+    replace_file(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` atomically for readers (temp file, rename), without waiting for
+/// the disk: for copies of what git or a story's worktree also holds (a merge bringing files
+/// into the project folder, the worker's status.json mirrored out of its worktree), where a
+/// power cut loses nothing that cannot be brought again, and an fsync per file would be most of
+/// a merge's cost.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), ProjectError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
@@ -124,9 +137,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
             file.set_permissions(meta.permissions())?;
         }
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);

@@ -21,7 +21,7 @@ pub use config::{
 };
 pub use doc_cache::DocCache;
 pub use error::ProjectError;
-pub use json_doc::{parse_object, read_limited, write_atomic, JsonDoc, MAX_JSON_FILE};
+pub use json_doc::{parse_object, read_limited, write_atomic, write_replacing, JsonDoc, MAX_JSON_FILE};
 pub use story::{DiskStatus, StatusFields, StatusSummary};
 
 /// A project: the folder holding `phases/`, by its canonical path.

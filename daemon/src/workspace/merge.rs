@@ -241,7 +241,7 @@ fn keep_own_folder(repo: &Repository, root: &Path, index: &mut git2::Index, stor
         index.conflict_remove(&path)?;
         entry.flags &= !STAGE_MASK;
         let blob = repo.find_blob(entry.id)?;
-        crate::project::write_atomic(&root.join(&path), blob.content())
+        crate::project::write_replacing(&root.join(&path), blob.content())
             .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
         index.add(&entry)?;
     }
@@ -311,7 +311,7 @@ fn write_file(repo: &Repository, root: &Path, change: &Change, umask: u32) -> Re
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    crate::project::write_atomic(&path, content.content())
+    crate::project::write_replacing(&path, content.content())
         .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
     // The daemon's own umask is 077: a file new to the project gets the modes git would give
     // it under the user's umask.

@@ -199,5 +199,5 @@ pub fn copy_if_changed(from: &Path, to: &Path) -> Result<(), GitError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| GitError::Git(git2::Error::from_str(&format!("{}: {e}", dir.display()))))?;
     }
-    crate::project::write_atomic(to, &bytes).map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))
+    crate::project::write_replacing(to, &bytes).map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))
 }

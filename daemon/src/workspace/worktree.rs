@@ -42,7 +42,14 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
             // fallback when something was left after all.
             let mut safe = CheckoutBuilder::new();
             safe.safe();
-            if tree.checkout_tree(target.as_object(), Some(&mut safe)).is_err() {
+            // Only the paths that differ between the two trees: a checkout limited to them does
+            // not stat every file of the project.
+            let changed = changed_paths(&tree, &target)?;
+            for path in &changed {
+                safe.path(path.as_path());
+            }
+            safe.disable_pathspec_match(true);
+            if !changed.is_empty() && tree.checkout_tree(target.as_object(), Some(&mut safe)).is_err() {
                 let mut force = CheckoutBuilder::new();
                 force.force().remove_untracked(true);
                 tree.checkout_tree(target.as_object(), Some(&mut force))?;
@@ -66,6 +73,24 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
     main.worktree(name, path, Some(&options))?;
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
     Ok(true)
+}
+
+/// The paths that differ between the worktree's HEAD and `target` (a tree-to-tree diff: no look
+/// at the files on disk).
+fn changed_paths(tree_repo: &Repository, target: &Commit<'_>) -> Result<Vec<std::path::PathBuf>, GitError> {
+    let head = tree_repo.head()?.peel_to_tree()?;
+    let diff = tree_repo.diff_tree_to_tree(Some(&head), Some(&target.tree()?), None)?;
+    let mut paths = Vec::new();
+    for delta in diff.deltas() {
+        for file in [delta.old_file(), delta.new_file()] {
+            if let Some(path) = file.path() {
+                if !paths.iter().any(|p| p == path) {
+                    paths.push(path.to_path_buf());
+                }
+            }
+        }
+    }
+    Ok(paths)
 }
 
 /// Commits what the story left in its worktree (new, changed and deleted files, honouring

@@ -142,6 +142,14 @@ pub enum Command {
         /// Phase number (`1` or `phase_1`) of the project whose wait ends
         phase: String,
     },
+    /// Remove the worktrees a phase kept (failed stories' work, for inspection) and its stories' branches
+    #[command(
+        after_help = "Removes what `\"workspace\": \"worktree\"` left for a phase that is not running: the worktrees\nkept for failed stories and the sticler/phase-N/<story> branches of stories that completed or failed.\nBranches holding unmerged work of pending stories (a stopped run) stay.\n\nExample:\n  sticlerctl clean 1"
+    )]
+    Clean {
+        /// Phase number (`1` or `phase_1`)
+        phase: String,
+    },
     /// List the worker presets (coding agents) and the exact command each runs
     #[command(
         after_help = "Examples:\n  sticlerctl presets\n  sticlerctl --json presets | jq '.[] | select(.name == \"claude\") | .argv'\n\nUse one in orchestrator.config.json: {\"worker\": {\"preset\": \"claude\", \"args\": [\"--model\", \"opus\"]}}"

@@ -98,6 +98,9 @@ pub enum Request {
     Shutdown,
     /// End the project's usage-limit wait now (the phase names the project and the event).
     Resume(PhaseRef),
+    /// Remove the story worktrees a phase that is not running kept (failed stories'), and the
+    /// branches of its stories that completed or failed.
+    Clean(PhaseRef),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -203,3 +203,25 @@ fn shared_mode_keeps_sticlers_temporary_files_out_of_commits() {
     p.write("phases/phase_1/stories/US-P1-001/.status.json.sticler-1-1.tmp", "{}");
     assert_eq!(git(p.path(), &["status", "--porcelain", "--ignored=no"]), "");
 }
+
+#[test]
+fn a_failed_storys_worktree_is_kept_for_inspection_until_clean() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(json!({"mode": "self_fail", "files": ["half.txt"]}))]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(4), "the phase fails: {}", describe(&out));
+    let phase = daemon.phase_status(p.path(), 1);
+    let kept = story_of(&phase, "US-P1-001").worktree.clone().expect("status shows the kept worktree");
+    assert!(Path::new(&kept).join("phases/phase_1/stories/US-P1-001/status.json").is_file(), "{kept}");
+    assert_eq!(git(p.path(), &["worktree", "list", "--porcelain"]).matches("worktree ").count(), 2);
+    let out = daemon.ctl(&["-C", &p.path_str(), "clean", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1 worktree(s) and 1 story branch(es)"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!Path::new(&kept).exists(), "the worktree is gone");
+    assert_no_leftovers(&daemon, &p);
+}

@@ -1,4 +1,4 @@
-//! `stop`, `kill`, `resume`: requests that change a phase's run and are answered with one
+//! `stop`, `kill`, `resume`, `clean`: requests that change a phase's run and are answered with one
 //! sentence saying what happened.
 
 use sticler_proto::Request;
@@ -22,6 +22,11 @@ pub fn kill(ctx: &Context, phase: &str) -> CmdResult {
 pub fn resume(ctx: &Context, phase: &str) -> CmdResult {
     let client = ctx.connect()?;
     done(ctx, client, Request::Resume(ctx.phase_ref(phase)?))
+}
+
+pub fn clean(ctx: &Context, phase: &str) -> CmdResult {
+    let request = Request::Clean(ctx.phase_ref(phase)?);
+    done(ctx, ctx.connect()?, request)
 }
 
 /// Sends `request` and prints the daemon's sentence (shared by `retry`).

@@ -8,6 +8,7 @@ use sticler_proto::{ErrorKind, ErrorReply, Request, Response, PROTOCOL_VERSION, 
 
 use crate::daemon::{error, Daemon, DEFAULT_GRACE};
 
+mod clean;
 mod resume;
 mod retry;
 pub mod start;
@@ -39,6 +40,7 @@ pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, 
             Ok(Response::ShuttingDown)
         }
         Request::Resume(phase) => resume::resume(daemon, &phase),
+        Request::Clean(phase) => tokio::task::block_in_place(|| clean::clean(daemon, &phase)),
         Request::Logs { .. } | Request::Watch { .. } | Request::Wait(_) => {
             Err(error(ErrorKind::BadRequest, "streaming request reached the single-reply handler"))
         }

@@ -170,6 +170,23 @@ impl Workspaces {
         }
     }
 
+    /// `sticlerctl clean`: every worktree of the phase goes (what it held is committed to its
+    /// story's branch first), and the branches of the stories `ended` says completed or failed.
+    /// Returns how many worktrees and branches went.
+    pub fn clean(&mut self, ended: &dyn Fn(&str) -> bool) -> (usize, usize) {
+        let worktrees = self.slots.len();
+        self.close(false, &|_| false);
+        let Ok(main) = Repository::open(&self.main_root) else { return (worktrees, 0) };
+        let mut branches = 0;
+        for branch in worktree::story_branches(&main, self.phase) {
+            if ended(branch.rsplit('/').next().unwrap_or_default()) {
+                worktree::delete_branch(&main, &branch);
+                branches += 1;
+            }
+        }
+        (worktrees, branches)
+    }
+
     /// Where `path` (inside the project folder) is in `story`'s worktree.
     pub fn rebase(&self, story: &str, path: &Path) -> Option<PathBuf> {
         let rel = path.strip_prefix(&self.main_root).ok()?;

@@ -60,7 +60,8 @@ impl PhaseRun {
         }
         let Some(paths) = self.work_paths(story) else { return Verdict::Stopped };
         if exit == ExitReason::Exited(0) {
-            return self.commit_step(story);
+            // Accepted: the caller goes on to the commit (or the merge).
+            return Verdict::Completed;
         }
         // The command as it ran, placeholders filled in.
         let command = match self.config.verify.clone() {
@@ -78,9 +79,6 @@ impl PhaseRun {
     /// before the story counts as completed (a dependent's changes must not end up in it); the
     /// `commit_hash` record in status.json is written meanwhile, off the way of the dependents.
     pub(super) fn commit_step(&mut self, story: &str) -> Verdict {
-        if self.workspaces.is_some() {
-            return self.merge_step(story);
-        }
         let Some(paths) = self.stories.get(story) else { return Verdict::Stopped };
         match commit_step(&self.daemon, &self.project.root, story, paths, self.config.auto_commit, self.since) {
             Ok(None) => Verdict::Completed,

@@ -135,7 +135,7 @@ impl PhaseRun {
         run.group.kill_group();
         let group = run.group.clone();
         self.later.push(Box::new(move || group.sweep_strays()));
-        let verdict = match run.process {
+        let claim = match run.process {
             Process::Verify => self.verified(&story, &run, ended),
             Process::Worker => {
                 let judged = self.judge(&story, &run, ended);
@@ -144,11 +144,27 @@ impl PhaseRun {
                         Some(verdict) => verdict,
                         None => return,
                     },
-                    Verdict::Completed => self.commit_step(&story),
                     verdict => verdict,
                 }
             }
         };
+        // An accepted claim: the story's commit (shared mode), or its merge (worktree mode, on a
+        // blocking thread: the iteration's end then comes back as `RunMsg::Merged`).
+        let verdict = match claim {
+            Verdict::Completed if self.workspaces.is_some() => match self.merge_in_background(&story, iteration, ended)
+            {
+                Some(verdict) => verdict,
+                None => return,
+            },
+            Verdict::Completed => self.commit_step(&story),
+            verdict => verdict,
+        };
+        self.finish_iteration(story, iteration, ended, verdict);
+    }
+
+    /// The end of an iteration, judged: status.json mirrored out of the worktree, the event,
+    /// the scheduler's decision carried out.
+    pub(super) fn finish_iteration(&mut self, story: String, iteration: u32, ended: Ended, verdict: Verdict) {
         self.mirror_status(&story);
         self.emit(EventKind::IterationEnded {
             story: story.clone(),

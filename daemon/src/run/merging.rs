@@ -4,98 +4,172 @@
 //! for the user retried; and the story's status.json mirrored into the project folder, where
 //! `status`, `retry` and the phase commit read it.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use git2::Repository;
 
-use super::{status_edits, PhaseRun};
+use super::supervise::Ended;
+use super::{status_edits, PhaseRun, RunMsg};
+use crate::daemon::Daemon;
 use crate::git;
 use crate::project::{JsonDoc, StatusFields};
 use crate::scheduler::Verdict;
 use crate::store::MergeRecord;
 use crate::workspace::{self, merge, worktree};
 
-impl PhaseRun {
-    /// The claim of a story in worktree mode is accepted: its commit, then its merge.
-    pub(super) fn merge_step(&mut self, story: &str) -> Verdict {
-        let (Some(paths), Some(main_paths)) = (self.work_paths(story), self.stories.get(story).cloned()) else {
-            return Verdict::Stopped;
-        };
-        // Never the project folder: its changes are the user's and the other stories' mirrors.
-        let Some(root) = self.workspaces.as_ref().and_then(|w| w.root(story)).map(std::path::Path::to_path_buf) else {
-            return Verdict::Infra("the story has no worktree to merge from".into());
-        };
-        let lock = self.daemon.git_lock(&self.project.root);
+/// Everything one merge needs, owned: it runs on a blocking thread while the run goes on.
+pub(super) struct MergeJob {
+    story: String,
+    /// The story's worktree, and the project folder.
+    root: PathBuf,
+    main_root: PathBuf,
+    /// The story's status.json in its worktree, and its folder relative to the project.
+    work_status: PathBuf,
+    story_dir: PathBuf,
+    branch: String,
+    since: git::Since,
+    auto_commit: bool,
+    run_key: String,
+    daemon: Arc<Daemon>,
+}
+
+/// How a merge went: the verdict, and the integration branch's commit of the story when it
+/// landed (or had landed before).
+pub(super) type MergeOutcome = (Verdict, Option<git2::Oid>);
+
+impl MergeJob {
+    /// The story's commit on its branch, then its merge, under the project's git lock (merges
+    /// of a project never run two at once).
+    pub(super) fn run(self) -> MergeOutcome {
+        let lock = self.daemon.git_lock(&self.main_root);
         let mut known = crate::lock::lock(&lock);
-        let main_root = self.project.root.clone();
         // Merged already: the daemon died after the merge landed and before its verdict.
-        if let Ok(Some(oid)) = git::find_story_commit(&main_root, story, "", self.since, &mut known) {
-            drop(known);
-            self.landed(story, &main_paths.status, oid);
-            return Verdict::Completed;
+        if let Ok(Some(oid)) = git::find_story_commit(&self.main_root, &self.story, "", self.since, &mut known) {
+            return (Verdict::Completed, Some(oid));
         }
-        let doc = match JsonDoc::read(&paths.status) {
+        let doc = match JsonDoc::read(&self.work_status) {
             Ok(doc) => doc,
-            Err(e) => return Verdict::Rejected(e.to_string()),
+            Err(e) => return (Verdict::Rejected(e.to_string()), None),
         };
-        let branch = workspace::branch_name(self.phase, story);
-        let outcome = tokio::task::block_in_place(|| -> Result<Verdict, git::GitError> {
-            let main = Repository::open(&main_root)?;
-            let base = main.head()?.peel_to_commit()?.id();
-            if !self.config.auto_commit && !merge::has_story_commit(&main, &branch, base, story)? {
-                return Ok(Verdict::Rejected(format!(
-                    "no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off"
-                )));
-            }
-            worktree::commit_leftovers(&root, &format!("[{story}] {}", doc.title()))?;
-            let head = merge::branch_head(&main, &branch)?.id();
-            let story_dir = main_paths.dir.strip_prefix(&main_root).unwrap_or(&main_paths.dir);
-            match merge::plan(&main, story, head, &doc, story_dir)? {
-                merge::Plan::Merge { branch_ref, base, commit } => {
-                    let record = MergeRecord { branch_ref, base: base.to_string(), commit: commit.to_string() };
-                    let run_key = self.run_key.clone();
-                    self.daemon.bus.store().put_merge(&run_key, story, &record).map_err(store_error)?;
-                    merge::land(&main, &record.branch_ref, (base, commit), story_dir, self.daemon.user_umask)?;
-                    let _ = self.daemon.bus.store().remove_merge(&run_key, story);
-                    Ok(Verdict::Completed)
-                }
-                merge::Plan::Waits(why) => Ok(Verdict::MergeWaits(why)),
-                merge::Plan::Conflict(files) => {
-                    let mut conflicted = merge::hand_back(&root, base, story_dir)?;
-                    if conflicted.is_empty() {
-                        conflicted = files;
-                    }
-                    Ok(Verdict::Conflict(conflicted.join(", ")))
-                }
-            }
-        });
-        drop(known);
-        match outcome {
+        match self.merge(&doc) {
             Ok(Verdict::Completed) => {
-                let commit = self.story_commit(story);
-                if let Some(oid) = commit {
-                    self.landed(story, &main_paths.status, oid);
-                }
-                Verdict::Completed
+                let oid =
+                    git::find_story_commit(&self.main_root, &self.story, "", self.since, &mut known).ok().flatten();
+                (Verdict::Completed, oid)
             }
             Ok(Verdict::Conflict(files)) => {
                 let reason = format!(
                     "merge conflict with the integration branch in {files}: the files hold conflict markers; resolve them, commit, and mark the story completed again"
                 );
-                if let Err(e) = status_edits::reopen(&paths.status, &reason) {
-                    tracing::warn!(story_id = %story, "cannot reopen the story in status.json: {e}");
+                if let Err(e) = status_edits::reopen(&self.work_status, &reason) {
+                    tracing::warn!(story_id = %self.story, "cannot reopen the story in status.json: {e}");
                 }
-                self.conflicts.insert(story.to_string(), files.split(", ").map(str::to_string).collect());
-                Verdict::Conflict(files)
+                (Verdict::Conflict(files), None)
             }
-            Ok(verdict) => verdict,
-            Err(e) => Verdict::Infra(format!("merge into the integration branch failed: {e}")),
+            Ok(verdict) => (verdict, None),
+            Err(e) => (Verdict::Infra(format!("merge into the integration branch failed: {e}")), None),
         }
     }
 
-    /// The `[story]` commit the merge just made on the integration branch.
-    fn story_commit(&self, story: &str) -> Option<git2::Oid> {
-        let lock = self.daemon.git_lock(&self.project.root);
-        let mut known = crate::lock::lock(&lock);
-        git::find_story_commit(&self.project.root, story, "", self.since, &mut known).ok().flatten()
+    fn merge(&self, doc: &JsonDoc) -> Result<Verdict, git::GitError> {
+        let (story, branch) = (self.story.as_str(), self.branch.as_str());
+        let main = Repository::open(&self.main_root)?;
+        let base = main.head()?.peel_to_commit()?.id();
+        if !self.auto_commit && !merge::has_story_commit(&main, branch, base, story)? {
+            return Ok(Verdict::Rejected(format!(
+                "no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off"
+            )));
+        }
+        worktree::commit_leftovers(&self.root, &format!("[{story}] {}", doc.title()))?;
+        let head = merge::branch_head(&main, branch)?.id();
+        match merge::plan(&main, story, head, doc, &self.story_dir)? {
+            merge::Plan::Merge { branch_ref, base, commit } => {
+                let record = MergeRecord { branch_ref, base: base.to_string(), commit: commit.to_string() };
+                let store = self.daemon.bus.store();
+                store.put_merge(&self.run_key, story, &record).map_err(store_error)?;
+                merge::land(&main, &record.branch_ref, (base, commit), &self.story_dir, self.daemon.user_umask)?;
+                let _ = store.remove_merge(&self.run_key, story);
+                Ok(Verdict::Completed)
+            }
+            merge::Plan::Waits(why) => Ok(Verdict::MergeWaits(why)),
+            merge::Plan::Conflict(files) => {
+                let mut conflicted = merge::hand_back(&self.root, base, &self.story_dir)?;
+                if conflicted.is_empty() {
+                    conflicted = files;
+                }
+                Ok(Verdict::Conflict(conflicted.join(", ")))
+            }
+        }
+    }
+}
+
+impl PhaseRun {
+    /// The merge of a story whose claim is accepted, or the verdict when there is nothing to
+    /// merge from.
+    fn merge_job(&self, story: &str) -> Result<MergeJob, Verdict> {
+        let (Some(paths), Some(main_paths)) = (self.work_paths(story), self.stories.get(story)) else {
+            return Err(Verdict::Stopped);
+        };
+        // Never the project folder: its changes are the user's and the other stories' mirrors.
+        let Some(root) = self.workspaces.as_ref().and_then(|w| w.root(story)).map(Path::to_path_buf) else {
+            return Err(Verdict::Infra("the story has no worktree to merge from".into()));
+        };
+        let main_root = self.project.root.clone();
+        Ok(MergeJob {
+            story: story.to_string(),
+            root,
+            story_dir: main_paths.dir.strip_prefix(&main_root).unwrap_or(&main_paths.dir).to_path_buf(),
+            main_root,
+            work_status: paths.status,
+            branch: workspace::branch_name(self.phase, story),
+            since: self.since,
+            auto_commit: self.config.auto_commit,
+            run_key: self.run_key.clone(),
+            daemon: Arc::clone(&self.daemon),
+        })
+    }
+
+    /// The claim of a story in worktree mode is accepted: its commit and merge, here and now
+    /// (a merge that waits for the user, tried again).
+    pub(super) fn merge_step(&mut self, story: &str) -> Verdict {
+        let outcome = match self.merge_job(story) {
+            Ok(job) => tokio::task::block_in_place(|| job.run()),
+            Err(verdict) => return verdict,
+        };
+        self.merged(story, outcome)
+    }
+
+    /// The claim of a story in worktree mode is accepted: its commit and merge run on a blocking
+    /// thread, the run goes on, and the iteration's end comes back as `RunMsg::Merged`. Returns
+    /// the verdict at once when there is nothing to merge from.
+    pub(super) fn merge_in_background(&mut self, story: &str, iteration: u32, ended: Ended) -> Option<Verdict> {
+        let job = match self.merge_job(story) {
+            Ok(job) => job,
+            Err(verdict) => return Some(verdict),
+        };
+        let (tx, story) = (self.tx.clone(), story.to_string());
+        self.background.push(tokio::task::spawn_blocking(move || {
+            let outcome = job.run();
+            let _ = tx.send(RunMsg::Merged { story, iteration, ended, outcome });
+        }));
+        None
+    }
+
+    /// What a merge's outcome means for the run: the commit recorded, the conflict remembered.
+    pub(super) fn merged(&mut self, story: &str, (verdict, commit): MergeOutcome) -> Verdict {
+        match &verdict {
+            Verdict::Completed => {
+                if let (Some(oid), Some(paths)) = (commit, self.stories.get(story).cloned()) {
+                    self.landed(story, &paths.status, oid);
+                }
+            }
+            Verdict::Conflict(files) => {
+                self.conflicts.insert(story.to_string(), files.split(", ").map(str::to_string).collect());
+            }
+            _ => {}
+        }
+        verdict
     }
 
     /// The story's merge landed as `oid`: `commit_hash` records it (off the dispatch path).

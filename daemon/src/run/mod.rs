@@ -46,6 +46,13 @@ pub enum RunMsg {
         iteration: u32,
         ended: Ended,
     },
+    /// A story's merge, run in the background, is done (see `merging::merge_in_background`).
+    Merged {
+        story: String,
+        iteration: u32,
+        ended: Ended,
+        outcome: merging::MergeOutcome,
+    },
     Stop {
         grace: Duration,
         kill: bool,
@@ -170,6 +177,10 @@ impl PhaseRun {
     fn handle(&mut self, msg: RunMsg) {
         match msg {
             RunMsg::Exited { story, iteration, ended } => self.iteration_exited(story, iteration, ended),
+            RunMsg::Merged { story, iteration, ended, outcome } => {
+                let verdict = self.merged(&story, outcome);
+                self.finish_iteration(story, iteration, ended, verdict);
+            }
             RunMsg::Stop { grace, kill } => self.stop(if kill { Duration::ZERO } else { grace }),
             RunMsg::Interrupt { grace } => {
                 self.interrupted = true;

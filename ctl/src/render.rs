@@ -142,6 +142,12 @@ pub fn story(view: &PhaseView, s: &StoryView) -> String {
     if !s.commit_hash.is_empty() {
         let _ = writeln!(out, "  commit:       {}", s.commit_hash);
     }
+    if let Some(why) = &s.waiting {
+        let _ = writeln!(out, "  waiting:      {why}");
+    }
+    if let Some(worktree) = &s.worktree {
+        let _ = writeln!(out, "  worktree:     {worktree}");
+    }
     for reason in &s.failed_reasons {
         let _ = writeln!(out, "  failed:       {reason}");
     }

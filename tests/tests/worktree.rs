@@ -182,6 +182,9 @@ fn a_users_uncommitted_edit_is_never_overwritten_the_merge_waits_and_says_why() 
     });
     let why = waiting.waiting.unwrap_or_default();
     assert!(why.contains("notes.txt") && !why.contains("other.txt"), "{why}");
+    let human = daemon.ctl(&["-C", &p.path_str(), "status", "1", "US-P1-001"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("merging") && text.contains("waiting:") && text.contains("notes.txt"), "{text}");
     assert_eq!(p.read("notes.txt"), "the user's own words\n", "the user's edit is intact");
     // The user takes their edit back: the merge lands, the other edit is left alone.
     git(p.path(), &["checkout", "--", "notes.txt"]);
@@ -213,6 +216,8 @@ fn a_failed_storys_worktree_is_kept_for_inspection_until_clean() {
     assert_eq!(out.status.code(), Some(4), "the phase fails: {}", describe(&out));
     let phase = daemon.phase_status(p.path(), 1);
     let kept = story_of(&phase, "US-P1-001").worktree.clone().expect("status shows the kept worktree");
+    let human = daemon.ctl(&["-C", &p.path_str(), "status", "1", "US-P1-001"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains(&format!("worktree:     {kept}")), "{}", describe(&human));
     assert!(Path::new(&kept).join("phases/phase_1/stories/US-P1-001/status.json").is_file(), "{kept}");
     assert_eq!(git(p.path(), &["worktree", "list", "--porcelain"]).matches("worktree ").count(), 2);
     let out = daemon.ctl(&["-C", &p.path_str(), "clean", "1"]);

@@ -353,3 +353,128 @@ pub fn has_story_commit(main: &Repository, branch: &str, integration: Oid, story
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// A repository with `files` committed on its checked-out branch.
+    fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        for (path, text) in files {
+            let full = dir.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(full, text).unwrap();
+        }
+        commit_all(&repo, "initial");
+        (dir, repo)
+    }
+
+    fn commit_all(repo: &Repository, message: &str) -> Oid {
+        let root = repo.workdir().unwrap().to_path_buf();
+        let tree = repo.find_tree(git::stage_all(repo, &root).unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        let parent = git::head_commit(repo);
+        let parents: Vec<&Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap()
+    }
+
+    /// A story branch made from HEAD with `files` changed, without touching the working tree.
+    fn story_branch(repo: &Repository, files: &[(&str, &str)]) -> Oid {
+        let head = repo.head().unwrap().peel_to_commit().unwrap();
+        let mut index = git2::Index::new().unwrap();
+        index.read_tree(&head.tree().unwrap()).unwrap();
+        for (path, text) in files {
+            let blob = repo.blob(text.as_bytes()).unwrap();
+            let entry = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                file_size: 0,
+                id: blob,
+                flags: 0,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            };
+            index.add(&entry).unwrap();
+        }
+        let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        repo.commit(None, &sig, &sig, "story work", &tree, &[&head]).unwrap()
+    }
+
+    fn doc() -> JsonDoc {
+        let raw = br#"{"title": "A story", "criteria": []}"#.to_vec();
+        let map = crate::project::parse_object(Path::new("status.json"), &raw).unwrap();
+        JsonDoc::new("status.json".into(), raw, map)
+    }
+
+    const OWN: &str = "phases/phase_1/stories/US-P1-001";
+
+    #[test]
+    fn a_merge_holds_the_storys_own_changes_only_and_lands_once() {
+        let (dir, repo) = repo(&[("src/a.txt", "a\n"), ("phases/phase_1/stories/US-P1-002/status.json", "{}\n")]);
+        let head = story_branch(
+            &repo,
+            &[("src/a.txt", "a by the story\n"), ("phases/phase_1/stories/US-P1-002/status.json", "{\"x\": 1}\n")],
+        );
+        let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap()
+        else {
+            panic!("expected a merge")
+        };
+        let files: Vec<String> = changes(
+            &repo,
+            &repo.find_commit(base).unwrap().tree().unwrap(),
+            &repo.find_commit(commit).unwrap().tree().unwrap(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|c| c.path.display().to_string())
+        .collect();
+        assert_eq!(files, ["src/a.txt"], "another story's status.json stays as the integration branch has it");
+        land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "a by the story\n");
+        // Landing again (a restart after a crash) changes nothing, and leaves a later edit alone.
+        fs::write(dir.path().join("src/a.txt"), "the user's edit since\n").unwrap();
+        land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "the user's edit since\n");
+        assert_eq!(landed(&repo, &branch_ref, base, commit), Some(true));
+    }
+
+    #[test]
+    fn a_users_uncommitted_edit_makes_the_merge_wait() {
+        let (dir, repo) = repo(&[("src/a.txt", "a\n"), ("src/b.txt", "b\n")]);
+        let head = story_branch(&repo, &[("src/a.txt", "a by the story\n")]);
+        fs::write(dir.path().join("src/a.txt"), "the user's words\n").unwrap();
+        fs::write(dir.path().join("src/b.txt"), "not touched by the merge\n").unwrap();
+        match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+            Plan::Waits(why) => assert!(why.contains("src/a.txt") && !why.contains("src/b.txt"), "{why}"),
+            other => panic!("expected a wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn conflicting_lines_and_leftover_markers_are_conflicts() {
+        let (_dir, repo) = repo(&[("src/a.txt", "one\n")]);
+        let head = story_branch(&repo, &[("src/a.txt", "story\n")]);
+        // The integration branch changes the same line meanwhile.
+        fs::write(repo.workdir().unwrap().join("src/a.txt"), "integration\n").unwrap();
+        commit_all(&repo, "integration");
+        match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+            Plan::Conflict(files) => assert_eq!(files, ["src/a.txt"]),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let marked = story_branch(&repo, &[("src/b.txt", "<<<<<<< HEAD\nx\n=======\ny\n>>>>>>> other\n")]);
+        match plan(&repo, "US-P1-001", marked, &doc(), Path::new(OWN)).unwrap() {
+            Plan::Conflict(files) => assert_eq!(files, ["src/b.txt"]),
+            other => panic!("expected a conflict for the markers, got {other:?}"),
+        }
+    }
+}

@@ -112,6 +112,16 @@ impl PhaseFiles {
         problems
     }
 
+    /// What `validate` reports and `status` shows: the phase's problems (`validate`), then
+    /// those of the project's orchestrator.config.json.
+    pub fn report_problems(&self, project: &Project) -> Vec<Problem> {
+        let mut problems = self.validate(project);
+        if let Err(e) = OrchestratorConfig::load(&project.root) {
+            push(&mut problems, &project.root.join(CONFIG_FILE), e.detail());
+        }
+        problems
+    }
+
     /// Each dependency names a story of this phase or an existing story of an earlier phase.
     /// Returns the dependencies that are story ids, for the cycle check.
     fn check_dependencies(
@@ -210,10 +220,7 @@ pub fn phase_config(project: &Project, phase: u32) -> Result<JsonDoc, ProjectErr
 pub fn validation_report(dir: &Path, phase: u32, listings: &Listings) -> Result<ValidationReport, ProjectError> {
     let project = Project::open(dir)?;
     let files = PhaseFiles::load(&project, phase, listings)?;
-    let mut problems = files.validate(&project);
-    if let Err(e) = OrchestratorConfig::load(&project.root) {
-        push(&mut problems, &project.root.join(CONFIG_FILE), e.detail());
-    }
+    let problems = files.report_problems(&project);
     Ok(ValidationReport {
         project: project.root.display().to_string(),
         phase,

@@ -84,7 +84,11 @@ impl PhaseFiles {
                 }
             };
             let declared = doc.str_field("story_id");
-            if declared != story.id.as_str() {
+            if declared.is_empty() {
+                let message =
+                    format!("status.json has no story_id; add \"story_id\": \"{}\" (its folder's name)", story.id);
+                push(&mut problems, &story.status_path(), message);
+            } else if declared != story.id.as_str() {
                 push(
                     &mut problems,
                     &story.status_path(),

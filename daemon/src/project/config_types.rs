@@ -50,6 +50,9 @@ const WORKER: &[(&str, Shape)] = &[
     ("limit_patterns", Shape::TextList),
 ];
 
+/// Keys of `worker` whose `null` means "not given".
+const WORKER_NULLABLE: &[&str] = &["preset", "command", "stdin", "iteration_timeout_secs", "exit_grace_secs"];
+
 const USAGE_LIMIT: &[(&str, Shape)] =
     &[("margin_secs", Shape::Count), ("backoff_min_secs", Shape::Count), ("backoff_max_secs", Shape::Count)];
 
@@ -58,6 +61,15 @@ pub(super) fn check(top: &serde_json::Map<String, Value>) -> Result<(), String> 
     check_section("", top, TOP)?;
     for (section, shapes) in [("worker", WORKER), ("usage_limit", USAGE_LIMIT)] {
         if let Some(Value::Object(map)) = top.get(section) {
+            // worker's optional settings read `null` as not given (the preset's value).
+            let map: serde_json::Map<String, Value> = map
+                .iter()
+                .filter(|(key, value)| {
+                    !(section == "worker" && value.is_null() && WORKER_NULLABLE.contains(&key.as_str()))
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let map = &map;
             check_section(&format!("{section}."), map, shapes)?;
         }
     }
@@ -152,6 +164,7 @@ mod tests {
     fn right_types_pass() {
         let ok = r#"{"max_parallel_workers": 2, "verify": null, "max_cost_usd_per_story": 1.5,
             "worker": {"command": "echo hi", "idle_timeout_secs": null, "env": {"A": "b"}, "args": []}}"#;
+        assert_eq!(check_json(r#"{"worker": {"command": null, "preset": "claude"}}"#), Ok(()));
         assert_eq!(check_json(ok), Ok(()));
     }
 }

@@ -116,10 +116,10 @@ fn the_live_view_fits_a_narrow_terminal() {
     tmux.wait_screen("two running story lines", |s| {
         s.lines().filter(|l| l.contains("US-P1-00") && l.contains("running")).count() == 2
     });
-    // A wrapped line leaves its tail on a line of its own ("ocked"): every line after the typed
-    // command (which the shell wraps) is whole: an event, the bar or a story's line.
+    // A wrapped line leaves its tail on a line of its own ("ocked"): the bar and the story lines
+    // under it are whole (events above them are plain text the terminal may wrap).
     let screen = tmux.screen(false);
-    let output = screen.lines().skip_while(|l| !l.contains("started phase")).map(str::trim);
+    let output = screen.lines().skip_while(|l| !l.contains("stories completed")).map(str::trim);
     for line in output.filter(|l| !l.is_empty()) {
         assert!(line.contains("phase 1") || line.contains("US-P1-00"), "{line:?} in\n{screen}");
     }

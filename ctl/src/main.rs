@@ -6,6 +6,7 @@ mod client;
 mod cmd;
 mod progress;
 mod render;
+mod table;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -38,14 +38,16 @@ pub struct LiveView {
     status: Option<Client>,
 }
 
+/// `{wide_msg}`: indicatif gives the message what is left of the terminal's width and cuts it
+/// there, so a line never wraps (a wrapped line is redrawn badly: "1 bl / ocked").
 fn overall_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix:.bold} [{bar:30.green/dim}] {pos}/{len} stories completed  {msg}")
+    ProgressStyle::with_template("{prefix:.bold} [{bar:12.green/dim}] {pos}/{len} stories completed  {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
 }
 
 fn story_style() -> ProgressStyle {
-    ProgressStyle::with_template("  {spinner:.cyan} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
+    ProgressStyle::with_template("  {spinner:.cyan} {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 impl LiveView {
@@ -106,7 +108,7 @@ impl LiveView {
     fn show(&mut self, key: &PhaseKey, view: &PhaseView) {
         let Some(bars) = self.phases.get_mut(key) else { return };
         let c = &view.counts;
-        bars.overall.set_prefix(format!("phase {} {}", view.phase, render::cut(&view.title, 30)));
+        bars.overall.set_prefix(format!("phase {} {}", view.phase, render::cut(&view.title, 16)));
         bars.overall.set_length(u64::from(c.total));
         bars.overall.set_position(u64::from(c.completed));
         let mut msg = format!("{} running", c.running);

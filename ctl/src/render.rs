@@ -39,21 +39,46 @@ pub fn shown_iteration(story: &StoryView) -> u32 {
     story.running_iteration.unwrap_or(story.iteration)
 }
 
-fn state_label(story: &StoryView) -> String {
-    match story.state {
-        StoryState::Running => match story.running_secs {
-            Some(secs) => format!("running {secs}s"),
-            None => "running".into(),
-        },
-        state => state.as_str().into(),
+/// The width output is fitted to: `$COLUMNS` when set to a number (scripts and tests pin it
+/// there), else the terminal's width when stdout is one; `None` (nothing cut) for pipes and
+/// files, so `grep` and scripts see whole lines.
+pub fn terminal_width() -> Option<usize> {
+    if let Some(columns) = std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse::<usize>().ok()) {
+        return (columns > 0).then_some(columns);
+    }
+    let term = console::Term::stdout();
+    if !term.is_term() {
+        return None;
+    }
+    term.size_checked().map(|(_, columns)| usize::from(columns)).filter(|c| *c > 0)
+}
+
+/// `text` cut to `width` when there is one.
+fn fit(text: &str, width: Option<usize>) -> String {
+    width.map_or_else(|| text.to_string(), |w| cut(text, w))
+}
+
+/// A problem's path inside the project, shorter and the same wherever the project is.
+fn short_path<'a>(project: &str, path: &'a str) -> &'a str {
+    path.strip_prefix(project).and_then(|p| p.strip_prefix('/')).unwrap_or(path)
+}
+
+/// "Phase N: title [status]", or what is wrong with phase_config.json when it cannot be read.
+fn phase_header(view: &PhaseView) -> String {
+    let running = if view.running { ", running" } else { "" };
+    let unreadable = view.problems.iter().find(|p| p.path.ends_with("/phase_config.json"));
+    match unreadable {
+        Some(problem) if view.title.is_empty() && view.status.is_empty() => {
+            format!("Phase {}: (phase_config.json unreadable: {}){running}", view.phase, problem.message)
+        }
+        _ => format!("Phase {}: {} [{}{running}]", view.phase, view.title, view.status),
     }
 }
 
-pub fn phase(view: &PhaseView) -> String {
+pub fn phase(view: &PhaseView, width: Option<usize>) -> String {
     let mut out = String::new();
-    let running = if view.running { ", running" } else { "" };
     let c = &view.counts;
-    let _ = writeln!(out, "Phase {}: {} [{}{running}]", view.phase, view.title, view.status);
+    let _ = writeln!(out, "{}", fit(&phase_header(view), width));
     let _ = writeln!(
         out,
         "  {} stories: {} completed, {} running, {} pending, {} failed, {} blocked{}",
@@ -70,50 +95,15 @@ pub fn phase(view: &PhaseView) -> String {
         let _ = writeln!(out, "  cost: ${cost:.2}{budget}{}", tokens(view.tokens.as_ref()));
     }
     if let Some(waiting) = &view.waiting {
-        let _ = writeln!(out, "  {}", paint_state(StoryState::Blocked, waiting));
+        let _ = writeln!(out, "  {}", paint_state(StoryState::Blocked, &fit(waiting, width.map(|w| w - w.min(2)))));
     }
     if let Some(summary) = &view.summary {
         let _ = writeln!(out, "  last run: {summary}");
     }
-    let costs = view.stories.iter().any(|s| s.cost_usd.is_some());
-    if !view.stories.is_empty() {
-        let _ = writeln!(
-            out,
-            "  {:<11} {:<13} {:>4} {:>8}  {:<21} {:<7}  {}FOCUS",
-            "ID",
-            "STATE",
-            "ITER",
-            "CRITERIA",
-            "DEPENDS ON",
-            "COMMIT",
-            if costs { format!("{:>8}  ", "COST") } else { String::new() }
-        );
-    }
-    for s in &view.stories {
-        let deps = if s.dependencies.is_empty() { "-".to_string() } else { s.dependencies.join(",") };
-        let mut focus = s.focus.clone();
-        if s.state == StoryState::Blocked && !s.blocked_by.is_empty() {
-            focus = format!("blocked by {}", s.blocked_by.join(", "));
-        } else if s.state == StoryState::Failed {
-            if let Some(last) = s.failed_reasons.last() {
-                focus = last.clone();
-            }
-        }
-        let _ = writeln!(
-            out,
-            "  {:<11} {} {:>4} {:>8}  {:<21} {:<7}  {}{}",
-            s.id,
-            paint_state(s.state, &format!("{:<13}", state_label(s))),
-            shown_iteration(s),
-            format!("{}/{}", s.criteria_done, s.criteria_total),
-            cut(&deps, 21),
-            if s.commit_hash.is_empty() { "-" } else { s.commit_hash.get(..7).unwrap_or(&s.commit_hash) },
-            if costs { format!("{:>8}  ", cost_cell(s)) } else { String::new() },
-            cut(&focus, 60)
-        );
-    }
+    crate::table::stories(view, width, &mut out);
+    // Problems are said whole (a cut message would hide what to fix), with paths in the project.
     for p in &view.problems {
-        let _ = writeln!(out, "  problem: {p}");
+        let _ = writeln!(out, "  problem: {}: {}", short_path(&view.project, &p.path), p.message);
     }
     out
 }
@@ -121,7 +111,7 @@ pub fn phase(view: &PhaseView) -> String {
 pub fn story(view: &PhaseView, s: &StoryView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{} {}  (phase {}: {})", s.id, s.title, view.phase, view.title);
-    let _ = writeln!(out, "  state:        {} (status.json: {})", state_label(s), s.disk_status);
+    let _ = writeln!(out, "  state:        {} (status.json: {})", crate::table::state_label(s), s.disk_status);
     let _ = writeln!(out, "  iteration:    {} (sticler ran {} this run)", s.iteration, s.runs);
     if let Some(running) = s.running_iteration {
         let _ = writeln!(out, "  running:      iteration {running}");
@@ -161,18 +151,13 @@ fn tokens(tokens: Option<&TokenUsage>) -> String {
     })
 }
 
-/// The stories' cost, for the COST column (shown only when some story has one).
-fn cost_cell(story: &StoryView) -> String {
-    story.cost_usd.map_or_else(|| "-".to_string(), |c| format!("${c:.2}"))
-}
-
 pub fn validation(report: &ValidationReport) -> String {
     if report.problems.is_empty() {
         return format!("phase {} of {} is valid ({} stories)\n", report.phase, report.project, report.stories);
     }
     let mut out = format!("phase {} of {} has {} problem(s):\n", report.phase, report.project, report.problems.len());
     for p in &report.problems {
-        let _ = writeln!(out, "  {p}");
+        let _ = writeln!(out, "  {}: {}", short_path(&report.project, &p.path), p.message);
     }
     out
 }

@@ -88,7 +88,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     let background = !args.foreground && !under_systemd;
     // Colours only for a terminal that stays ours: in the background stderr becomes a file.
     let colours = !background && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    logging::init(args.log_target, &args.log_level, colours)?;
+    let target = logging::init(args.log_target, &args.log_level, colours)?;
     // Read (and take out of the environment, so workers do not inherit it) before any thread
     // exists. A bad NOTIFY_SOCKET is logged but does not stop the daemon from serving.
     let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
@@ -104,7 +104,9 @@ fn start(args: Args) -> anyhow::Result<()> {
     // Forking must happen before any thread exists (the runtime, the reaper).
     let ready = if background { Some(daemonize(&state_dir)?) } else { None };
     let result = serve(&args, &socket, &state_dir, ready, notifier.map(Arc::new), user_umask);
-    if let Err(e) = &result {
+    // `main` prints the error on stderr; logging it too would show it twice where the logs go
+    // to that same stderr (a second daemon started by hand), so only journald gets it as a log.
+    if let (Err(e), logging::LogTarget::Journald) = (&result, target) {
         tracing::error!("{e:#}");
     }
     result

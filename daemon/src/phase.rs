@@ -84,7 +84,11 @@ impl PhaseFiles {
                 }
             };
             let declared = doc.str_field("story_id");
-            if declared != story.id.as_str() {
+            if declared.is_empty() {
+                let message =
+                    format!("status.json has no story_id; add \"story_id\": \"{}\" (its folder's name)", story.id);
+                push(&mut problems, &story.status_path(), message);
+            } else if declared != story.id.as_str() {
                 push(
                     &mut problems,
                     &story.status_path(),
@@ -108,6 +112,16 @@ impl PhaseFiles {
         edges.extend(elsewhere.iter().map(|(id, deps)| (id.as_str(), deps.clone())));
         if let Some(cycle) = find_cycle(&edges) {
             push(&mut problems, &self.dir.join("stories"), format!("dependency cycle: {}", cycle.join(" -> ")));
+        }
+        problems
+    }
+
+    /// What `validate` reports and `status` shows: the phase's problems (`validate`), then
+    /// those of the project's orchestrator.config.json.
+    pub fn report_problems(&self, project: &Project) -> Vec<Problem> {
+        let mut problems = self.validate(project);
+        if let Err(e) = OrchestratorConfig::load(&project.root) {
+            push(&mut problems, &project.root.join(CONFIG_FILE), e.detail());
         }
         problems
     }
@@ -210,10 +224,7 @@ pub fn phase_config(project: &Project, phase: u32) -> Result<JsonDoc, ProjectErr
 pub fn validation_report(dir: &Path, phase: u32, listings: &Listings) -> Result<ValidationReport, ProjectError> {
     let project = Project::open(dir)?;
     let files = PhaseFiles::load(&project, phase, listings)?;
-    let mut problems = files.validate(&project);
-    if let Err(e) = OrchestratorConfig::load(&project.root) {
-        push(&mut problems, &project.root.join(CONFIG_FILE), e.detail());
-    }
+    let problems = files.report_problems(&project);
     Ok(ValidationReport {
         project: project.root.display().to_string(),
         phase,

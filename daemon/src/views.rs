@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use sticler_proto::{PhaseView, Problem, StoryCounts, StoryState, StoryView};
+use sticler_proto::{PhaseView, StoryCounts, StoryState, StoryView};
 
 use crate::daemon::Daemon;
 use crate::phase::{PhaseFiles, StoryFiles};
@@ -65,16 +65,11 @@ impl LivePhase {
 pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> PhaseView {
     let live = daemon.last_run(&project.root, files.number).map(|state| LivePhase::of(&state.borrow()));
     let running = daemon.run(&project.root, files.number).is_some();
-    let mut problems = files.problems.clone();
+    // The same problems `validate` finds, each once (a malformed file included).
+    let problems = files.report_problems(project);
     let (title, status) = match &files.config {
         Ok(doc) => (doc.str_field("title").to_string(), doc.str_field("status").to_string()),
-        Err(e) => {
-            problems.push(Problem {
-                path: files.dir.join(crate::phase::PHASE_CONFIG).display().to_string(),
-                message: e.detail(),
-            });
-            (String::new(), String::new())
-        }
+        Err(_) => (String::new(), String::new()),
     };
     // A story the last run blocked stays shown blocked until what blocks it is retried: then
     // it shows pending at once, not only at the next start.
@@ -86,7 +81,7 @@ pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> Pha
         .iter()
         .map(|story| {
             let live_story = live.as_ref().and_then(|l| l.stories.get(story.id.as_str()));
-            let mut view = story_view(story, live_story, running, &still_blocks, &mut problems);
+            let mut view = story_view(story, live_story, running, &still_blocks);
             if let Some(ledger) = daemon.ledger.story(&project_name, story.id.as_str()) {
                 view.cost_usd = ledger.cost_usd();
                 view.tokens = ledger.tokens();
@@ -142,7 +137,6 @@ fn story_view(
     live: Option<&LiveStory>,
     run_active: bool,
     still_blocks: &dyn Fn(&str) -> bool,
-    problems: &mut Vec<Problem>,
 ) -> StoryView {
     let (doc, disk_state) = match &story.status {
         Ok(doc) => {
@@ -153,10 +147,8 @@ fn story_view(
             };
             (Some(doc), state)
         }
-        Err(e) => {
-            problems.push(Problem { path: story.status_path().display().to_string(), message: e.detail() });
-            (None, StoryState::Invalid)
-        }
+        // Its problem is in the phase's problems (`PhaseFiles::validate`).
+        Err(_) => (None, StoryState::Invalid),
     };
     let state = match live {
         Some(l) if run_active => l.state,

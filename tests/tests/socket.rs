@@ -116,6 +116,9 @@ fn second_daemon_on_the_same_socket_or_state_dir_is_refused_naming_the_pid() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("another sticlerd (pid {pid})")), "{err}");
+    // Said once, as one plain line: not also as a log line on the same stderr.
+    assert_eq!(err.matches("another sticlerd").count(), 1, "{err}");
+    assert!(err.starts_with("sticlerd: another sticlerd"), "{err}");
     // Same socket, other state dir.
     let out = Command::new(bin("sticlerd"))
         .args(["--foreground", "--socket"])

@@ -179,3 +179,28 @@ fn status_all_remembers_phases_across_a_restart_and_says_when_there_is_nothing()
         assert_eq!(all[0].phases[0].status, "completed", "after {signal}: {all:?}");
     }
 }
+
+/// `status` shows every problem `validate` finds (cycle, unknown dependency, missing spec.md,
+/// a malformed file), each once, the same list in the same order.
+#[test]
+fn status_lists_every_problem_validate_finds_once() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(
+        1,
+        "decomposed",
+        &[story("US-P1-001", &["US-P1-002"]), story("US-P1-002", &["US-P1-001", "US-P1-009"]), story("US-P1-003", &[])],
+    );
+    std::fs::remove_file(p.path().join(p.story_rel("US-P1-002")).join("spec.md")).unwrap();
+    p.write(&format!("{}/status.json", p.story_rel("US-P1-003")), "{\"story_id\": ");
+    let phase = daemon.phase_status(p.path(), 1);
+    let shown: Vec<String> = phase.problems.iter().map(ToString::to_string).collect();
+    for needle in ["dependency cycle", "unknown dependency US-P1-009", "missing spec.md", "US-P1-003/status.json"] {
+        assert_eq!(shown.iter().filter(|s| s.contains(needle)).count(), 1, "{needle} once in {shown:#?}");
+    }
+    let out = daemon.ctl(&["--json", "-C", &p.path_str(), "validate", "1"]);
+    let report: sticler_proto::ValidationReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.problems, phase.problems);
+    let text = String::from_utf8(daemon.ctl(&["-C", &p.path_str(), "status", "1"]).stdout).unwrap();
+    assert!(text.contains("dependency cycle: US-P1-001 -> US-P1-002 -> US-P1-001"), "{text}");
+}

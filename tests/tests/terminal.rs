@@ -15,10 +15,16 @@ struct Tmux {
 
 impl Tmux {
     fn shell(name: &str) -> Tmux {
+        Tmux::shell_sized(name, 150)
+    }
+
+    /// A shell in a pane `columns` wide.
+    fn shell_sized(name: &str, columns: u32) -> Tmux {
         let tmux = Tmux { server: format!("sticler-test-{}-{name}", std::process::id()) };
+        let columns = columns.to_string();
         let out = tmux
             .cmd()
-            .args(["new-session", "-d", "-x", "150", "-y", "40", "-s", "t", "sh"])
+            .args(["new-session", "-d", "-x", &columns, "-y", "40", "-s", "t", "sh"])
             .output()
             .expect("run tmux (apt-get install tmux; .ci/run does it)");
         assert!(out.status.success(), "tmux new-session: {}", describe(&out));
@@ -94,6 +100,33 @@ fn slow_phase() -> ProjectBuilder {
     let s = |id: &str, deps: &[&str]| story(id, deps).criteria(3).script(slow.clone());
     p.phase(1, "decomposed", &[s("US-P1-001", &[]), s("US-P1-002", &[]), s("US-P1-003", &["US-P1-001", "US-P1-002"])]);
     p
+}
+
+/// In a 64-column terminal the bar and the story lines are cut to the width, never wrapped
+/// (a wrapped line is redrawn badly: "1 bl / ocked").
+#[test]
+fn the_live_view_fits_a_narrow_terminal() {
+    let daemon = Daemon::start();
+    let p = slow_phase();
+    if !have_tool("tmux", "tmux") {
+        return;
+    }
+    let tmux = Tmux::shell_sized("narrow", 64);
+    tmux.send_keys(&[&ctl_line(&daemon, &p, "", "start 1 --wait"), "Enter"]);
+    tmux.wait_screen("two running story lines", |s| {
+        s.lines().filter(|l| l.contains("US-P1-00") && l.contains("running")).count() == 2
+    });
+    // A wrapped line leaves its tail on a line of its own ("ocked"): the bar and the story lines
+    // under it are whole (events above them are plain text the terminal may wrap).
+    let screen = tmux.screen(false);
+    let output = screen.lines().skip_while(|l| !l.contains("stories completed")).map(str::trim);
+    for line in output.filter(|l| !l.is_empty()) {
+        assert!(line.contains("phase 1") || line.contains("US-P1-00"), "{line:?} in\n{screen}");
+    }
+    for line in screen.lines().filter(|l| l.contains("stories completed") || l.contains("criteria ")) {
+        assert!(line.trim_end().chars().count() <= 64, "{line:?}");
+    }
+    tmux.wait_screen("sticlerctl's exit", |s| s.contains("[sticlerctl exit="));
 }
 
 #[test]

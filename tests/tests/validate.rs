@@ -283,3 +283,26 @@ fn validate_works_without_a_daemon_and_reports_what_the_daemon_reports() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("phase 7 not found"), "{}", describe(&out));
 }
+
+/// Library internals never reach the user: a missing story_id is named as missing (not
+/// `story_id ""`), a config value of the wrong type names its key and what to write (not
+/// "expected usize" or "untagged enum CommandSpec"), and no position is printed twice.
+#[test]
+fn problems_are_said_in_words_not_library_internals() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    let rel = &format!("{}/status.json", p.story_rel("US-P1-001"));
+    p.write(rel, &p.read(rel).replace("\"story_id\": \"US-P1-001\",", ""));
+    p.config(serde_json::json!({"worker": {"command": 5}}));
+    let list = problems(&daemon, &p);
+    assert_problem(&list, "US-P1-001/status.json: status.json has no story_id; add \"story_id\": \"US-P1-001\"");
+    assert_problem(&list, "orchestrator.config.json: worker.command must be an argv array of strings");
+    p.config(serde_json::json!({"max_parallel_workers": "x"}));
+    let list = problems(&daemon, &p);
+    assert_problem(&list, "max_parallel_workers must be a whole number such as 3, not \"x\"");
+    for p in &list {
+        assert!(!p.contains("expected usize") && !p.contains("untagged") && !p.contains("story_id \"\""), "{p}");
+        assert!(p.matches("line ").count() <= 1, "position printed twice: {p}");
+    }
+}

@@ -93,7 +93,7 @@ pub fn run(into: Option<PathBuf>) -> CmdResult {
     let report: StatusReport = client.call_expect(status)?;
     for view in &report.phases {
         println!();
-        print!("{}", render::phase(view));
+        print!("{}", render::phase(view, render::terminal_width()));
     }
     if let Ok(out) = Command::new("git").arg("-C").arg(&project).args(["log", "--oneline", "-n", "12"]).output() {
         if out.status.success() {

@@ -16,10 +16,11 @@ pub fn all(ctx: &Context) -> CmdResult {
     } else if reports.is_empty() {
         println!("nothing to show: sticlerd has not run any phase yet (start one with `sticlerctl start <phase>`)");
     } else {
+        let width = render::terminal_width();
         let text: Vec<String> = reports
             .iter()
             .map(|r| {
-                let phases: Vec<String> = r.phases.iter().map(render::phase).collect();
+                let phases: Vec<String> = r.phases.iter().map(|v| render::phase(v, width)).collect();
                 format!("{}\n{}", r.project, phases.join("\n"))
             })
             .collect();
@@ -43,7 +44,8 @@ pub fn project(ctx: &Context, phase: Option<&str>, story: Option<&str>) -> CmdRe
     } else if report.phases.is_empty() {
         println!("no phases under {}/phases", report.project);
     } else {
-        let text: Vec<String> = report.phases.iter().map(render::phase).collect();
+        let width = render::terminal_width();
+        let text: Vec<String> = report.phases.iter().map(|v| render::phase(v, width)).collect();
         print!("{}", text.join("\n"));
     }
     Ok(0)

@@ -239,13 +239,17 @@ impl OrchestratorConfig {
     pub fn parse(path: &Path, raw: &[u8]) -> Result<OrchestratorConfig, ProjectError> {
         let path = path.to_path_buf();
         let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| ProjectError::malformed(&path, &e))?;
-        super::config_keys::check(&value).map_err(|message| ProjectError::Invalid { path: path.clone(), message })?;
+        let invalid = |message| ProjectError::Invalid { path: path.clone(), message };
+        super::config_keys::check(&value).map_err(invalid)?;
+        if let serde_json::Value::Object(top) = &value {
+            super::config_types::check(top).map_err(invalid)?;
+        }
         let config: OrchestratorConfig = serde_json::from_slice(raw).map_err(|e| {
             if e.is_data() {
-                ProjectError::Invalid {
-                    path: path.clone(),
-                    message: format!("line {}, column {}: {e}", e.line(), e.column()),
-                }
+                // What the type check let through; the position once, serde's own cut off.
+                let text = e.to_string();
+                let text = text.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&text);
+                invalid(format!("line {}, column {}: {text}", e.line(), e.column()))
             } else {
                 ProjectError::malformed(&path, &e)
             }
@@ -373,7 +377,7 @@ mod tests {
         assert_eq!(config.workspace, WorkspaceMode::Shared);
         fs::write(dir.path().join(CONFIG_FILE), r#"{"workspace": "tree"}"#).unwrap();
         let err = OrchestratorConfig::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("unknown variant `tree`") && err.contains("worktree"), "{err}");
+        assert!(err.contains("workspace must be one of \"worktree\", \"shared\", not \"tree\""), "{err}");
         assert_eq!(config.max_parallel_workers, 3);
     }
 
@@ -412,10 +416,13 @@ mod tests {
         assert_eq!((worker.exit_grace_secs, worker.idle_timeout_secs), (3, Some(45)));
         assert_eq!(parse(r#"{"worker": {"idle_timeout_secs": null}}"#).unwrap().idle_timeout_secs, None);
         assert_eq!(parse(r#"{"worker": {"preset": "claude"}}"#).unwrap().idle_timeout_secs, Some(600));
-        // A wrong type is an error with its line and column, never the default.
-        for bad in [r#"{"worker": {"idle_timeout_secs": "10"}}"#, r#"{"worker": {"exit_grace_secs": -1}}"#] {
+        // A wrong type is an error naming the key, never the default.
+        for (bad, key) in [
+            (r#"{"worker": {"idle_timeout_secs": "10"}}"#, "worker.idle_timeout_secs"),
+            (r#"{"worker": {"exit_grace_secs": -1}}"#, "worker.exit_grace_secs"),
+        ] {
             let err = parse(bad).unwrap_err().to_string();
-            assert!(err.contains("line 1, column") && err.contains("expected u64"), "{bad}: {err}");
+            assert!(err.contains(&format!("{key} must be a whole number")), "{bad}: {err}");
         }
     }
 }

@@ -11,6 +11,7 @@ pub use sticler_proto::StoryId;
 
 mod config;
 mod config_keys;
+mod config_types;
 mod doc_cache;
 mod error;
 mod json_doc;

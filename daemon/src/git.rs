@@ -454,6 +454,9 @@ pub fn clear_stale_locks(root: &Path) -> usize {
     let git_dir = root.join(".git");
     let mut locks = Vec::new();
     let mut dirs = vec![git_dir.clone(), git_dir.join("refs")];
+    // Each story worktree's own git folder (its index and HEAD) lives under .git/worktrees/.
+    let worktrees = std::fs::read_dir(git_dir.join("worktrees")).into_iter().flatten().flatten();
+    dirs.extend(worktrees.map(|e| e.path()).filter(|p| p.is_dir()));
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {

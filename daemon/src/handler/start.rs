@@ -79,9 +79,9 @@ fn prepare_git(daemon: &Daemon, project: &Project, phase: u32, recovered: bool) 
     {
         let git = daemon.git_lock(&project.root);
         let _git = lock(&git);
-        if recovered {
-            crate::git::clear_stale_locks(&project.root);
-        }
+        // A lock no process holds is a dead process's (a daemon killed mid-commit, whose store
+        // may be gone too): removed, whether this start resumes a run or begins one.
+        crate::git::clear_stale_locks(&project.root);
         crate::git::ensure_repo(&project.root).map_err(|e| {
             error(ErrorKind::Internal, format!("{}: cannot prepare the git repository: {e}", project.root.display()))
         })?;

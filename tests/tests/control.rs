@@ -111,9 +111,9 @@ fn no_zombies_are_left_after_double_forking_workers() {
     });
 }
 
-#[test]
-fn retry_in_a_running_phase_and_at_the_next_start() {
-    let daemon = Daemon::start();
+/// A running phase: US-P1-001 fails, US-P1-002 (its dependent) is blocked, US-P1-003 hangs and
+/// keeps the phase running.
+fn failing_blocking_hanging(daemon: &Daemon) -> ProjectBuilder {
     let p = ProjectBuilder::new();
     p.phase(
         1,
@@ -125,6 +125,13 @@ fn retry_in_a_running_phase_and_at_the_next_start() {
         ],
     );
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    p
+}
+
+#[test]
+fn retry_in_a_running_phase_and_at_the_next_start() {
+    let daemon = Daemon::start();
+    let p = failing_blocking_hanging(&daemon);
     poll(Duration::from_secs(20), "US-P1-001 to fail", || {
         (daemon.phase_status(p.path(), 1).stories[0].state == StoryState::Failed).then_some(())
     });
@@ -316,17 +323,7 @@ fn retry_shows_the_dependents_pending_at_once() {
     assert_eq!(daemon.ctl(&["-C", &q.path_str(), "start", "1", "--wait"]).status.code(), Some(0));
 
     // In a running phase (US-P1-003 keeps it running).
-    let p = ProjectBuilder::new();
-    p.phase(
-        1,
-        "decomposed",
-        &[
-            story("US-P1-001", &[]).script(json!({"mode": "self_fail"})),
-            story("US-P1-002", &["US-P1-001"]),
-            story("US-P1-003", &[]).script(json!({"mode": "hang"})),
-        ],
-    );
-    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    let p = failing_blocking_hanging(&daemon);
     poll(Duration::from_secs(20), "US-P1-002 to be blocked", || {
         (daemon.phase_status(p.path(), 1).stories[1].state == StoryState::Blocked).then_some(())
     });

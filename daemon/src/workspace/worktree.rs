@@ -174,6 +174,14 @@ pub fn remove(main: &Repository, name: &str, path: &Path) {
             tracing::warn!(name, "cannot prune a worktree: {e}");
         }
     }
+    // A registration cut short by a daemon killed while making it is not a worktree git can
+    // open, nor prune: its folder under .git/worktrees/ (named by sticler) goes as it is.
+    let admin = main.path().join("worktrees").join(name);
+    if admin.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&admin) {
+            tracing::warn!(path = %admin.display(), "cannot remove a worktree's registration: {e}");
+        }
+    }
 }
 
 /// Deletes the story's branch (after its worktree moved on or went).

@@ -53,12 +53,7 @@ impl MergeJob {
             Err(e) => return (Verdict::Rejected(e.to_string()), None),
         };
         match self.merge(&doc) {
-            Ok(Verdict::Completed) => {
-                let oid =
-                    git::find_story_commit(&self.main_root, &self.story, "", self.since, &mut known).ok().flatten();
-                (Verdict::Completed, oid)
-            }
-            Ok(Verdict::Conflict(files)) => {
+            Ok((Verdict::Conflict(files), _)) => {
                 let reason = format!(
                     "merge conflict with the integration branch in {files}: the files hold conflict markers; resolve them, commit, and mark the story completed again"
                 );
@@ -67,19 +62,20 @@ impl MergeJob {
                 }
                 (Verdict::Conflict(files), None)
             }
-            Ok(verdict) => (verdict, None),
+            Ok(outcome) => outcome,
             Err(e) => (Verdict::Infra(format!("merge into the integration branch failed: {e}")), None),
         }
     }
 
-    fn merge(&self, doc: &JsonDoc) -> Result<Verdict, git::GitError> {
+    /// The merge itself; a merge that landed comes with its commit.
+    fn merge(&self, doc: &JsonDoc) -> Result<MergeOutcome, git::GitError> {
         let (story, branch) = (self.story.as_str(), self.branch.as_str());
         let main = Repository::open(&self.main_root)?;
         let base = main.head()?.peel_to_commit()?.id();
         if !self.auto_commit && !merge::has_story_commit(&main, branch, base, story)? {
-            return Ok(Verdict::Rejected(format!(
-                "no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off"
-            )));
+            let why =
+                format!("no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off");
+            return Ok((Verdict::Rejected(why), None));
         }
         worktree::commit_leftovers(&self.root, &format!("[{story}] {}", doc.title()))?;
         let head = merge::branch_head(&main, branch)?.id();
@@ -90,15 +86,15 @@ impl MergeJob {
                 store.put_merge(&self.run_key, story, &record).map_err(store_error)?;
                 merge::land(&main, &record.branch_ref, (base, commit), &self.story_dir, self.daemon.user_umask)?;
                 let _ = store.remove_merge(&self.run_key, story);
-                Ok(Verdict::Completed)
+                Ok((Verdict::Completed, Some(commit)))
             }
-            merge::Plan::Waits(why) => Ok(Verdict::MergeWaits(why)),
+            merge::Plan::Waits(why) => Ok((Verdict::MergeWaits(why), None)),
             merge::Plan::Conflict(files) => {
                 let mut conflicted = merge::hand_back(&self.root, base, &self.story_dir)?;
                 if conflicted.is_empty() {
                     conflicted = files;
                 }
-                Ok(Verdict::Conflict(conflicted.join(", ")))
+                Ok((Verdict::Conflict(conflicted.join(", ")), None))
             }
         }
     }

@@ -220,6 +220,13 @@ pub struct ProjectGit {
     commits: StoryCommits,
 }
 
+impl ProjectGit {
+    /// The project's open repository (see `reopen`).
+    pub fn repo(&mut self, root: &Path) -> Result<&Repository, GitError> {
+        reopen(&mut self.open, &mut self.commits, root)
+    }
+}
+
 /// The open repository of `root`, opened again when `.git` is not the one it was.
 fn reopen<'a>(
     open: &'a mut Option<(Repository, (u64, u64))>,

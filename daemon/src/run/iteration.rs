@@ -93,8 +93,9 @@ impl PhaseRun {
     fn enter_workspace(&mut self, story: &str) -> Result<(), String> {
         let Some(dir) = self.stories.get(story).map(|p| p.dir.clone()) else { return Ok(()) };
         let Some(workspaces) = self.workspaces.as_mut() else { return Ok(()) };
-        let lock = self.daemon.git_lock(&self.project.root);
-        let _git = crate::lock::lock(&lock);
+        // Without the project's git lock: a merge running meanwhile works in the integration
+        // branch, the project folder and its own story's worktree; this touches a free slot's
+        // worktree and creates the story's branch, each behind git's own lock files.
         let root = tokio::task::block_in_place(|| workspaces.enter(story, &dir))
             .map_err(|e| format!("cannot prepare the story's worktree: {e}"))?;
         let root = root.display().to_string();

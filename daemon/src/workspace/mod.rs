@@ -125,9 +125,14 @@ impl Workspaces {
     /// `story` leaves its worktree (it completed, failed or went back to pending): what it left
     /// uncommitted goes to its branch. `keep`: the worktree stays the story's, for inspection,
     /// until `retry` or the next start; otherwise the slot serves the next story.
-    /// `merged`: its work was just committed and merged, nothing is left to commit.
+    /// `merged`: its work was just committed and merged, nothing is left to commit, and the
+    /// slot stays on the story's branch until its next story (see `leaves_without_git`).
     pub fn leave(&mut self, story: &str, keep: bool, merged: bool) {
         let Some(slot) = self.slots.iter_mut().find(|s| s.story.as_deref() == Some(story)) else { return };
+        if Self::leaves_without_git(keep, merged) {
+            slot.story = None;
+            return;
+        }
         if !merged {
             if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}")) {
                 tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
@@ -141,6 +146,13 @@ impl Workspaces {
         if let Err(e) = worktree::detach(&slot.path) {
             tracing::warn!(story_id = %story, "cannot let go of the story's branch: {e}");
         }
+    }
+
+    /// Whether leaving touches no git state (and needs no git lock): a merged story's slot is
+    /// free at once. It is let go of its branch by the next `enter`, which detaches first, and
+    /// at the run's end its worktree goes before the branch.
+    pub fn leaves_without_git(keep: bool, merged: bool) -> bool {
+        merged && !keep
     }
 
     /// The run ended: worktrees go, except those kept for failed stories (`keep_failed`); the

@@ -90,6 +90,11 @@ pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
             .exclude_submodules(true);
         let statuses = repo.statuses(Some(&mut options))?;
         let mut index = repo.index()?;
+        if statuses.is_empty() {
+            // Nothing to stage (a worker that committed its own work): the index file stays
+            // as it is, not written again through a lock file.
+            return index.write_tree();
+        }
         for entry in statuses.iter() {
             let path = Path::new(std::ffi::OsStr::from_bytes(entry.path_bytes()));
             let status = entry.status();

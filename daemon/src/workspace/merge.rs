@@ -97,24 +97,55 @@ pub fn land(
     let old = main.find_commit(base)?.tree()?;
     let new = main.find_commit(commit)?.tree()?;
     let changes = changes(main, &old, &new)?;
+    let mut written = Vec::with_capacity(changes.len());
     for change in &changes {
-        if change.path.starts_with(story_dir) || !user_edited(&root, change) {
+        let ours = change.path.starts_with(story_dir) || !user_edited(&root, change);
+        if ours {
             write_file(main, &root, change, umask)?;
         } else {
             tracing::warn!(path = %change.path.display(), "changed in the project folder since the merge began; left as it is");
         }
+        written.push(ours);
     }
     git::retry_locked(&root, || {
         let mut index = main.index()?;
         index.read(false)?;
-        for change in &changes {
-            if root.join(&change.path).exists() {
-                index.add_path(&change.path)?;
-            } else {
-                let _ = index.remove_path(&change.path);
+        for (change, ours) in changes.iter().zip(&written) {
+            let full = root.join(&change.path);
+            match change.new.filter(|_| *ours).and_then(|side| written_entry(&change.path, &full, side)) {
+                Some(entry) => index.add(&entry)?,
+                None if full.exists() => index.add_path(&change.path)?,
+                None => {
+                    let _ = index.remove_path(&change.path);
+                }
             }
         }
         index.write()
+    })
+}
+
+/// The index entry of a regular file the merge just wrote: its blob and mode, with the file's
+/// stat, so git sees it unchanged. (`add_path` would read and hash the file again, and stream
+/// the blob it already has through a temporary object file, one more file made and deleted
+/// per file of every merge.)
+fn written_entry(rel: &Path, full: &Path, (blob, mode): (Oid, i32)) -> Option<git2::IndexEntry> {
+    use std::os::unix::fs::MetadataExt;
+    let regular = [i32::from(git2::FileMode::Blob), i32::from(git2::FileMode::BlobExecutable)];
+    let meta = std::fs::symlink_metadata(full).ok().filter(|m| m.is_file() && regular.contains(&mode))?;
+    // The index keeps 32-bit stat fields: git truncates them the same way.
+    Some(git2::IndexEntry {
+        ctime: git2::IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
+        mtime: git2::IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
+        dev: meta.dev() as u32,
+        ino: meta.ino() as u32,
+        mode: mode as u32,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        file_size: meta.len() as u32,
+        id: blob,
+        flags: 0,
+        flags_extended: 0,
+        path: rel.as_os_str().as_bytes().to_vec(),
     })
 }
 
@@ -441,6 +472,8 @@ mod tests {
         assert_eq!(files, ["src/a.txt"], "another story's status.json stays as the integration branch has it");
         land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
         assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "a by the story\n");
+        // The index holds the landed file as it is on disk: git sees nothing to commit.
+        assert_eq!(repo.status_file(Path::new("src/a.txt")).unwrap(), git2::Status::CURRENT);
         // Landing again (a restart after a crash) changes nothing, and leaves a later edit alone.
         fs::write(dir.path().join("src/a.txt"), "the user's edit since\n").unwrap();
         land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();

@@ -89,6 +89,21 @@ impl PhaseRun {
         }
     }
 
+    /// Stories dispatched together (worktree mode): their worktrees are readied side by side
+    /// before each starts (`Workspaces::prepare`), rather than one after another on the run's
+    /// task. Only as many as the daemon has slots for, and none while a usage limit holds.
+    pub(super) fn prepare_workspaces(&mut self, actions: &[Action]) {
+        let mut starting: Vec<String> =
+            actions.iter().filter_map(|a| if let Action::Start(s) = a { Some(s.clone()) } else { None }).collect();
+        starting.truncate(self.daemon.slots.free());
+        let paused = self.daemon.pauses.until(&self.project_name, super::agent::now_unix()).is_some();
+        let Some(workspaces) = self.workspaces.as_mut() else { return };
+        if starting.len() < 2 || paused {
+            return;
+        }
+        tokio::task::block_in_place(|| workspaces.prepare(&starting));
+    }
+
     /// Gives the story its worktree (worktree mode), with its files copied in.
     fn enter_workspace(&mut self, story: &str) -> Result<(), String> {
         let Some(dir) = self.stories.get(story).map(|p| p.dir.clone()) else { return Ok(()) };

@@ -49,6 +49,10 @@ impl MergeJob {
             if let Ok(Some(oid)) = git::find_story_commit(&self.main_root, &self.story, "", self.since, &mut known) {
                 return (Verdict::Completed, Some(oid));
             }
+            // Merged by an earlier run whose record of it was lost: its files are finished.
+            if let Ok(Some(oid)) = self.landed_unrecorded(&mut known) {
+                return (Verdict::Completed, Some(oid));
+            }
         }
         let doc = match JsonDoc::read(&self.work_status) {
             Ok(doc) => doc,
@@ -75,6 +79,17 @@ impl MergeJob {
             Ok(outcome) => outcome,
             Err(e) => (Verdict::Infra(format!("merge into the integration branch failed: {e}")), None),
         }
+    }
+
+    /// The story's merge found on the integration branch though nothing recorded it; the
+    /// project folder's files are brought along as far as they are still as the merge found them.
+    fn landed_unrecorded(&self, git: &mut git::ProjectGit) -> Result<Option<git2::Oid>, git::GitError> {
+        let main = git.repo(&self.main_root)?;
+        let Some(oid) = merge::landed_since_fork(main, &self.branch, &self.story)? else { return Ok(None) };
+        let parent = main.find_commit(oid)?.parent_id(0)?;
+        merge::follow(main, (parent, oid), &self.story_dir, self.daemon.user_umask)?;
+        tracing::info!(story_id = %self.story, "the story's merge had landed already (commit {oid})");
+        Ok(Some(oid))
     }
 
     /// What the story left in its worktree, committed on its branch (as its `[US-..]` commit);

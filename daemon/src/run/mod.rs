@@ -230,6 +230,7 @@ impl PhaseRun {
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
+        self.prepare_workspaces(&actions);
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {

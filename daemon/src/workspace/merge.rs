@@ -94,6 +94,13 @@ pub fn land(
             "{branch_ref} moved to {now} during the merge of {commit}"
         ))));
     }
+    follow(main, (base, commit), story_dir, umask)
+}
+
+/// The project folder's files and index brought from `base` to `commit` (see `land`): a file
+/// changed since, by the user or a later merge, is left as it is.
+pub fn follow(main: &Repository, (base, commit): (Oid, Oid), story_dir: &Path, umask: u32) -> Result<(), GitError> {
+    let root = main.workdir().map(Path::to_path_buf).unwrap_or_default();
     let old = main.find_commit(base)?.tree()?;
     let new = main.find_commit(commit)?.tree()?;
     let changes = changes(main, &old, &new)?;
@@ -370,6 +377,26 @@ pub fn branch_head<'r>(main: &'r Repository, branch: &str) -> Result<Commit<'r>,
     Ok(main.find_branch(branch, git2::BranchType::Local)?.get().peel_to_commit()?)
 }
 
+/// The `[story]` commit the integration branch gained since the story's branch left it: the
+/// story's merge landed already, though nothing recorded it (a daemon killed in the middle of
+/// the merge, then its store lost). A story re-run after it was merged starts from a branch cut
+/// after that commit, which is then not counted.
+pub fn landed_since_fork(main: &Repository, branch: &str, story: &str) -> Result<Option<Oid>, GitError> {
+    let Ok(head) = branch_head(main, branch) else { return Ok(None) };
+    let integration = main.head()?.peel_to_commit()?.id();
+    let fork = main.merge_base(integration, head.id())?;
+    let mut walk = main.revwalk()?;
+    walk.push(integration)?;
+    walk.hide(fork)?;
+    for oid in walk {
+        let oid = oid?;
+        if git::subject_marks(&main.find_commit(oid)?, story) {
+            return Ok(Some(oid));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether the story's branch has a commit of its own (subject `[story]`) since it left
 /// `integration`.
 pub fn has_story_commit(main: &Repository, branch: &str, integration: Oid, story: &str) -> Result<bool, GitError> {
@@ -479,6 +506,25 @@ mod tests {
         land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
         assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "the user's edit since\n");
         assert_eq!(landed(&repo, &branch_ref, base, commit), Some(true));
+    }
+
+    #[test]
+    fn a_merge_landed_since_the_branch_forked_is_found_and_one_from_before_it_is_not() {
+        let (_dir, repo) = repo(&[("src/a.txt", "a\n")]);
+        let work = story_branch(&repo, &[("src/a.txt", "a by the story\n")]);
+        repo.branch("sticler/phase-1/US-P1-001", &repo.find_commit(work).unwrap(), false).unwrap();
+        let branch = "sticler/phase-1/US-P1-001";
+        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
+        let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", work, &doc(), Path::new(OWN)).unwrap()
+        else {
+            panic!("expected a merge")
+        };
+        land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), Some(commit));
+        // The story run again after its merge: a branch cut after it knows nothing landed yet.
+        let again = story_branch(&repo, &[("src/a.txt", "again\n")]);
+        repo.branch(branch, &repo.find_commit(again).unwrap(), true).unwrap();
+        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
     }
 
     #[test]

@@ -243,7 +243,8 @@ impl PhaseRun {
     /// The story's status.json, as its worker left it in the worktree, into the project folder.
     pub(super) fn mirror_status(&self, story: &str) {
         let (Some(work), Some(main)) = (self.work_paths(story), self.stories.get(story)) else { return };
-        if work.status == main.status {
+        // A story folder gone from the project (the project removed) is never made again.
+        if work.status == main.status || !main.dir.is_dir() {
             return;
         }
         if let Err(e) = workspace::copy_if_changed(&work.status, &main.status) {

@@ -1,6 +1,6 @@
 //! A project: the folder holding `phases/`, and where its phases and stories live. The on-disk
 //! formats owned by the user and the worker each have a file of their own: `status.json`
-//! (`story`), `orchestrator.config.json` (`config`), the JSON document every project file is
+//! (`story`), `orchestrator.config.json` (`config`, its `runner` in `runner_config`), the JSON document every project file is
 //! read and written as (`json_doc`, cached by `doc_cache`) and the errors of all of them
 //! (`error`). `phase_config.json` and `spec.md` are read by `crate::phase`.
 
@@ -15,6 +15,7 @@ mod config_types;
 mod doc_cache;
 mod error;
 mod json_doc;
+mod runner_config;
 mod story;
 
 pub use config::{
@@ -22,6 +23,7 @@ pub use config::{
 };
 pub use doc_cache::DocCache;
 pub use error::ProjectError;
+pub use runner_config::{RunnerConfig, SlurmConfig};
 pub use json_doc::{parse_object, read_limited, write_atomic, write_replacing, JsonDoc, MAX_JSON_FILE};
 pub use story::{DiskStatus, StatusFields, StatusSummary};
 

@@ -72,21 +72,27 @@ async fn kill_leftovers(daemon: &Daemon, record: &RunRecord) {
     }
 }
 
-/// Cancels the run's Slurm jobs (`"runner": {"kind": "slurm"}`): its sruns died with the last
-/// daemon, their jobs did not. Found by name in the queue, like the local workers by token.
+/// Cancels the run's Slurm jobs (`"runner": {"kind": "slurm"}`): their sruns died with the last
+/// daemon, the jobs did not. Found by name in the queue, like the local workers by token; by
+/// the phase's story folders, since the store may not have recorded a story yet.
 fn cancel_jobs(daemon: &Daemon, record: &RunRecord) {
     let root = Path::new(&record.project);
-    let slurm = crate::project::OrchestratorConfig::load(root)
+    let Ok(project) = Project::open(root) else { return };
+    let slurm = crate::project::OrchestratorConfig::load(&project.root)
         .is_ok_and(|config| matches!(config.runner, crate::project::RunnerConfig::Slurm(_)));
     if !slurm {
         return;
     }
-    let key = run_key(root, record.phase);
+    let folders = std::fs::read_dir(project.phase_dir(record.phase).join("stories"));
     let stories: Vec<String> =
-        daemon.bus.store().stories(&key).unwrap_or_default().into_iter().map(|(story, _)| story).collect();
-    match tokio::task::block_in_place(|| crate::slurm::cancel_stories(&daemon.spawner, root, &stories)) {
+        folders.into_iter().flatten().filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    match tokio::task::block_in_place(|| crate::slurm::cancel_stories(&daemon.spawner, &project.root, &stories)) {
         Ok(0) => {}
-        Ok(n) => tracing::info!(project = %record.project, phase = record.phase, "cancelled {n} Slurm job(s) of the last daemon"),
-        Err(e) => tracing::warn!(project = %record.project, phase = record.phase, "cannot cancel the Slurm jobs of the last daemon: {e}"),
+        Ok(n) => {
+            tracing::info!(project = %record.project, phase = record.phase, "cancelled {n} Slurm job(s) of the last daemon")
+        }
+        Err(e) => {
+            tracing::warn!(project = %record.project, phase = record.phase, "cannot cancel the Slurm jobs of the last daemon: {e}")
+        }
     }
 }

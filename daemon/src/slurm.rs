@@ -98,9 +98,7 @@ fn client(spawner: &Spawner, program: &str, args: &[String]) -> io::Result<Strin
 async fn client_async(daemon: &Arc<Daemon>, program: &str, args: Vec<String>) -> io::Result<String> {
     let daemon = Arc::clone(daemon);
     let program = program.to_string();
-    tokio::task::spawn_blocking(move || client(&daemon.spawner, &program, &args))
-        .await
-        .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || client(&daemon.spawner, &program, &args)).await.map_err(io::Error::other)?
 }
 
 /// `scancel` of the job named `name` (with `signal`: only that signal to its processes).
@@ -171,20 +169,22 @@ pub fn cancel_stories(spawner: &Spawner, root: &std::path::Path, stories: &[Stri
 /// then `scancel`), and waits up to `JOB_GONE` for them to leave the queue. Returns how many
 /// there were. Blocking.
 fn cancel_all(spawner: &Spawner, prefix: &str, whose: impl Fn(&str) -> bool) -> io::Result<usize> {
-    let names = || -> io::Result<Vec<String>> {
-        Ok(queued(spawner, prefix)?.into_iter().map(|job| job.name).filter(|name| whose(name)).collect())
+    let ids = || -> io::Result<Vec<String>> {
+        let jobs = queued(spawner, prefix)?.into_iter().filter(|job| whose(&job.name));
+        Ok(jobs.map(|job| job.view.id.to_string()).collect())
     };
-    let found = names()?;
+    // By id: scancel takes one name only.
+    let found = ids()?;
     if found.is_empty() {
         return Ok(0);
     }
     for signal in [Some("KILL"), None] {
         let mut args: Vec<String> = signal.iter().map(|s| format!("--signal={s}")).collect();
-        args.push(format!("--name={}", found.join(",")));
+        args.extend(found.iter().cloned());
         client(spawner, "scancel", &args)?;
     }
     let deadline = std::time::Instant::now() + JOB_GONE;
-    while !names()?.is_empty() && std::time::Instant::now() < deadline {
+    while !ids()?.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(found.len())

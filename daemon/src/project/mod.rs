@@ -23,9 +23,23 @@ pub use config::{
 };
 pub use doc_cache::DocCache;
 pub use error::ProjectError;
-pub use runner_config::{RunnerConfig, SlurmConfig};
 pub use json_doc::{parse_object, read_limited, write_atomic, write_replacing, JsonDoc, MAX_JSON_FILE};
+pub use runner_config::{RunnerConfig, SlurmConfig};
 pub use story::{DiskStatus, StatusFields, StatusSummary};
+
+/// A project's name in the state dir: `<folder name>-<hash of the path>`, readable and unique.
+pub fn project_key(project: &Path) -> String {
+    let name = project.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let hash = project
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{name}-{hash:016x}")
+}
 
 /// A project: the folder holding `phases/`, by its canonical path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -60,7 +60,8 @@ impl TryFrom<RawRunner> for RunnerConfig {
                 }
             }
             Some("slurm") => {
-                for (key, value) in [("time_limit_mins", raw.time_limit_mins), ("cpus", raw.cpus), ("mem_mb", raw.mem_mb)]
+                for (key, value) in
+                    [("time_limit_mins", raw.time_limit_mins), ("cpus", raw.cpus), ("mem_mb", raw.mem_mb)]
                 {
                     if value == Some(0) {
                         return Err(format!("runner.{key} must be at least 1"));

@@ -164,11 +164,12 @@ impl PhaseRun {
         // An accepted claim: the story's commit (shared mode), or its merge (worktree mode, on a
         // blocking thread: the iteration's end then comes back as `RunMsg::Merged`).
         let verdict = match claim {
-            Verdict::Completed if self.workspaces.is_some() => match self.merge_in_background(&story, iteration, ended.clone())
-            {
-                Some(verdict) => verdict,
-                None => return,
-            },
+            Verdict::Completed if self.workspaces.is_some() => {
+                match self.merge_in_background(&story, iteration, ended.clone()) {
+                    Some(verdict) => verdict,
+                    None => return,
+                }
+            }
             Verdict::Completed => self.commit_step(&story),
             verdict => verdict,
         };

@@ -207,3 +207,28 @@ fn kill_9_of_the_daemon_mid_run_then_restart_completes_and_leaves_no_job() {
     let finished = cluster.finished(&prefix);
     assert!(finished.iter().any(|j| j.state == "CANCELLED" && j.name.ends_with("-1")), "{finished:?}");
 }
+
+#[test]
+fn a_pending_job_shows_its_reason_and_the_phase_limit_counts_it() {
+    let Some(cluster) = Cluster::shared() else { return };
+    let daemon = daemon_on(cluster);
+    // Jobs that may not begin for an hour stay pending, with Slurm's reason.
+    let p = project(true, json!({"max_parallel_workers": 1, "runner": {"extra_args": ["--begin=now+3600"]}}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &[])]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let job = poll(Duration::from_secs(20), "the job shown pending in status", || {
+        story_of(&daemon.phase_status(p.path(), 1), "US-P1-001").job.clone().filter(|j| j.state == "PENDING")
+    });
+    assert_eq!(job.reason.as_deref(), Some("BeginTime"), "{job:?}");
+    let prefix = job_prefix(p.path());
+    assert_eq!(cluster.queued(&prefix), [format!("{prefix}US-P1-001-1")], "one queued job: the phase's limit");
+    let human = daemon.ctl(&["-C", &p.path_str(), "status", "1", "US-P1-001"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains(&format!("slurm job:    {} PENDING (BeginTime)", job.id)), "{text}");
+    let out = daemon.ctl(&["-C", &p.path_str(), "kill", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    cluster.wait_queue_empty(&prefix);
+}

@@ -70,6 +70,55 @@ pub fn wrap(config: &SlurmConfig, spec: &mut SpawnSpec, name: &str, timeout_secs
     spec.argv = argv;
 }
 
+/// Filesystems that are never shared between machines, by their statfs magic.
+const LOCAL_FILESYSTEMS: &[(i64, &str)] = &[
+    (0xEF53, "ext4"),
+    (0x5846_5342, "xfs"),
+    (0x9123_683E, "btrfs"),
+    (0x0102_1994, "tmpfs"),
+    (0x794C_7630, "overlayfs"),
+    (0x2FC1_2FC1, "zfs"),
+    (0xF2F5_2010, "f2fs"),
+];
+
+/// Refuses a start whose story folders the cluster's nodes cannot reach: when the partition
+/// has nodes other than this host and one of `paths` (the project, the state dir with the
+/// worktrees and logs) is on a filesystem that is local for certain. A cluster that cannot be
+/// asked is refused too, before any iteration is spent on it. Blocking.
+pub fn check_shared(spawner: &Spawner, config: &SlurmConfig, paths: &[&std::path::Path]) -> Result<(), String> {
+    let mut args: Vec<String> = ["-h", "-N", "-o", "%N"].map(String::from).to_vec();
+    args.extend(config.partition.iter().map(|p| format!("--partition={p}")));
+    let nodes = client(spawner, "sinfo", &args).map_err(|e| format!("runner slurm: cannot ask the cluster: {e}"))?;
+    let nodes: Vec<&str> = nodes.split_whitespace().collect();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim().split('.').next().unwrap_or_default();
+    let filesystems: Vec<(String, i64)> = paths
+        .iter()
+        .filter_map(|path| {
+            let kind = nix::sys::statfs::statfs(*path).ok()?.filesystem_type().0 as i64;
+            Some((path.display().to_string(), kind))
+        })
+        .collect();
+    match unshared(&nodes, host, &filesystems) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// Why jobs on `nodes` could not reach the folders of `filesystems` (path, statfs magic).
+fn unshared(nodes: &[&str], host: &str, filesystems: &[(String, i64)]) -> Option<String> {
+    if nodes.iter().all(|node| *node == host) {
+        return None;
+    }
+    filesystems.iter().find_map(|(path, kind)| {
+        let (_, name) = LOCAL_FILESYSTEMS.iter().find(|(magic, _)| magic == kind)?;
+        Some(format!(
+            "runner slurm: {path} is on a local filesystem ({name}) but the jobs may run on {}; put the project and sticlerd's --state-dir on a filesystem the nodes share (NFS, Lustre, CephFS, ...)",
+            nodes.join(", ")
+        ))
+    })
+}
+
 /// Runs a Slurm client (`squeue`, `scancel`, `scontrol`) and returns what it printed; an exit
 /// other than 0 is an error holding that output. Blocking.
 fn client(spawner: &Spawner, program: &str, args: &[String]) -> io::Result<String> {
@@ -314,6 +363,16 @@ mod tests {
             JobView { id: 12, state: "PENDING".into(), reason: Some("Resources".into()), node: None }
         );
         assert_eq!(jobs[1].view, JobView { id: 13, state: "RUNNING".into(), reason: None, node: Some("node7".into()) });
+    }
+
+    #[test]
+    fn local_folders_are_refused_only_when_other_nodes_run_the_jobs() {
+        let local = [("/srv/state".to_string(), 0xEF53), ("/nfs/project".to_string(), 0x6969)];
+        assert_eq!(unshared(&["vm"], "vm", &local), None, "a single-node cluster on this host shares everything");
+        let why = unshared(&["vm", "n2"], "vm", &local).unwrap_or_default();
+        assert!(why.contains("/srv/state is on a local filesystem (ext4)") && why.contains("vm, n2"), "{why}");
+        let shared = [("/nfs/state".to_string(), 0x6969), ("/fuse/p".to_string(), 0x6573_5546)];
+        assert_eq!(unshared(&["n1", "n2"], "vm", &shared), None, "NFS (and what cannot be told) is taken as shared");
     }
 
     #[test]

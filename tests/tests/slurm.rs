@@ -232,3 +232,22 @@ fn a_pending_job_shows_its_reason_and_the_phase_limit_counts_it() {
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     cluster.wait_queue_empty(&prefix);
 }
+
+#[test]
+fn a_start_on_a_cluster_that_cannot_be_asked_is_refused_before_any_iteration() {
+    // No cluster here: without SLURM_CONF (or without Slurm at all) sinfo cannot answer.
+    let mut daemon = Daemon::unstarted();
+    let mut command = daemon.command(&[]);
+    command.env("SLURM_CONF", daemon.tmp.path().join("no-such-slurm.conf")).env_remove("SLURM_CONF_SERVER");
+    daemon.spawn(command);
+    daemon.wait_ready();
+    let p = project(true, json!({}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runner slurm: cannot ask the cluster"), "{stderr}");
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!((phase.status.as_str(), phase.running), ("decomposed", false), "nothing was started");
+    assert_eq!(story_of(&phase, "US-P1-001").runs, 0);
+}

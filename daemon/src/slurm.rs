@@ -288,16 +288,19 @@ fn parse_end(shown: &str) -> Option<(String, Option<String>)> {
     Some((state, reason))
 }
 
-/// Polls the job's place in the queue while it runs and hands each sighting to `seen`, for
+/// Polls the job's place in the queue while it runs and hands each change to `seen`, for
 /// `status`: PENDING with its reason, RUNNING on its node. Runs until aborted.
 pub async fn follow(daemon: Arc<Daemon>, name: String, seen: impl Fn(JobView)) {
     // The first look soon (a pending job's reason matters most early), then every second.
     let mut pause = Duration::from_millis(200);
+    let mut last = None;
     loop {
         tokio::time::sleep(pause).await;
         pause = Duration::from_secs(1);
-        if let Some(view) = job(&daemon, &name).await {
-            seen(view);
+        let now = job(&daemon, &name).await;
+        if now.is_some() && now != last {
+            last.clone_from(&now);
+            now.into_iter().for_each(&seen);
         }
     }
 }

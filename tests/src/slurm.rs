@@ -28,6 +28,8 @@ pub struct FinishedJob {
     pub id: u64,
     pub name: String,
     pub state: String,
+    /// As the log writes it: minutes, or `UNLIMITED`.
+    pub time_limit: String,
 }
 
 static SHARED: OnceLock<Option<Cluster>> = OnceLock::new();
@@ -172,6 +174,7 @@ impl Cluster {
                     id: field("JobId=")?.parse().ok()?,
                     name: field("Name=")?,
                     state: field("JobState=")?,
+                    time_limit: field("TimeLimit=")?,
                 })
             })
             .filter(|job| job.name.starts_with(prefix))

@@ -234,6 +234,30 @@ fn a_pending_job_shows_its_reason_and_the_phase_limit_counts_it() {
 }
 
 #[test]
+fn an_iteration_timeout_ends_the_job_through_slurm_within_its_time_limit() {
+    let Some(cluster) = Cluster::shared() else { return };
+    let daemon = daemon_on(cluster);
+    let p = project(true, json!({"retry_limit": 1, "worker": {"iteration_timeout_secs": 1}}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(json!({"mode": "hang"}))]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    let phase = daemon.phase_status(p.path(), 1);
+    let reasons = story_of(&phase, "US-P1-001").failed_reasons.join("\n");
+    assert!(reasons.contains("iteration timed out after 1 s"), "sticler's own timeout, not Slurm's: {reasons}");
+    let prefix = job_prefix(p.path());
+    cluster.wait_queue_empty(&prefix);
+    let finished = poll(Duration::from_secs(10), "the job in the completion log", || {
+        let finished = cluster.finished(&prefix);
+        (!finished.is_empty()).then_some(finished)
+    });
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    // The job asked for the timeout plus the stop grace, rounded up (one minute), and sticler's
+    // SIGTERM ended it long before Slurm's limit.
+    assert_eq!(finished[0].time_limit, "1", "{finished:?}");
+    assert_eq!(finished[0].state, "FAILED", "ended by SIGTERM, not by Slurm's limit: {finished:?}");
+}
+
+#[test]
 fn a_start_on_a_cluster_that_cannot_be_asked_is_refused_before_any_iteration() {
     // No cluster here: without SLURM_CONF (or without Slurm at all) sinfo cannot answer.
     let mut daemon = Daemon::unstarted();

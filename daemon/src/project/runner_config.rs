@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 /// `runner` as read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawRunner")]
+#[serde(try_from = "Option<RawRunner>")]
 pub enum RunnerConfig {
     #[default]
     Local,
@@ -41,10 +41,12 @@ struct RawRunner {
 /// jobs again after a crash, the folder is the story's.
 const OWN_OPTIONS: &[&str] = &["--job-name", "-J", "--comment", "--chdir", "-D"];
 
-impl TryFrom<RawRunner> for RunnerConfig {
+impl TryFrom<Option<RawRunner>> for RunnerConfig {
     type Error = String;
 
-    fn try_from(raw: RawRunner) -> Result<Self, String> {
+    /// `null` is the default, as for every section.
+    fn try_from(raw: Option<RawRunner>) -> Result<Self, String> {
+        let Some(raw) = raw else { return Ok(RunnerConfig::Local) };
         match raw.kind.as_deref() {
             Some("local") => {
                 let given = [
@@ -97,6 +99,7 @@ mod tests {
     #[test]
     fn local_and_slurm_are_read_with_their_settings() {
         assert_eq!(parse(r#"{"kind": "local"}"#), Ok(RunnerConfig::Local));
+        assert_eq!(parse("null"), Ok(RunnerConfig::Local));
         let slurm = parse(
             r#"{"kind": "slurm", "partition": "gpu", "time_limit_mins": 30, "cpus": 4, "mem_mb": 8000,
                 "extra_args": ["--qos=low"]}"#,

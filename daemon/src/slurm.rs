@@ -90,6 +90,10 @@ pub fn check_shared(spawner: &Spawner, config: &SlurmConfig, paths: &[&std::path
     args.extend(config.partition.iter().map(|p| format!("--partition={p}")));
     let nodes = client(spawner, "sinfo", &args).map_err(|e| format!("runner slurm: cannot ask the cluster: {e}"))?;
     let nodes: Vec<&str> = nodes.split_whitespace().collect();
+    if nodes.is_empty() {
+        let partition = config.partition.as_ref().map_or_else(String::new, |p| format!(" in partition {p:?}"));
+        return Err(format!("runner slurm: the cluster has no node{partition} (sinfo shows none)"));
+    }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host = host.trim().split('.').next().unwrap_or_default();
     let filesystems: Vec<(String, i64)> = paths
@@ -196,11 +200,11 @@ fn queued(spawner: &Spawner, prefix: &str) -> io::Result<Vec<QueuedJob>> {
 }
 
 /// The job named `name` as the queue shows it now (also just after its end).
-async fn job(daemon: &Arc<Daemon>, name: &str) -> Option<JobView> {
+async fn job(daemon: &Arc<Daemon>, name: &str) -> io::Result<Option<JobView>> {
     let args = ["-h", "-t", "all", "-o", QUEUE_FORMAT, &format!("--name={name}")].map(String::from).to_vec();
-    let output = client_async(daemon, "squeue", args).await.ok()?;
+    let output = client_async(daemon, "squeue", args).await?;
     // The newest job of that name: an earlier daemon's job of the same name cannot be newer.
-    parse_queue(&output).into_iter().map(|job| job.view).max_by_key(|view| view.id)
+    Ok(parse_queue(&output).into_iter().map(|job| job.view).max_by_key(|view| view.id))
 }
 
 /// Cancels every queued job of the project at `root` whose story is one of `stories` (a dead
@@ -268,16 +272,43 @@ pub async fn terminate(
 }
 
 /// Why Slurm ended the job named `name`, when it was Slurm and not the worker: its state and
-/// reason, for the story's failed reasons. Asked after srun exited with a failure.
+/// reason, for the story's failed reasons. Asked after srun exited with a failure; a state that
+/// is not final yet (slurmctld may learn of the end after srun, and a cancelled job may show
+/// COMPLETING for a while) is asked again, for up to 3 s.
 pub async fn failure(daemon: &Arc<Daemon>, name: &str) -> Option<String> {
-    let id = job(daemon, name).await?.id;
+    for _ in 0..END_TRIES {
+        match end_state(daemon, name).await {
+            Ok(Some((id, state, reason))) if FAILED_BY_SLURM.contains(&state.as_str()) => {
+                return Some(match reason {
+                    Some(reason) => format!("Slurm job {id} ended {state} ({reason})"),
+                    None => format!("Slurm job {id} ended {state}"),
+                });
+            }
+            Ok(Some((id, state, _))) if !matches!(state.as_str(), "COMPLETED" | "FAILED") => {
+                tracing::debug!("Slurm job {id} ({name}) still shows {state} after srun's exit");
+            }
+            Ok(other) => {
+                tracing::debug!("Slurm job {name} ended as {other:?}: not Slurm's failure");
+                return None;
+            }
+            Err(e) => tracing::warn!("cannot ask Slurm how job {name} ended: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    None
+}
+
+/// How often `failure` asks, 300 ms apart.
+const END_TRIES: usize = 10;
+
+/// The id, `JobState` and `Reason` of the newest job named `name`; `None` when Slurm has no
+/// such job (any more).
+async fn end_state(daemon: &Arc<Daemon>, name: &str) -> io::Result<Option<(u64, String, Option<String>)>> {
+    let Some(id) = job(daemon, name).await?.map(|view| view.id) else { return Ok(None) };
     // squeue shows a job that is completing as COMPLETING; scontrol shows its end state.
-    let shown = client_async(daemon, "scontrol", vec!["show".into(), "job".into(), "-o".into(), id.to_string()]).await;
-    let (state, reason) = parse_end(&shown.ok()?)?;
-    FAILED_BY_SLURM.contains(&state.as_str()).then(|| match reason {
-        Some(reason) => format!("Slurm job {id} ended {state} ({reason})"),
-        None => format!("Slurm job {id} ended {state}"),
-    })
+    let shown =
+        client_async(daemon, "scontrol", vec!["show".into(), "job".into(), "-o".into(), id.to_string()]).await?;
+    Ok(parse_end(&shown).map(|(state, reason)| (id, state, reason)))
 }
 
 /// `JobState` and `Reason` (when there is one) of `scontrol show job -o`.
@@ -297,7 +328,8 @@ pub async fn follow(daemon: Arc<Daemon>, name: String, seen: impl Fn(JobView)) {
     loop {
         tokio::time::sleep(pause).await;
         pause = Duration::from_secs(1);
-        let now = job(&daemon, &name).await;
+        // A failed look is only a missed update: the next one comes in a second.
+        let now = job(&daemon, &name).await.ok().flatten();
         if now.is_some() && now != last {
             last.clone_from(&now);
             now.into_iter().for_each(&seen);

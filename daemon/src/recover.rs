@@ -1,8 +1,8 @@
 //! Crash recovery: the runs that were active when the last daemon ended (crash or shutdown)
 //! start again. Their leftover processes are killed first (by recorded pid and start time, and
-//! by their token, so a recycled pid is never touched), and their Slurm jobs cancelled (found
-//! by name), then each run resumes from the files
-//! on disk, with its stories' counts continued from their typed records in the store.
+//! by their token, so a recycled pid is never touched) and their Slurm jobs cancelled (found
+//! by name), then each run resumes from the files on disk, with its stories' counts continued
+//! from their typed records in the store.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -235,12 +235,15 @@ impl PhaseRun {
             return Verdict::Infra(format!("status.json left invalid: {e}"));
         }
         let worker = &self.config.worker;
+        // Slurm ended the job (cancelled from outside, node failure, out of memory): unless the
+        // worker had finished its story, that end was not the worker's own.
+        let finished = matches!(doc.disk_status(), DiskStatus::Completed | DiskStatus::Failed);
+        if let Some(why) = ended.failed_by_runner.as_ref().filter(|_| !finished) {
+            return Verdict::Infra(why.clone());
+        }
         match (doc.disk_status(), ended.by) {
             (DiskStatus::Completed, _) => Verdict::Completed,
             (DiskStatus::Failed, _) => Verdict::SelfFailed,
-            // Slurm ended the job (cancelled from outside, node failure, out of memory): what
-            // the worker did so far is not its own end.
-            _ if ended.failed_by_runner.is_some() => Verdict::Infra(ended.failed_by_runner.clone().unwrap_or_default()),
             (_, Some(EndedBy::Stalled)) => {
                 Verdict::Infra(format!("no output for {} s", worker.idle_timeout_secs.unwrap_or_default()))
             }

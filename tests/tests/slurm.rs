@@ -189,7 +189,7 @@ fn kill_9_of_the_daemon_mid_run_then_restart_completes_and_leaves_no_job() {
     let mut daemon = daemon_on(cluster);
     let p = project(true, json!({}));
     let slow =
-        |id: &str, deps: &[&str]| story(id, deps).script(json!({"sleep_ms": 3000, "files": [format!("src/{id}.txt")]}));
+        |id: &str, deps: &[&str]| story(id, deps).script(json!({"sleep_ms": 2000, "files": [format!("src/{id}.txt")]}));
     p.phase(1, "decomposed", &[slow("US-P1-001", &[]), slow("US-P1-002", &[]), slow("US-P1-003", &["US-P1-001"])]);
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -259,10 +259,13 @@ fn an_iteration_timeout_ends_the_job_through_slurm_within_its_time_limit() {
 
 #[test]
 fn a_start_on_a_cluster_that_cannot_be_asked_is_refused_before_any_iteration() {
-    // No cluster here: without SLURM_CONF (or without Slurm at all) sinfo cannot answer.
+    // No cluster here: with an empty slurm.conf (or without Slurm at all) sinfo cannot answer. (A
+    // missing file would do too, but Slurm's clients wait a minute for it to appear.)
     let mut daemon = Daemon::unstarted();
+    let conf = daemon.tmp.path().join("empty-slurm.conf");
+    std::fs::write(&conf, "").expect("empty slurm.conf");
     let mut command = daemon.command(&[]);
-    command.env("SLURM_CONF", daemon.tmp.path().join("no-such-slurm.conf")).env_remove("SLURM_CONF_SERVER");
+    command.env("SLURM_CONF", &conf);
     daemon.spawn(command);
     daemon.wait_ready();
     let p = project(true, json!({}));

@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use super::command::StoryPaths;
+use super::external::Standing;
 use super::gate::{commit_step, ClaimError};
 use super::state::{RunState, SharedState};
 use super::{status_edits, PhaseRun, RunHandle};
@@ -43,12 +44,14 @@ impl PhaseRun {
         for story in &files.stories {
             let Ok(doc) = &story.status else { continue };
             let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
-            let (deps, unmet_external) = split_dependencies(&project, files.number, doc.dependencies());
+            let (deps, unmet_external, failed_external) =
+                split_dependencies(&daemon, &project, files.number, doc.dependencies());
             let disk = settle_completed(&daemon, &project, story, doc, &paths, &config, &start);
             inits.push(StoryInit {
                 id: story.id.to_string(),
                 deps,
                 unmet_external,
+                failed_external,
                 completed: disk == DiskStatus::Completed,
                 failed: disk == DiskStatus::Failed,
             });
@@ -63,6 +66,7 @@ impl PhaseRun {
         if start.recovered {
             restore_counts(&daemon, &run_key, &mut sched);
         }
+        let waits_outside = !sched.external_waits().is_empty();
         let (state, view) = SharedState::new(RunState::new(sched, config.max_cost_usd_per_phase));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopping, stop_requested) = watch::channel(false);
@@ -96,6 +100,7 @@ impl PhaseRun {
             agent: super::agent::AgentWatch::default(),
             workspaces,
             conflicts: HashMap::new(),
+            waits_outside,
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
         tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
@@ -182,23 +187,25 @@ fn restore_counts(daemon: &Daemon, run_key: &str, sched: &mut Scheduler) {
     }
 }
 
-/// Splits dependencies into those inside this phase and those in other phases that are not
-/// completed on disk (those block the story).
-fn split_dependencies(project: &Project, phase: u32, deps: &[String]) -> (Vec<String>, Vec<String>) {
-    let mut inside = Vec::new();
-    let mut unmet = Vec::new();
+/// Splits dependencies into those inside this phase, those in other phases not completed yet
+/// (the story waits for them) and those in other phases that failed (they block it).
+fn split_dependencies(
+    daemon: &Daemon,
+    project: &Project,
+    phase: u32,
+    deps: &[String],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut inside, mut waiting, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for dep in deps {
-        match crate::project::StoryId::parse(dep) {
-            Some(id) if id.phase == phase => inside.push(dep.clone()),
-            Some(id) => {
-                let status = project.story_dir(&id).join(crate::phase::STATUS_FILE);
-                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.disk_status() == DiskStatus::Completed);
-                if !done {
-                    unmet.push(dep.clone());
-                }
-            }
-            None => unmet.push(dep.clone()),
+        if crate::project::StoryId::parse(dep).is_some_and(|id| id.phase == phase) {
+            inside.push(dep.clone());
+            continue;
+        }
+        match super::external::standing(daemon, project, dep) {
+            Standing::Completed => {}
+            Standing::Failed => failed.push(dep.clone()),
+            Standing::Waiting(_) => waiting.push(dep.clone()),
         }
     }
-    (inside, unmet)
+    (inside, waiting, failed)
 }

@@ -22,6 +22,7 @@ use crate::scheduler::Action;
 mod agent;
 mod close;
 mod command;
+mod external;
 mod gate;
 mod iteration;
 mod launch;
@@ -33,6 +34,7 @@ mod supervise;
 
 pub use agent::{clock, now_unix};
 use command::StoryPaths;
+pub use external::waiting_text;
 use iteration::Running;
 pub use launch::RunStart;
 pub use state::RunState;
@@ -129,6 +131,8 @@ pub struct PhaseRun {
     workspaces: Option<crate::workspace::Workspaces>,
     /// The files of each story whose last merge conflicted, until it lands.
     conflicts: HashMap<String, Vec<String>>,
+    /// Some story may wait for an earlier phase's story (see `external`).
+    waits_outside: bool,
 }
 
 /// How often a merge that waits for the user is tried again.
@@ -143,6 +147,9 @@ impl PhaseRun {
         self.emit(EventKind::RunStarted { stories: self.stories.len() as u32 });
         let mut slots = self.daemon.slots.subscribe();
         let mut pauses = self.daemon.pauses.subscribe();
+        let mut events = self.daemon.bus.subscribe();
+        let mut recheck = tokio::time::interval(external::RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.agent_start();
         self.schedule();
         while self.state.read().sched.ended().is_none() {
@@ -162,6 +169,8 @@ impl PhaseRun {
                     self.retry_waiting_merges();
                 }
                 () = agent::sleep_until_unix(self.agent.paused_until) => self.pause_changed(),
+                event = events.recv(), if self.waits_outside => self.other_phase_event(event),
+                _ = recheck.tick(), if self.waits_outside => self.recheck_external(),
             }
             self.start_later_work();
         }

@@ -180,7 +180,7 @@ impl PhaseRun {
             in_state(StoryState::Completed).count(),
             self.stories.len(),
             sched.total_iterations(),
-            self.started.elapsed().as_secs_f64()
+            crate::events::now_ms().saturating_sub(self.started_ms) as f64 / 1000.0
         );
         let failed: Vec<&str> = in_state(StoryState::Failed).map(String::as_str).collect();
         if !failed.is_empty() {

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
@@ -23,6 +22,8 @@ use crate::scheduler::{Limits, Scheduler, StoryInit};
 pub struct RunStart {
     pub nonce: String,
     pub started_unix: i64,
+    /// When the run first started, in unix milliseconds (also for a recovered run).
+    pub started_ms: u64,
     /// HEAD when a fresh run started (unknown for a recovered one).
     pub head: Option<git2::Oid>,
     pub recovered: bool,
@@ -63,9 +64,7 @@ impl PhaseRun {
             retry_limit: config.retry_limit.max(1),
         };
         let mut sched = Scheduler::new(inits, limits);
-        if start.recovered {
-            restore_counts(&daemon, &run_key, &mut sched);
-        }
+        let completed_unseen = if start.recovered { restore_counts(&daemon, &run_key, &mut sched) } else { Vec::new() };
         let waits_outside = !sched.external_waits().is_empty();
         let (state, view) = SharedState::new(RunState::new(sched, config.max_cost_usd_per_phase));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -91,7 +90,7 @@ impl PhaseRun {
             tx,
             stop_requested,
             nonce: start.nonce,
-            started: Instant::now(),
+            started_ms: start.started_ms,
             since: git::Since { unix: start.started_unix, head: start.head },
             interrupted: false,
             later: Vec::new(),
@@ -101,6 +100,7 @@ impl PhaseRun {
             workspaces,
             conflicts: HashMap::new(),
             waits_outside,
+            completed_unseen,
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
         tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
@@ -174,16 +174,23 @@ fn has_branch(project: &Project, story: &StoryFiles) -> bool {
     found
 }
 
-/// A recovered run continues each story's counts from the last daemon's records.
-fn restore_counts(daemon: &Daemon, run_key: &str, sched: &mut Scheduler) {
+/// A recovered run continues each story's counts from the last daemon's records. Returns the
+/// stories completed now that the last daemon had not seen complete (see `missed`).
+fn restore_counts(daemon: &Daemon, run_key: &str, sched: &mut Scheduler) -> Vec<String> {
     match daemon.bus.store().stories(run_key) {
         Ok(records) => {
-            for (story, record) in records {
+            for (story, record) in &records {
                 tracing::info!(story_id = %story, state = record.state.as_str(), iterations = record.iterations, infra_streak = record.infra_streak, "counts continued from the last daemon");
-                sched.restore_counts(&story, record.iterations, record.infra_streak);
+                sched.restore_counts(story, record.iterations, record.infra_streak);
             }
+            let completed: Vec<&str> =
+                sched.stories().filter(|s| sched.state(s) == Some(sticler_proto::StoryState::Completed)).collect();
+            crate::missed::completed_unseen(&records, completed.into_iter())
         }
-        Err(e) => tracing::warn!("cannot read the story records; counts start over: {e}"),
+        Err(e) => {
+            tracing::warn!("cannot read the story records; counts start over: {e}");
+            Vec::new()
+        }
     }
 }
 

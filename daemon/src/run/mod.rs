@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sticler_proto::{EventKind, StoryState};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -112,7 +112,8 @@ pub struct PhaseRun {
     /// Prefix of every worker token of this run.
     nonce: String,
     logs_root: PathBuf,
-    started: Instant,
+    /// When the run first started (unix ms; kept across restarts in its store record).
+    started_ms: u64,
     /// Which commits count as the stories' commits: made since the run started.
     since: git::Since,
     /// Stopped by a daemon shutdown: the next daemon resumes the run.
@@ -133,6 +134,9 @@ pub struct PhaseRun {
     conflicts: HashMap<String, Vec<String>>,
     /// Some story may wait for an earlier phase's story (see `external`).
     waits_outside: bool,
+    /// Stories of a resumed run that completed while no daemon ran, or whose commit this run's
+    /// start made: announced once the run has started (see `missed`).
+    completed_unseen: Vec<String>,
 }
 
 /// How often a merge that waits for the user is tried again.
@@ -145,6 +149,11 @@ impl PhaseRun {
 
     async fn drive(mut self, mut rx: mpsc::UnboundedReceiver<RunMsg>) {
         self.emit(EventKind::RunStarted { stories: self.stories.len() as u32 });
+        for story in std::mem::take(&mut self.completed_unseen) {
+            // Recorded completed too: a second restart does not announce it again.
+            self.record_story(&story, None, None);
+            self.emit(EventKind::StoryCompleted { story });
+        }
         let mut slots = self.daemon.slots.subscribe();
         let mut pauses = self.daemon.pauses.subscribe();
         let mut events = self.daemon.bus.subscribe();

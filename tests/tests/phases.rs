@@ -93,3 +93,37 @@ fn a_story_waiting_for_an_earlier_phase_is_blocked_when_that_story_fails() {
     assert_eq!(phase.stories[1].blocked_by, ["US-P1-001"]);
     assert!(phase.stories.iter().all(|s| s.waiting.is_none()), "{phase:?}");
 }
+
+/// A retry of the earlier phase's story lets the stories it blocked in a run still going wait
+/// for it again; they start once it completes.
+#[test]
+fn a_retry_of_the_failed_earlier_story_lets_its_blocked_dependents_wait_again() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(json!({"mode": "self_fail"}))]);
+    // US-P2-009 keeps phase 2's run going meanwhile.
+    p.phase(
+        2,
+        "decomposed",
+        &[story("US-P2-001", &["US-P1-001"]), story("US-P2-009", &[]).script(json!({"mode": "hang"}))],
+    );
+    let dir = p.path_str();
+    assert!(daemon.ctl(&["-C", &dir, "start", "2"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &dir, "start", "1", "--wait"]).status.code(), Some(4));
+    poll(Duration::from_secs(20), "US-P2-001 blocked by US-P1-001", || {
+        let phase = daemon.phase_status(p.path(), 2);
+        (story_of(&phase, "US-P2-001").blocked_by == ["US-P1-001"]).then_some(())
+    });
+
+    let mut status = p.status_json("US-P1-001");
+    status["script"] = json!({});
+    p.write(&format!("{}/status.json", p.story_rel("US-P1-001")), &status.to_string());
+    let out = daemon.ctl(&["-C", &dir, "retry", "US-P1-001"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_reason(&daemon, &p, "US-P2-001", "(phase 1, pending; phase 1 is not running)");
+    assert_eq!(daemon.ctl(&["-C", &dir, "start", "1", "--wait"]).status.code(), Some(0));
+    poll(Duration::from_secs(20), "US-P2-001 completed", || {
+        (story_of(&daemon.phase_status(p.path(), 2), "US-P2-001").state == StoryState::Completed).then_some(())
+    });
+    assert!(daemon.ctl(&["-C", &dir, "kill", "2"]).status.success());
+}

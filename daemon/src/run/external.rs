@@ -1,8 +1,9 @@
 //! Dependencies on earlier phases' stories, as a run sees them: where each one stands (the
 //! active run of its phase in this daemon, else what its last run left blocked, else its
 //! status.json), the reason `status` shows while a story waits for one, and the run told when
-//! one completes or fails: at every story end of the project's other phases, and by a slow
-//! look at the files for what happens elsewhere (a phase run by hand, or by another daemon).
+//! one completes, fails or is retried: at every story event of the project's other phases, and
+//! by a slow look at the files for what happens elsewhere (a phase run by hand, or by another
+//! daemon).
 
 use std::time::Duration;
 
@@ -78,6 +79,15 @@ impl PhaseRun {
     /// An event of the daemon: a story of another phase of this project that ended may be one
     /// this run waits for.
     pub(super) fn other_phase_event(&mut self, event: Result<Event, RecvError>) {
+        if let Ok(e) = &event {
+            let ours = e.project == self.project_name && e.phase != self.phase;
+            if let (true, EventKind::StoryRetried { story }) = (ours, &e.kind) {
+                if self.state.update(|s| s.sched.external_retried(story)) {
+                    self.schedule();
+                }
+                return;
+            }
+        }
         let relevant = match &event {
             Ok(e) => {
                 e.project == self.project_name
@@ -111,7 +121,6 @@ impl PhaseRun {
                 Standing::Waiting(_) => {}
             }
         }
-        self.waits_outside = waits.len() > settled.len();
         if settled.is_empty() {
             return;
         }
@@ -124,5 +133,6 @@ impl PhaseRun {
             }
         });
         self.schedule();
+        self.follows_others = self.state.read().sched.follows_other_phases();
     }
 }

@@ -65,7 +65,7 @@ impl PhaseRun {
         };
         let mut sched = Scheduler::new(inits, limits);
         let completed_unseen = if start.recovered { restore_counts(&daemon, &run_key, &mut sched) } else { Vec::new() };
-        let waits_outside = !sched.external_waits().is_empty();
+        let follows_others = sched.follows_other_phases();
         let (state, view) = SharedState::new(RunState::new(sched, config.max_cost_usd_per_phase));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopping, stop_requested) = watch::channel(false);
@@ -99,7 +99,7 @@ impl PhaseRun {
             agent: super::agent::AgentWatch::default(),
             workspaces,
             conflicts: HashMap::new(),
-            waits_outside,
+            follows_others,
             completed_unseen,
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);

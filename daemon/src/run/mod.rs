@@ -132,8 +132,9 @@ pub struct PhaseRun {
     workspaces: Option<crate::workspace::Workspaces>,
     /// The files of each story whose last merge conflicted, until it lands.
     conflicts: HashMap<String, Vec<String>>,
-    /// Some story may wait for an earlier phase's story (see `external`).
-    waits_outside: bool,
+    /// Some story may wait for, or be blocked by, an earlier phase's story: the run follows
+    /// the other phases (see `external`).
+    follows_others: bool,
     /// Stories of a resumed run that completed while no daemon ran, or whose commit this run's
     /// start made: announced once the run has started (see `missed`).
     completed_unseen: Vec<String>,
@@ -178,8 +179,8 @@ impl PhaseRun {
                     self.retry_waiting_merges();
                 }
                 () = agent::sleep_until_unix(self.agent.paused_until) => self.pause_changed(),
-                event = events.recv(), if self.waits_outside => self.other_phase_event(event),
-                _ = recheck.tick(), if self.waits_outside => self.recheck_external(),
+                event = events.recv(), if self.follows_others => self.other_phase_event(event),
+                _ = recheck.tick(), if self.follows_others => self.recheck_external(),
             }
             self.start_later_work();
         }

@@ -1,6 +1,7 @@
 //! Dependencies on earlier phases' stories. A story whose dependency in another phase is not
 //! completed yet waits (its run stays alive, idle if nothing else can move); it is blocked only
-//! when that dependency fails. The run tells the scheduler when one settles (`external_settled`).
+//! when that dependency fails, until it is retried. The run tells the scheduler when one
+//! settles (`external_settled`) or is retried (`external_retried`).
 
 use sticler_proto::StoryState;
 
@@ -30,6 +31,15 @@ impl Scheduler {
         self.nodes.values().any(|n| n.state == StoryState::Pending && !n.unmet_external.is_empty())
     }
 
+    /// Whether a story waits for another phase's story, or is blocked by one that failed (a
+    /// retry of it lets the story wait again): the run follows the other phases while so.
+    pub fn follows_other_phases(&self) -> bool {
+        self.nodes.values().any(|n| {
+            (n.state == StoryState::Pending && !n.unmet_external.is_empty())
+                || (n.state == StoryState::Blocked && !n.failed_external.is_empty())
+        })
+    }
+
     /// `dep`, a story of another phase, completed (`completed`) or failed: the stories waiting
     /// for it wait no more, or are blocked by it at the next `schedule`. Returns whether any
     /// story waited for it.
@@ -45,6 +55,24 @@ impl Scheduler {
             if !completed {
                 node.failed_external.push(dep.to_string());
             }
+        }
+        changed
+    }
+
+    /// `dep`, a failed story of another phase, was retried: the stories it blocked (and only
+    /// those) wait for it again, as in-phase dependents of a retried story do. Returns whether
+    /// any did.
+    pub fn external_retried(&mut self, dep: &str) -> bool {
+        let mut changed = false;
+        for node in self.nodes.values_mut() {
+            if node.failed_external.iter().any(|d| d == dep) {
+                node.failed_external.retain(|d| d != dep);
+                node.unmet_external.push(dep.to_string());
+                changed = true;
+            }
+        }
+        if changed && self.ended.is_none() {
+            self.unblock(dep);
         }
         changed
     }

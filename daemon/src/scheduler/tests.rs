@@ -256,6 +256,27 @@ fn a_story_waiting_for_an_earlier_phase_is_blocked_when_that_story_fails() {
     assert_eq!(actions.last(), Some(&Action::Ended(RunOutcome::Failed)));
 }
 
+/// A retry of the earlier phase's story that blocked it: the story and its dependents wait
+/// for it again, and start once it completes.
+#[test]
+fn a_story_blocked_by_another_phase_waits_again_when_that_story_is_retried() {
+    let mut ext = story("b", &[]);
+    ext.unmet_external = vec!["US-P1-001".into()];
+    let mut s = Scheduler::new(vec![story("a", &[]), ext, story("c", &["b"])], limits(1));
+    assert_eq!(starts(&s.schedule(1)), ["a"]);
+    s.external_settled("US-P1-001", false);
+    s.schedule(0);
+    assert_eq!((s.state("b"), s.state("c")), (Some(StoryState::Blocked), Some(StoryState::Blocked)));
+    assert!(!s.external_retried("US-P1-999"));
+    assert!(s.external_retried("US-P1-001"));
+    assert_eq!((s.state("b"), s.state("c")), (Some(StoryState::Pending), Some(StoryState::Pending)));
+    assert_eq!(s.waits_for("b"), ["US-P1-001"]);
+    let actions = end(&mut s, "a", Verdict::Completed, 1);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Ended(_) | Action::Blocked { .. })), "{actions:?}");
+    s.external_settled("US-P1-001", true);
+    assert_eq!(starts(&s.schedule(1)), ["b"]);
+}
+
 #[test]
 fn already_completed_stories_are_not_rerun() {
     let mut done = story("a", &[]);

@@ -105,7 +105,8 @@ fn row(s: &StoryView, c: &Columns) -> String {
     if s.state == StoryState::Blocked && !s.blocked_by.is_empty() {
         focus = format!("blocked by {}", s.blocked_by.join(", "));
     } else if let Some(why) = s.waiting.as_ref().filter(|_| s.state == StoryState::Pending) {
-        focus = why.clone();
+        // STATE says `waiting` already: FOCUS says for what.
+        focus = why.strip_prefix("waiting for ").map_or_else(|| why.clone(), |what| format!("for {what}"));
     } else if s.state == StoryState::Failed {
         if let Some(last) = s.failed_reasons.last() {
             focus = last.clone();

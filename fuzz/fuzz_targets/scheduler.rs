@@ -70,15 +70,21 @@ fn check(u: &mut Unstructured) -> Result<()> {
     let mut sched = Scheduler::new(inits, limits);
     let mut steps = 0;
     let mut settled = false;
+    let mut retried = false;
     while !u.is_empty() && steps < 400 {
         steps += 1;
-        match u.int_in_range(0..=8u8)? {
+        match u.int_in_range(0..=9u8)? {
             8 if !settled => {
                 // The earlier phase's story the waiting stories wait for completes or fails.
                 settled = true;
                 let completed = u.ratio(1, 2u8)?;
                 sched.external_settled("US-P0-001", completed);
-                model.external_settled(completed);
+                model.external_settled("US-P0-001", completed);
+            }
+            9 if !retried => {
+                // The failed earlier phase's story is retried: who it blocked waits again.
+                retried = true;
+                sched.external_retried("US-P0-002");
             }
             0..=3 if !model.running.is_empty() => {
                 let running: Vec<String> = model.running.iter().cloned().collect();
@@ -123,7 +129,11 @@ fn check(u: &mut Unstructured) -> Result<()> {
     // completes, slots are plentiful.
     if !settled {
         sched.external_settled("US-P0-001", true);
-        model.external_settled(true);
+        model.external_settled("US-P0-001", true);
+    }
+    if retried {
+        sched.external_settled("US-P0-002", true);
+        model.external_settled("US-P0-002", true);
     }
     for _ in 0..(4 * n + 8) {
         if model.ended.is_some() {
@@ -191,10 +201,9 @@ fn topological_order(edges: &BTreeMap<&str, Vec<String>>) -> Option<Vec<String>>
 struct Model {
     limits: Limits,
     deps: BTreeMap<String, Vec<String>>,
-    /// Stories whose dependency in another phase is not completed (waiting for it, or failed).
-    external: BTreeSet<String>,
-    /// Those of them that wait (the others are blocked).
-    waiting: BTreeSet<String>,
+    /// Stories whose dependency in another phase is not completed (waiting for it, or failed),
+    /// with that dependency.
+    external: BTreeMap<String, String>,
     completed: BTreeSet<String>,
     failed: BTreeSet<String>,
     running: BTreeSet<String>,
@@ -210,10 +219,8 @@ impl Model {
             deps: inits.iter().map(|s| (s.id.clone(), s.deps.clone())).collect(),
             external: inits
                 .iter()
-                .filter(|s| !s.unmet_external.is_empty() || !s.failed_external.is_empty())
-                .map(|s| s.id.clone())
+                .filter_map(|s| Some((s.id.clone(), s.unmet_external.first().or(s.failed_external.first())?.clone())))
                 .collect(),
-            waiting: inits.iter().filter(|s| !s.unmet_external.is_empty()).map(|s| s.id.clone()).collect(),
             completed: inits.iter().filter(|s| s.completed).map(|s| s.id.clone()).collect(),
             failed: inits.iter().filter(|s| s.failed && !s.completed).map(|s| s.id.clone()).collect(),
             running: BTreeSet::new(),
@@ -241,7 +248,7 @@ impl Model {
                         for dep in &self.deps[id] {
                             assert!(self.completed.contains(dep), "{id} started before its dependency {dep} completed");
                         }
-                        assert!(!self.external.contains(id), "{id} started with an unmet dependency in another phase");
+                        assert!(!self.external.contains_key(id), "{id} started with an unmet dependency in another phase");
                         assert!(
                             !self.completed.contains(id) && !self.failed.contains(id),
                             "{id} restarted after it ended"
@@ -280,14 +287,11 @@ impl Model {
         fresh
     }
 
-    /// The earlier phase's story the waiting stories wait for completed (else it failed).
-    fn external_settled(&mut self, completed: bool) {
+    /// The earlier phase's story `dep` completed (else it failed).
+    fn external_settled(&mut self, dep: &str, completed: bool) {
         if completed {
-            for id in std::mem::take(&mut self.waiting) {
-                self.external.remove(&id);
-            }
+            self.external.retain(|_, d| d != dep);
         }
-        self.waiting.clear();
     }
 
     fn ended_iteration(&mut self, story: &str, actions: &[Action]) {

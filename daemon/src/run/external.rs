@@ -76,36 +76,29 @@ pub fn waiting_text(daemon: &Daemon, project: &Project, deps: &[String]) -> Stri
 }
 
 impl PhaseRun {
-    /// An event of the daemon: a story of another phase of this project that ended may be one
-    /// this run waits for.
+    /// An event of the daemon: a story of another phase of this project that ended, or was
+    /// retried, may be one this run waits for or is blocked by.
     pub(super) fn other_phase_event(&mut self, event: Result<Event, RecvError>) {
-        if let Ok(e) = &event {
-            let ours = e.project == self.project_name && e.phase != self.phase;
-            if let (true, EventKind::StoryRetried { story }) = (ours, &e.kind) {
-                if self.state.update(|s| s.sched.external_retried(story)) {
-                    self.schedule();
-                }
-                return;
-            }
-        }
-        let relevant = match &event {
-            Ok(e) => {
-                e.project == self.project_name
-                    && e.phase != self.phase
-                    && matches!(
-                        e.kind,
-                        EventKind::StoryCompleted { .. }
-                            | EventKind::StoryFailed { .. }
-                            | EventKind::StoryBlocked { .. }
-                            | EventKind::RunEnded { .. }
-                    )
-            }
+        let event = match event {
+            Ok(e) if e.project == self.project_name && e.phase != self.phase => e,
+            Ok(_) | Err(RecvError::Closed) => return,
             // Events were missed: look at everything waited for.
-            Err(RecvError::Lagged(_)) => true,
-            Err(RecvError::Closed) => false,
+            Err(RecvError::Lagged(_)) => return self.recheck_external(),
         };
-        if relevant {
-            self.recheck_external();
+        match event.kind {
+            EventKind::StoryRetried { story } => self.external_retried(&story),
+            EventKind::StoryCompleted { .. }
+            | EventKind::StoryFailed { .. }
+            | EventKind::StoryBlocked { .. }
+            | EventKind::RunEnded { .. } => self.recheck_external(),
+            _ => {}
+        }
+    }
+
+    /// A failed story of another phase was retried: what it blocked here waits for it again.
+    fn external_retried(&mut self, story: &str) {
+        if self.state.update(|s| s.sched.external_retried(story)) {
+            self.schedule();
         }
     }
 

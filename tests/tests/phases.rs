@@ -120,6 +120,12 @@ fn a_retry_of_the_failed_earlier_story_lets_its_blocked_dependents_wait_again() 
     p.write(&format!("{}/status.json", p.story_rel("US-P1-001")), &status.to_string());
     let out = daemon.ctl(&["-C", &dir, "retry", "US-P1-001"]);
     assert!(out.status.success(), "{}", describe(&out));
+    // Phase 2's run hears of the retry through its event: blocked until then.
+    poll(Duration::from_secs(20), "US-P2-001 waiting again", || {
+        let phase = daemon.phase_status(p.path(), 2);
+        let s = story_of(&phase, "US-P2-001");
+        (s.state == StoryState::Pending).then(|| s.waiting.clone()).flatten()
+    });
     wait_reason(&daemon, &p, "US-P2-001", "(phase 1, pending; phase 1 is not running)");
     assert_eq!(daemon.ctl(&["-C", &dir, "start", "1", "--wait"]).status.code(), Some(0));
     poll(Duration::from_secs(20), "US-P2-001 completed", || {

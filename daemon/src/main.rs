@@ -8,6 +8,7 @@ mod handler;
 mod ledger;
 mod logging;
 mod logs;
+mod missed;
 mod notify;
 mod paths;
 mod pause;
@@ -16,6 +17,7 @@ mod recover;
 mod run;
 mod server;
 mod slots;
+mod slurm;
 mod spawn;
 mod store;
 mod stream;
@@ -244,6 +246,9 @@ fn serve(
         }
         stop_all_runs(&daemon).await;
         server.abort();
+        if let Err(e) = daemon.bus.close() {
+            tracing::warn!(error = %e, "could not give back the reserved event numbers");
+        }
         Ok(())
     })?;
     if let Err(e) = std::fs::remove_file(socket) {

@@ -178,8 +178,8 @@ fn project_folder_removed_mid_run(p: ProjectBuilder) {
     let ended = loop {
         let line = rx.recv_timeout(Duration::from_secs(30)).expect("the run to end within 30 s");
         let event: Value = serde_json::from_str(&line).unwrap();
-        if let Some(end) = event["kind"].get("run_ended") {
-            break end.clone();
+        if event["kind"] == "run_ended" {
+            break event;
         }
     };
     let _ = watch.kill();

@@ -193,9 +193,14 @@ impl PhaseRun {
     }
 
     /// The end of an iteration, judged: status.json mirrored out of the worktree, the event,
-    /// the scheduler's decision carried out.
+    /// the scheduler's decision carried out. A story that goes on while its project folder
+    /// cannot take its status.json (full, read-only) has an infrastructure failure, as its
+    /// worker's own write would be in shared mode.
     pub(super) fn finish_iteration(&mut self, story: String, iteration: u32, ended: Ended, verdict: Verdict) {
-        self.mirror_status(&story);
+        let verdict = match (self.mirror_status(&story), verdict) {
+            (Err(why), Verdict::Progress | Verdict::NoChange) => Verdict::Infra(why),
+            (_, verdict) => verdict,
+        };
         self.emit(EventKind::IterationEnded {
             story: story.clone(),
             iteration,

@@ -21,5 +21,10 @@ pub use view::*;
 /// Bumped whenever a message type changes shape. Client and daemon must agree exactly.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// "1 story", "3 stories": a count and its noun, in the singular when it is one.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The version of this build, shown by `sticlerctl version` and sent in `Welcome`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -106,7 +106,14 @@ fn settings() -> Settings {
         println!("Slurm tools skipped: no cluster (above)\n");
         s.tools.retain(|t| !matches!(t, Tool::SticlerSlurm | Tool::SrunLoop));
     }
-    if s.tools.contains(&Tool::Pueue) || matches!(s.section.as_str(), "all" | "status") {
+    // Only the sections that compare tools run pueue: `worktree`, `start` and `callgrind` never
+    // build or start it, whatever the tool list.
+    let runs_pueue = match s.section.as_str() {
+        "all" | "status" => true,
+        "dag" | "chain" => s.tools.contains(&Tool::Pueue),
+        _ => false,
+    };
+    if runs_pueue {
         match pueue::locate() {
             Ok(dir) => s.pueue = Some(dir),
             Err(why) => {

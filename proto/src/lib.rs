@@ -5,6 +5,7 @@
 //! the types and the pure encode/decode functions; it does no networking of its own.
 
 pub mod codec;
+pub mod detail;
 pub mod message;
 pub mod preset;
 pub mod story;
@@ -12,6 +13,7 @@ pub mod time;
 pub mod view;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};
+pub use detail::*;
 pub use message::*;
 pub use story::{StoryId, StoryIdError};
 pub use view::*;

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::detail::StoryDetail;
 use crate::view::{PhaseView, StatusReport, ValidationReport};
 
 /// What a client sends. The first message of a connection must be `Hello`.
@@ -101,6 +102,11 @@ pub enum Request {
     /// Remove the story worktrees a phase that is not running kept (failed stories'), and the
     /// branches of its stories that completed or failed.
     Clean(PhaseRef),
+    /// One story in full, for the dashboard's story panel: its spec, criteria, iterations and commit.
+    StoryDetail {
+        phase: PhaseRef,
+        story: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +142,8 @@ pub enum Response {
     ShuttingDown,
     /// Every phase this daemon runs or has run since it started, one report per project.
     StatusAll(Vec<StatusReport>),
+    /// Boxed like `Started`: a spec and a patch are much larger than the other replies.
+    StoryDetail(Box<StoryDetail>),
 }
 
 /// How a run ended.

@@ -28,6 +28,8 @@ pub struct RunState {
     pub budget_usd: Option<f64>,
     /// The worktree of each story that has one.
     pub worktrees: HashMap<String, String>,
+    /// Unix milliseconds when this run started (or was resumed by a restarted daemon).
+    pub started_ms: u64,
 }
 
 impl RunState {
@@ -41,6 +43,7 @@ impl RunState {
             waiting: None,
             budget_usd,
             worktrees: HashMap::new(),
+            started_ms: crate::events::now_ms(),
         }
     }
 }

@@ -1,0 +1,682 @@
+// sticler dashboard: the page of `sticlerctl dashboard`. Reads /api/status once per project,
+// then follows the daemon's events (/api/events, Server-Sent Events) and updates the graph,
+// the header and the story panel in place. The graph arrives laid out (ctl/src/dashboard/layout.rs).
+'use strict';
+
+const NODE_W = 200;
+const NODE_H = 54;
+const STATES = ['pending', 'ready', 'running', 'verifying', 'merging', 'completed', 'failed', 'blocked', 'invalid', 'waiting'];
+// Events after which counts, criteria and costs change: the status is read again (once per burst).
+const REFRESHING = new Set(['iteration_ended', 'story_completed', 'story_failed', 'story_blocked', 'story_retried',
+  'run_started', 'run_stopping', 'run_ended', 'usage_limit_wait', 'usage_limit_resumed', 'budget_spent']);
+const REFRESH_DELAY_MS = 500;
+
+const S = {
+  project: '',
+  phases: [],
+  phase: null,
+  stories: new Map(),
+  selected: null,
+  lastSeq: 0,
+  source: null,
+  refreshTimer: null,
+  detailTimer: null,
+  logAbort: null,
+  view: null,
+  // The delay between the daemon's event and its change on this page, for the header (and the bench).
+  latencies: [],
+};
+window.sticler = S;
+
+const $ = (id) => document.getElementById(id);
+const esc = (text) => String(text ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+const enc = encodeURIComponent;
+
+async function getJSON(url) {
+  const response = await fetch(url, { credentials: 'same-origin' });
+  const body = await response.json().catch(() => ({ message: response.statusText }));
+  if (!response.ok) throw new Error(body.message || response.statusText);
+  return body;
+}
+
+function money(usd) {
+  return usd == null ? '' : '$' + usd.toFixed(2);
+}
+
+function duration(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return s + ' s';
+  if (s < 3600) return Math.floor(s / 60) + ' min ' + (s % 60) + ' s';
+  return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min';
+}
+
+function clock(unixMs) {
+  return new Date(unixMs).toLocaleString();
+}
+
+// ---- projects, phases, status -------------------------------------------------------------
+
+async function init() {
+  $('legend').innerHTML = STATES.map((s) => `<span class="st-${s}">${s === 'waiting' ? 'waiting for a usage limit' : s}</span>`).join('');
+  $('project').addEventListener('change', () => openProject($('project').value));
+  document.querySelectorAll('.controls button').forEach((b) => b.addEventListener('click', () => control(b.dataset.action)));
+  $('panel-close').addEventListener('click', closePanel);
+  $('log-iteration').addEventListener('change', () => showLog());
+  $('log-follow').addEventListener('change', () => showLog());
+  setUpZoom();
+  try {
+    const projects = await getJSON('/api/projects');
+    $('project').innerHTML = projects.map((p) => `<option value="${esc(p)}">${esc(p)}</option>`).join('');
+    $('project').hidden = projects.length < 2;
+    openProject(projects[0]);
+  } catch (e) {
+    answer('cannot reach sticlerd: ' + e.message, true);
+  }
+}
+
+function openProject(project) {
+  S.project = project;
+  S.phase = null;
+  S.lastSeq = 0;
+  closePanel();
+  connect(null);
+}
+
+// The event stream first, the status once it is open: no event falls between the two.
+function connect(since) {
+  if (S.source) S.source.close();
+  const url = `/api/events?project=${enc(S.project)}` + (since ? `&since=${since}` : '');
+  const source = new EventSource(url);
+  S.source = source;
+  source.addEventListener('ready', () => {
+    live(true);
+    loadStatus();
+  });
+  source.onmessage = (message) => onEvent(JSON.parse(message.data));
+  source.onerror = () => {
+    live(false);
+    // The browser reconnects by itself (with Last-Event-ID) unless the answer was an error:
+    // then start again from the last event this page saw.
+    if (source.readyState === EventSource.CLOSED && S.source === source) {
+      setTimeout(() => S.source === source && connect(S.lastSeq), 2000);
+    }
+  };
+}
+
+function live(on) {
+  const el = $('live');
+  el.className = 'live ' + (on ? 'on' : 'off');
+  el.textContent = on ? 'live' : 'reconnecting…';
+}
+
+async function loadStatus() {
+  let report;
+  try {
+    report = await getJSON(`/api/status?project=${enc(S.project)}`);
+  } catch (e) {
+    answer(e.message, true);
+    return;
+  }
+  S.phases = report.phases;
+  if (!S.phases.some((p) => p.phase === S.phase)) {
+    const running = S.phases.find((p) => p.running);
+    S.phase = (running || S.phases[0] || { phase: null }).phase;
+  }
+  renderTabs();
+  renderPhase();
+}
+
+function current() {
+  return S.phases.find((p) => p.phase === S.phase);
+}
+
+function renderTabs() {
+  $('phases').innerHTML = S.phases.map((p) =>
+    `<button type="button" data-phase="${p.phase}" class="${p.phase === S.phase ? 'current' : ''}">Phase ${p.phase}${p.running ? ' ●' : ''}</button>`).join('');
+  $('phases').querySelectorAll('button').forEach((b) => b.addEventListener('click', () => {
+    S.phase = Number(b.dataset.phase);
+    S.view = null;
+    closePanel();
+    renderTabs();
+    renderPhase();
+  }));
+}
+
+function renderPhase() {
+  const phase = current();
+  if (!phase) {
+    $('phase-title').textContent = 'No phase in this project';
+    $('graph').innerHTML = '';
+    return;
+  }
+  const same = phase.stories.length === S.stories.size && phase.stories.every((s) => S.stories.has(s.id)) && $('graph').childElementCount > 0;
+  S.stories = new Map(phase.stories.map((s) => [s.id, s]));
+  renderHeader(phase);
+  if (same) {
+    phase.stories.forEach(updateNode);
+  } else {
+    renderGraph(phase);
+  }
+}
+
+function renderHeader(phase) {
+  $('phase-title').textContent = `Phase ${phase.phase}: ${phase.title}`;
+  $('phase-status').textContent = phase.running ? `${phase.status} · running` : phase.status;
+  const c = phase.counts;
+  const parts = [`<b>${c.total}</b> stories`, `<b>${c.completed}</b> completed`, `<b>${c.running}</b> running`,
+    `<b>${c.pending}</b> pending`, `<b>${c.failed}</b> failed`, `<b>${c.blocked}</b> blocked`];
+  if (c.invalid) parts.push(`<b>${c.invalid}</b> invalid`);
+  if (phase.cost_usd != null || phase.budget_usd != null) {
+    parts.push(`cost <b>${money(phase.cost_usd || 0)}</b>` + (phase.budget_usd != null ? ` of ${money(phase.budget_usd)}` : ''));
+  }
+  const wall = wallTime(phase);
+  if (wall) parts.push(wall);
+  if (phase.summary) parts.push(esc(phase.summary));
+  $('phase-stats').innerHTML = parts.join(' · ');
+  const wait = $('phase-wait');
+  const waiting = phase.waiting || (phase.paused_until ? `waiting for a usage limit until ${clock(phase.paused_until * 1000)}` : '');
+  wait.hidden = !waiting;
+  wait.textContent = waiting + (phase.paused_until ? ` (resets ${clock(phase.paused_until * 1000)})` : '');
+}
+
+// Wall time of the run: from its start (the status says when; a `run_started` seen here is newer).
+function wallTime(phase) {
+  const started = phase._startedMs || phase.run_started_ms;
+  if (!started) return '';
+  const end = phase._endedMs || (phase.running ? Date.now() : null);
+  if (!end) return '';
+  return `wall time <b>${duration(end - started)}</b>`;
+}
+
+// ---- the graph ---------------------------------------------------------------------------
+
+function nodeClass(story) {
+  const phase = current();
+  const waiting = phase && phase.paused_until && (story.state === 'pending' || story.state === 'ready');
+  return `node st-${waiting ? 'waiting' : story.state}` + (story.id === S.selected ? ' selected' : '');
+}
+
+function nodeMeta(story) {
+  const parts = [story.running_iteration ? `iter ${story.running_iteration}` : `iter ${story.iteration}`];
+  if (story.criteria_total) parts.push(`${story.criteria_done}/${story.criteria_total}`);
+  if (story.cost_usd != null) parts.push(money(story.cost_usd));
+  parts.push(story.state);
+  return parts.join(' · ');
+}
+
+function clip(text, max) {
+  return text.length > max ? text.slice(0, max - 1) + '…' : text;
+}
+
+function renderGraph(phase) {
+  const layout = phase.layout;
+  const out = [];
+  for (const [from, to] of layout.edges) {
+    const a = layout.nodes[from];
+    const b = layout.nodes[to];
+    const x1 = a.x + NODE_W;
+    const y1 = a.y + NODE_H / 2;
+    const x2 = b.x;
+    const y2 = b.y + NODE_H / 2;
+    const mid = (x1 + x2) / 2;
+    out.push(`<path class="edge${a.external ? ' external' : ''}" d="M${x1} ${y1}C${mid} ${y1} ${mid} ${y2} ${x2} ${y2}"/>`);
+  }
+  for (const node of layout.nodes) {
+    if (node.external) {
+      out.push(`<g class="node external" transform="translate(${node.x} ${node.y})"><title>a story of another phase</title>` +
+        `<rect width="${NODE_W}" height="${NODE_H}" rx="6"/><text x="10" y="22" class="sid">↗ ${esc(node.id)}</text>` +
+        `<text x="10" y="40" class="meta">other phase</text></g>`);
+      continue;
+    }
+    const story = S.stories.get(node.id);
+    if (!story) continue;
+    out.push(`<g class="${nodeClass(story)}" id="n-${esc(story.id)}" data-id="${esc(story.id)}" transform="translate(${node.x} ${node.y})">` +
+      `<title>${esc(story.id)}: ${esc(story.title)}</title><rect width="${NODE_W}" height="${NODE_H}" rx="6"/>` +
+      `<text x="10" y="17" class="sid">${esc(story.id)}</text><text x="10" y="32" class="title">${esc(clip(story.title, 28))}</text>` +
+      `<text x="10" y="47" class="meta">${esc(nodeMeta(story))}</text></g>`);
+  }
+  const svg = $('graph');
+  svg.innerHTML = out.join('');
+  if (!S.view) fit(layout);
+  applyView();
+}
+
+function updateNode(story) {
+  const el = document.getElementById('n-' + story.id);
+  if (!el) return;
+  el.setAttribute('class', nodeClass(story));
+  const meta = el.querySelector('.meta');
+  if (meta) meta.textContent = nodeMeta(story);
+}
+
+// ---- zoom and pan (the SVG's viewBox) --------------------------------------------------------
+
+function fit(layout) {
+  const pad = 20;
+  const w = Math.max(layout.width, NODE_W) + 2 * pad;
+  const h = Math.max(layout.height, NODE_H) + 2 * pad;
+  const box = $('graph').getBoundingClientRect();
+  const aspect = box.width > 0 && box.height > 0 ? box.width / box.height : 1.6;
+  // Never larger than life; a big graph is shown whole, then zoomed into.
+  let vw = Math.max(w, box.width || w);
+  let vh = vw / aspect;
+  if (vh < h) {
+    vh = Math.max(h, box.height || h);
+    vw = vh * aspect;
+  }
+  S.view = { x: -pad, y: -pad, w: vw, h: vh };
+}
+
+function applyView() {
+  const v = S.view;
+  if (v) $('graph').setAttribute('viewBox', `${v.x} ${v.y} ${v.w} ${v.h}`);
+}
+
+function zoom(factor, cx, cy) {
+  const v = S.view;
+  if (!v) return;
+  const px = cx ?? v.x + v.w / 2;
+  const py = cy ?? v.y + v.h / 2;
+  v.x = px - (px - v.x) * factor;
+  v.y = py - (py - v.y) * factor;
+  v.w *= factor;
+  v.h *= factor;
+  applyView();
+}
+
+function setUpZoom() {
+  const svg = $('graph');
+  $('zoom-in').addEventListener('click', () => zoom(0.8));
+  $('zoom-out').addEventListener('click', () => zoom(1.25));
+  $('zoom-fit').addEventListener('click', () => {
+    const phase = current();
+    if (phase) {
+      fit(phase.layout);
+      applyView();
+    }
+  });
+  svg.addEventListener('wheel', (e) => {
+    e.preventDefault();
+    const box = svg.getBoundingClientRect();
+    const v = S.view;
+    if (!v) return;
+    zoom(e.deltaY > 0 ? 1.15 : 1 / 1.15, v.x + ((e.clientX - box.left) / box.width) * v.w, v.y + ((e.clientY - box.top) / box.height) * v.h);
+  }, { passive: false });
+  let drag = null;
+  svg.addEventListener('pointerdown', (e) => {
+    const node = e.target.closest('.node[data-id]');
+    if (node) {
+      openStory(node.dataset.id);
+      return;
+    }
+    drag = { x: e.clientX, y: e.clientY, view: { ...S.view } };
+    svg.classList.add('panning');
+    svg.setPointerCapture(e.pointerId);
+  });
+  svg.addEventListener('pointermove', (e) => {
+    if (!drag || !S.view) return;
+    const box = svg.getBoundingClientRect();
+    S.view.x = drag.view.x - ((e.clientX - drag.x) / box.width) * drag.view.w;
+    S.view.y = drag.view.y - ((e.clientY - drag.y) / box.height) * drag.view.h;
+    applyView();
+  });
+  const end = () => {
+    drag = null;
+    svg.classList.remove('panning');
+  };
+  svg.addEventListener('pointerup', end);
+  svg.addEventListener('pointercancel', end);
+}
+
+// ---- live events ----------------------------------------------------------------------------
+
+function onEvent(ev) {
+  if (ev.seq <= S.lastSeq) return;
+  S.lastSeq = ev.seq;
+  const phase = S.phases.find((p) => p.phase === ev.phase);
+  if (phase && ev.kind === 'run_started') {
+    phase._startedMs = ev.time_ms;
+    phase._endedMs = null;
+  }
+  if (phase && ev.kind === 'run_ended') phase._endedMs = ev.time_ms;
+  const story = phase && ev.story ? phase.stories.find((s) => s.id === ev.story) : null;
+  if (story) {
+    const state = {
+      iteration_started: 'running', story_completed: 'completed', story_failed: 'failed', story_blocked: 'blocked', story_retried: 'pending',
+    }[ev.kind];
+    if (state) story.state = state;
+    if (ev.kind === 'iteration_started') story.running_iteration = ev.iteration;
+    if (ev.kind === 'story_failed') story.failed_reasons = [...(story.failed_reasons || []), ev.reason];
+    if (ev.phase === S.phase) updateNode(story);
+  }
+  if (ev.phase === S.phase) {
+    const latency = Date.now() - ev.time_ms;
+    S.latencies.push(latency);
+    if (S.latencies.length > 200) S.latencies.shift();
+    $('live').textContent = `live · #${ev.seq} · ${describe(ev)} · +${latency} ms`;
+  }
+  if (REFRESHING.has(ev.kind) && !S.refreshTimer) {
+    S.refreshTimer = setTimeout(() => {
+      S.refreshTimer = null;
+      loadStatus();
+    }, REFRESH_DELAY_MS);
+  }
+  if (ev.story && ev.story === S.selected && REFRESHING.has(ev.kind) && !S.detailTimer) {
+    S.detailTimer = setTimeout(() => {
+      S.detailTimer = null;
+      loadStory(S.selected, false);
+    }, REFRESH_DELAY_MS);
+  }
+  if (ev.story && ev.story === S.selected && ev.kind === 'iteration_started' && $('log-follow').checked) showLog();
+}
+
+function describe(ev) {
+  return (ev.story ? ev.story + ' ' : '') + ev.kind.replace(/_/g, ' ');
+}
+
+// ---- the story panel ---------------------------------------------------------------------------
+
+function openStory(id) {
+  const before = S.selected && document.getElementById('n-' + S.selected);
+  S.selected = id;
+  if (before) before.classList.remove('selected');
+  const node = document.getElementById('n-' + id);
+  if (node) node.classList.add('selected');
+  $('panel').hidden = false;
+  $('story-title').textContent = id;
+  $('story-body').innerHTML = '<p>loading…</p>';
+  loadStory(id, true);
+}
+
+function closePanel() {
+  if (S.logAbort) S.logAbort.abort();
+  S.logAbort = null;
+  const node = S.selected && document.getElementById('n-' + S.selected);
+  if (node) node.classList.remove('selected');
+  S.selected = null;
+  $('panel').hidden = true;
+}
+
+async function loadStory(id, withLog) {
+  let d;
+  try {
+    d = await getJSON(`/api/story?project=${enc(S.project)}&story=${enc(id)}`);
+  } catch (e) {
+    if (S.selected === id) $('story-body').innerHTML = `<p class="error">${esc(e.message)}</p>`;
+    return;
+  }
+  if (S.selected !== id) return;
+  renderStory(d);
+  const select = $('log-iteration');
+  const chosen = select.value;
+  select.innerHTML = '<option value="">latest</option>' + d.iterations.map((it) => `<option value="${it.iteration}">iteration ${it.iteration}</option>`).join('');
+  if (!withLog && [...select.options].some((o) => o.value === chosen)) select.value = chosen;
+  if (withLog) showLog();
+}
+
+function renderStory(d) {
+  const s = d.story;
+  $('story-title').textContent = `${s.id}: ${s.title}`;
+  const rows = [['state', `<span class="badge st-${esc(s.state)}">${esc(s.state)}</span>`], ['worker status', esc(s.disk_status)],
+    ['iteration', `${s.iteration} (runs this run: ${s.runs})`], ['criteria', `${s.criteria_done}/${s.criteria_total}`]];
+  if (s.cost_usd != null) rows.push(['cost', money(s.cost_usd) + (s.tokens ? ` · ${s.tokens.input + s.tokens.output} tokens` : '')]);
+  if (s.dependencies.length) rows.push(['depends on', esc(s.dependencies.join(', '))]);
+  if (s.blocked_by.length) rows.push(['blocked by', esc(s.blocked_by.join(', '))]);
+  if (s.focus) rows.push(['focus', esc(s.focus)]);
+  if (s.waiting) rows.push(['waiting', esc(s.waiting)]);
+  if (s.worktree) rows.push(['worktree', `<code id="worktree">${esc(s.worktree)}</code>`]);
+  if (s.commit_hash) rows.push(['commit', `<code id="commit">${esc(s.commit_hash)}</code>`]);
+  const out = [`<dl class="kv">${rows.map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join('')}</dl>`];
+  if (s.state === 'failed' || s.state === 'blocked') out.push('<p><button type="button" id="retry-story" class="primary">Retry this story</button></p>');
+  if (s.failed_reasons.length) out.push(`<h3>Failed reasons</h3><ul class="reasons">${s.failed_reasons.map((r) => `<li>${esc(r)}</li>`).join('')}</ul>`);
+  if (d.criteria.length) out.push(`<h3>Criteria</h3><ul class="criteria">${d.criteria.map((c) => `<li class="${c.done ? 'done' : ''}">${esc(c.text)}</li>`).join('')}</ul>`);
+  if (d.worker_notes) out.push(`<h3>Worker notes</h3><pre>${esc(d.worker_notes)}</pre>`);
+  if (d.iterations.length) {
+    const now = Date.now();
+    out.push('<h3>Iterations</h3><table class="iterations"><tr><th>#</th><th>started</th><th>took</th><th>ended</th><th>verdict</th></tr>' +
+      d.iterations.map((it) => `<tr><td>${it.iteration}</td><td>${esc(clock(it.started_ms))}</td><td>${duration((it.ended_ms || now) - it.started_ms)}</td>` +
+        `<td>${esc(it.exit ? exitText(it.exit) : 'running')}</td><td>${esc(it.verdict || '')}</td></tr>`).join('') + '</table>');
+  }
+  if (d.commit_show) out.push(`<h3>Commit</h3><pre id="diff" class="diff">${diffHtml(d.commit_show)}</pre>`);
+  out.push(`<h3>Spec</h3><div class="spec">${markdown(d.spec)}</div>`);
+  $('story-body').innerHTML = out.join('');
+  const retry = $('retry-story');
+  if (retry) retry.addEventListener('click', () => control('retry', [s.id]));
+}
+
+function exitText(exit) {
+  if (typeof exit === 'string') return exit.replace(/_/g, ' ');
+  if ('exited' in exit) return 'exited ' + exit.exited;
+  if ('signalled' in exit) return 'killed by signal ' + exit.signalled;
+  return JSON.stringify(exit);
+}
+
+function diffHtml(text) {
+  return text.split('\n').map((line) => {
+    const cls = line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') ? 'file'
+      : line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : '';
+    return cls ? `<span class="${cls}">${esc(line)}</span>` : esc(line);
+  }).join('\n');
+}
+
+// A small Markdown subset: headings, lists, code blocks, paragraphs, `code`, **bold**, *emphasis*.
+function markdown(text) {
+  const inline = (s) => esc(s).replace(/`([^`]+)`/g, '<code>$1</code>').replace(/\*\*([^*]+)\*\*/g, '<strong>$1</strong>').replace(/\*([^*]+)\*/g, '<em>$1</em>');
+  const out = [];
+  let list = null;
+  let code = null;
+  let para = [];
+  const flush = () => {
+    if (para.length) out.push(`<p>${inline(para.join(' '))}</p>`);
+    para = [];
+    if (list) out.push(`</${list}>`);
+    list = null;
+  };
+  for (const line of String(text).split('\n')) {
+    if (code !== null) {
+      if (line.startsWith('```')) {
+        out.push(`<pre>${esc(code.join('\n'))}</pre>`);
+        code = null;
+      } else code.push(line);
+      continue;
+    }
+    let m;
+    if (line.startsWith('```')) {
+      flush();
+      code = [];
+    } else if ((m = /^(#{1,6})\s+(.*)/.exec(line))) {
+      flush();
+      out.push(`<h${m[1].length}>${inline(m[2])}</h${m[1].length}>`);
+    } else if ((m = /^\s*(?:[-*]|(\d+)\.)\s+(.*)/.exec(line))) {
+      if (para.length) {
+        out.push(`<p>${inline(para.join(' '))}</p>`);
+        para = [];
+      }
+      const kind = m[1] ? 'ol' : 'ul';
+      if (list !== kind) {
+        if (list) out.push(`</${list}>`);
+        out.push(`<${kind}>`);
+        list = kind;
+      }
+      out.push(`<li>${inline(m[2].replace(/^\[( |x)\]\s*/, (_, x) => (x === 'x' ? '☑ ' : '☐ ')))}</li>`);
+    } else if (!line.trim()) {
+      flush();
+    } else {
+      para.push(line.trim());
+    }
+  }
+  if (code !== null) out.push(`<pre>${esc(code.join('\n'))}</pre>`);
+  flush();
+  return out.join('');
+}
+
+// ---- the log ----------------------------------------------------------------------------------
+
+async function showLog() {
+  if (S.logAbort) S.logAbort.abort();
+  const id = S.selected;
+  if (!id) return;
+  const abort = new AbortController();
+  S.logAbort = abort;
+  const pre = $('log');
+  pre.innerHTML = '';
+  const iteration = $('log-iteration').value;
+  const follow = !iteration && $('log-follow').checked;
+  const url = `/api/log?project=${enc(S.project)}&story=${enc(id)}` + (iteration ? `&iteration=${iteration}` : '') + (follow ? '&follow=1' : '');
+  let response;
+  try {
+    response = await fetch(url, { credentials: 'same-origin', signal: abort.signal });
+  } catch (e) {
+    return;
+  }
+  if (!response.ok || !response.body) {
+    pre.textContent = 'no log: ' + response.statusText;
+    return;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const state = { rest: '', fg: null, bold: false };
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      return;
+    }
+    if (chunk.done || abort.signal.aborted) break;
+    const text = state.rest + decoder.decode(chunk.value, { stream: true });
+    const lines = text.split('\n');
+    state.rest = lines.pop();
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    pre.insertAdjacentHTML('beforeend', lines.map((l) => logLine(l, state)).join(''));
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+  if (state.rest && !abort.signal.aborted) pre.insertAdjacentHTML('beforeend', logLine(state.rest, state));
+}
+
+// One line of a log: an iteration mark, a Claude stream-json event shown as a turn, or text with ANSI colours.
+function logLine(line, state) {
+  if (line.startsWith('\u001e')) {
+    const k = line.slice(1);
+    return k === '0' ? '' : `<span class="iter">── iteration ${esc(k)} ──</span>`;
+  }
+  if (line.startsWith('{')) {
+    let ev = null;
+    try {
+      ev = JSON.parse(line);
+    } catch (e) {
+      ev = null;
+    }
+    if (ev && typeof ev.type === 'string') return streamJsonLine(ev);
+  }
+  return ansi(line, state) + '\n';
+}
+
+function streamJsonLine(ev) {
+  const turn = (cls, text) => `<span class="turn ${cls}">${esc(text)}</span>`;
+  if (ev.type === 'system') return turn('tool', `session ${ev.subtype || ''}${ev.model ? ' · ' + ev.model : ''}`);
+  if (ev.type === 'result') {
+    const cost = ev.total_cost_usd ?? ev.cost_usd;
+    return turn(ev.is_error ? 'error' : 'result', `■ result (${ev.subtype || 'done'})${cost != null ? ' · ' + money(cost) : ''}${ev.result ? ': ' + ev.result : ''}`);
+  }
+  const content = ev.message && Array.isArray(ev.message.content) ? ev.message.content : [];
+  const parts = content.map((c) => {
+    if (c.type === 'text') return turn('', (ev.type === 'assistant' ? 'assistant: ' : 'user: ') + c.text);
+    if (c.type === 'tool_use') return turn('tool', `⚙ ${c.name} ${clip(JSON.stringify(c.input || {}), 300)}`);
+    if (c.type === 'tool_result') {
+      const body = typeof c.content === 'string' ? c.content : JSON.stringify(c.content);
+      return turn(c.is_error ? 'error' : '', '↳ ' + clip(body || '', 400));
+    }
+    return '';
+  });
+  return parts.join('') || turn('', ev.type);
+}
+
+// SGR colours and bold; every other escape sequence is dropped.
+function ansi(line, state) {
+  let out = '';
+  let open = false;
+  const start = () => {
+    const cls = [state.bold ? 'a-b' : '', state.fg ? 'a-' + state.fg : ''].filter(Boolean).join(' ');
+    if (cls) {
+      out += `<span class="${cls}">`;
+      open = true;
+    }
+  };
+  start();
+  const re = /\u001b\[([0-9;]*)([A-Za-z])/g;
+  let last = 0;
+  let m;
+  while ((m = re.exec(line))) {
+    out += esc(line.slice(last, m.index));
+    last = re.lastIndex;
+    if (m[2] !== 'm') continue;
+    for (const code of (m[1] || '0').split(';').map(Number)) {
+      if (code === 0) {
+        state.fg = null;
+        state.bold = false;
+      } else if (code === 1) state.bold = true;
+      else if (code === 22) state.bold = false;
+      else if (code >= 30 && code <= 37) state.fg = code;
+      else if (code >= 90 && code <= 97) state.fg = code - 60;
+      else if (code === 39) state.fg = null;
+    }
+    if (open) out += '</span>';
+    open = false;
+    start();
+  }
+  out += esc(line.slice(last));
+  if (open) out += '</span>';
+  return out;
+}
+
+// ---- controls -------------------------------------------------------------------------------
+
+function confirmAction(text) {
+  return new Promise((resolve) => {
+    const dialog = $('confirm');
+    $('confirm-text').textContent = text;
+    const done = (ok) => {
+      $('confirm-ok').onclick = null;
+      $('confirm-cancel').onclick = null;
+      dialog.close();
+      resolve(ok);
+    };
+    $('confirm-ok').onclick = () => done(true);
+    $('confirm-cancel').onclick = () => done(false);
+    dialog.oncancel = () => resolve(false);
+    dialog.showModal();
+  });
+}
+
+const ACTION_TEXT = {
+  start: 'Start phase %p?', stop: 'Stop phase %p? Workers get SIGTERM, then SIGKILL after the grace period.',
+  kill: 'Kill phase %p now (SIGKILL)?', retry_failed: 'Retry every failed or blocked story of phase %p?',
+  resume: 'End the usage-limit wait now?', retry: 'Retry %s?',
+};
+
+async function control(action, stories) {
+  const phase = S.phase;
+  if (phase == null) return;
+  const text = ACTION_TEXT[action].replace('%p', phase).replace('%s', (stories || []).join(', '));
+  if (!(await confirmAction(text))) return;
+  answer('…', false);
+  try {
+    const response = await fetch('/api/control', {
+      method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ project: S.project, phase, action, stories: stories || [] }),
+    });
+    const body = await response.json();
+    answer(body.message, !body.ok);
+  } catch (e) {
+    answer(e.message, true);
+  }
+}
+
+function answer(text, error) {
+  const el = $('answer');
+  el.textContent = text;
+  el.className = error ? 'error' : '';
+}
+
+init();

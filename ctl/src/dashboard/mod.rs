@@ -1,0 +1,77 @@
+//! `sticlerctl dashboard`: a live web page of the project's phases, served on 127.0.0.1 by this
+//! process, which is a client of sticlerd like any other (the socket's same-uid rule guards
+//! the daemon; the token in `auth` guards the TCP port from other local users).
+//!
+//! `server` accepts and checks requests, `routes` dispatches them, `api` answers with JSON,
+//! `stream` with the daemon's events (SSE) and followed logs, `layout` places the dependency
+//! graph, `daemon_link` talks to sticlerd asynchronously. The page (`assets/`) is compiled in.
+
+mod api;
+mod auth;
+mod daemon_link;
+mod layout;
+mod routes;
+mod server;
+mod stream;
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde_json::json;
+use sticler_proto::Request;
+
+use crate::client::Pong;
+use crate::cmd::Context;
+use crate::{CliError, CmdResult};
+
+pub fn run(ctx: &Context, port: u16, no_open: bool) -> CmdResult {
+    let project = ctx.project()?;
+    // A dashboard of a daemon that does not answer would show nothing: say so now.
+    ctx.connect()?.call_expect::<Pong>(Request::Ping)?;
+    let token = auth::Token::random().map_err(|e| CliError::Usage(format!("cannot make a random token: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("cannot start the dashboard's runtime: {e}")))?;
+    runtime.block_on(async {
+        // Never another interface: the token is the only guard of this port.
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .await
+            .map_err(|e| CliError::Usage(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
+        let port = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?.port();
+        let url = format!("http://127.0.0.1:{port}/?token={}", token.as_str());
+        if ctx.json {
+            println!("{}", json!({"url": url, "port": port, "token": token.as_str(), "project": project}));
+        } else {
+            println!("sticler dashboard of {project}:\n  {url}\nOn another machine: ssh -L {port}:127.0.0.1:{port} <this host>, then open the same address there.\nCtrl-C stops it.");
+        }
+        // Scripts read the address from a pipe: it must not wait in a buffer.
+        let _ = std::io::stdout().flush();
+        if !no_open {
+            open_browser(&url);
+        }
+        let app = Arc::new(server::App { socket: ctx.socket.clone(), project, gate: auth::Gate { token, port } });
+        server::serve(listener, app).await.map_err(|e| CliError::Usage(format!("the dashboard stopped: {e}")))
+    })?;
+    Ok(0)
+}
+
+/// Opens the page in the desktop's browser when there is a desktop; quietly does nothing on a
+/// server (the printed address, through `ssh -L`, is the way there).
+fn open_browser(url: &str) {
+    let desktop = ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    if !desktop {
+        return;
+    }
+    let spawned = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    // xdg-open hands the address to the browser and exits: reaped off the serving thread.
+    if let Ok(mut child) = spawned {
+        std::thread::spawn(move || child.wait());
+    }
+}

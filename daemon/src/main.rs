@@ -245,6 +245,9 @@ fn serve(
         }
         stop_all_runs(&daemon).await;
         server.abort();
+        if let Err(e) = daemon.bus.close() {
+            tracing::warn!(error = %e, "could not give back the reserved event numbers");
+        }
         Ok(())
     })?;
     if let Err(e) = std::fs::remove_file(socket) {

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod detail;
+pub mod event;
 pub mod message;
 pub mod preset;
 pub mod story;
@@ -14,12 +15,13 @@ pub mod view;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};
 pub use detail::*;
+pub use event::{Event, EventKind};
 pub use message::*;
 pub use story::{StoryId, StoryIdError};
 pub use view::*;
 
 /// Bumped whenever a message type changes shape. Client and daemon must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The version of this build, shown by `sticlerctl version` and sent in `Welcome`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

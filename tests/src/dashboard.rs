@@ -53,13 +53,13 @@ impl Dashboard {
         self.child.id()
     }
 
-    /// Sends `head` (request line and headers, without the final blank line) and `body`;
+    /// Sends `head` (request line and header lines, each ending in CRLF, without the blank line) and `body`;
     /// returns the status code, the header block and the body.
     pub fn request(&self, head: &str, body: &str) -> (u16, String, String) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the dashboard");
         stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
         let length = if body.is_empty() { String::new() } else { format!("Content-Length: {}\r\n", body.len()) };
-        write!(stream, "{head}\r\n{length}Connection: close\r\n\r\n{body}").expect("send request");
+        write!(stream, "{head}{length}Connection: close\r\n\r\n{body}").expect("send request");
         let mut raw = String::new();
         stream.read_to_string(&mut raw).expect("read response");
         let (headers, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));

@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sticler_proto::{PhaseRef, PhaseView, Request, Response as Reply, StoryId};
+use sticler_proto::{ErrorKind, PhaseRef, PhaseView, Request, Response as Reply, StoryId};
 
 use super::auth::query_param;
 use super::daemon_link::call;
@@ -18,10 +18,11 @@ use crate::client::ClientError;
 /// The largest control request read (a retry of every story of a big phase fits).
 const MAX_CONTROL_BODY: usize = 256 * 1024;
 
-/// A daemon error as the page shows it: refusals are the daemon's answer (409), the rest mean
-/// the daemon could not be asked (502).
-fn failed(e: ClientError) -> Response<Body> {
-    let status = match e {
+/// A daemon error as the page shows it: refusals are the daemon's answer (404 for what it does
+/// not know, else 409), the rest mean the daemon could not be asked (502).
+pub fn failed(e: ClientError) -> Response<Body> {
+    let status = match &e {
+        ClientError::Refused(reply) if reply.kind == ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ClientError::Refused(_) => StatusCode::CONFLICT,
         _ => StatusCode::BAD_GATEWAY,
     };

@@ -15,6 +15,7 @@ use serde_json::json;
 use sticler_proto::{PhaseRef, Request, Response as Reply, ServerMessage, StoryId};
 use tokio::sync::mpsc;
 
+use super::api::failed;
 use super::auth::query_param;
 use super::daemon_link::DaemonLink;
 use super::server::{json, App, Body};
@@ -46,10 +47,6 @@ fn streaming(content_type: &'static str, rx: mpsc::Receiver<Bytes>) -> Response<
     response
 }
 
-fn unreachable(e: crate::client::ClientError) -> Response<Body> {
-    json(StatusCode::BAD_GATEWAY, &json!({"ok": false, "message": e.to_string()}))
-}
-
 /// `/api/events?project=P[&since=N]`: the project's events, from after `Last-Event-ID` (or
 /// `since`) when given. The first message is `event: ready` with the last sequence number the
 /// daemon had stored, so the page knows when the replay is over.
@@ -58,10 +55,10 @@ pub async fn events(app: &App, query: &str, last_event_id: Option<u64>) -> Respo
     let since = last_event_id.or_else(|| query_param(query, "since").and_then(|s| s.parse().ok()));
     let mut link = match DaemonLink::connect(&app.socket).await {
         Ok(link) => link,
-        Err(e) => return unreachable(e),
+        Err(e) => return failed(e),
     };
     if let Err(e) = link.send(Request::Watch { project: Some(project), phase: None, since }).await {
-        return unreachable(e);
+        return failed(e);
     }
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let beat = tx.clone();
@@ -80,7 +77,7 @@ pub async fn events(app: &App, query: &str, last_event_id: Option<u64>) -> Respo
             // Last-Event-ID), which resumes once the daemon is back.
         };
         let heartbeat = async {
-            let mut ticks = tokio::time::interval(HEARTBEAT);
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
             loop {
                 ticks.tick().await;
                 if beat.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
@@ -131,10 +128,10 @@ pub async fn log(app: &App, query: &str) -> Response<Body> {
     };
     let mut link = match DaemonLink::connect(&app.socket).await {
         Ok(link) => link,
-        Err(e) => return unreachable(e),
+        Err(e) => return failed(e),
     };
     if let Err(e) = link.send(request).await {
-        return unreachable(e);
+        return failed(e);
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {

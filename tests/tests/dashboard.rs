@@ -200,7 +200,7 @@ async fn browser_test() {
     let stories = [
         story("US-P1-001", &[]).script(json!({"sleep_ms": 1500})),
         story("US-P1-002", &[]).script(json!({"mode": "self_fail"})),
-        story("US-P1-003", &["US-P1-001"]),
+        story("US-P1-003", &["US-P1-001"]).script(json!({"agent_output": "claude", "cost_usd": 0.25})),
         // Keeps the run going, so that a retried story runs in it at once.
         story("US-P1-004", &[]).script(json!({"mode": "hang"})),
         story("US-P1-005", &["US-P1-003", "US-P1-004"]),
@@ -258,6 +258,26 @@ async fn browser_test() {
         )
         .await;
     assert!(diff.as_str().is_some_and(|d| d.contains("+++ b/phases/phase_1/stories/US-P1-001/status.json")), "{diff}");
+
+    // A Claude stream-json log is shown as turns, and the agent's cost on the node.
+    browser.wait_js(Duration::from_secs(30), "US-P1-003 completed", &class_of("US-P1-003", "st-completed")).await;
+    browser
+        .wait_js(
+            Duration::from_secs(10),
+            "the cost on the node",
+            "return document.querySelector('#n-US-P1-003 .meta').textContent.includes('$0.25') || null",
+        )
+        .await;
+    page.execute(
+        "document.getElementById('n-US-P1-003').dispatchEvent(new PointerEvent('pointerdown', {bubbles: true}))",
+        vec![],
+    )
+    .await
+    .expect("open the story");
+    let log = browser
+        .wait_js(Duration::from_secs(10), "the result turn", "const l = document.getElementById('log').textContent; return l.includes('■ result (success) · $0.25: iteration done') && l")
+        .await;
+    assert!(!log.as_str().unwrap_or("").contains("{\"type\""), "raw stream-json shown: {log}");
 
     // Retry the failed story from its panel: it runs again (and now succeeds) in the same run.
     let rel = format!("{}/status.json", p.story_rel("US-P1-002"));

@@ -11,6 +11,7 @@ const STATES = ['pending', 'ready', 'running', 'verifying', 'merging', 'complete
 const REFRESHING = new Set(['iteration_ended', 'story_completed', 'story_failed', 'story_blocked', 'story_retried',
   'run_started', 'run_stopping', 'run_ended', 'usage_limit_wait', 'usage_limit_resumed', 'budget_spent']);
 const REFRESH_DELAY_MS = 500;
+const LATENCIES_KEPT = 10000;
 
 const S = {
   project: '',
@@ -21,6 +22,9 @@ const S = {
   lastSeq: 0,
   source: null,
   refreshTimer: null,
+  // A status request is on its way; the events meanwhile wait in `pending`.
+  loading: false,
+  pending: [],
   detailTimer: null,
   logAbort: null,
   view: null,
@@ -112,11 +116,14 @@ function live(on) {
 
 async function loadStatus() {
   let report;
+  S.loading = true;
   try {
     report = await getJSON(`/api/status?project=${enc(S.project)}`);
   } catch (e) {
     answer(e.message, true);
     return;
+  } finally {
+    S.loading = false;
   }
   S.phases = report.phases;
   if (!S.phases.some((p) => p.phase === S.phase)) {
@@ -125,6 +132,9 @@ async function loadStatus() {
   }
   renderTabs();
   renderPhase();
+  const pending = S.pending;
+  S.pending = [];
+  pending.forEach(apply);
 }
 
 function current() {
@@ -240,6 +250,8 @@ function renderGraph(phase) {
   svg.innerHTML = out.join('');
   if (!S.view) fit(layout);
   applyView();
+  // After the next paint: what the bench reads as the graph's first paint.
+  requestAnimationFrame(() => setTimeout(() => performance.mark('sticler-graph-painted')));
 }
 
 function updateNode(story) {
@@ -334,6 +346,12 @@ function setUpZoom() {
 function onEvent(ev) {
   if (ev.seq <= S.lastSeq) return;
   S.lastSeq = ev.seq;
+  // Events that come while a status is on its way are applied on top of it, in order.
+  if (S.loading) S.pending.push(ev);
+  else apply(ev);
+}
+
+function apply(ev) {
   const phase = S.phases.find((p) => p.phase === ev.phase);
   if (phase && ev.kind === 'run_started') {
     phase._startedMs = ev.time_ms;
@@ -353,7 +371,7 @@ function onEvent(ev) {
   if (ev.phase === S.phase) {
     const latency = Date.now() - ev.time_ms;
     S.latencies.push(latency);
-    if (S.latencies.length > 200) S.latencies.shift();
+    if (S.latencies.length > LATENCIES_KEPT) S.latencies.shift();
     $('live').textContent = `live · #${ev.seq} · ${describe(ev)} · +${latency} ms`;
   }
   if (REFRESHING.has(ev.kind) && !S.refreshTimer) {

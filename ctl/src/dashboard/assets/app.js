@@ -12,6 +12,8 @@ const REFRESHING = new Set(['iteration_ended', 'story_completed', 'story_failed'
   'run_started', 'run_stopping', 'run_ended', 'usage_limit_wait', 'usage_limit_resumed', 'budget_spent']);
 const REFRESH_DELAY_MS = 500;
 const LATENCIES_KEPT = 10000;
+const MAX_SCALE = 1.25;
+const MIN_FIRST_SCALE = 0.35;
 
 const S = {
   project: '',
@@ -28,6 +30,8 @@ const S = {
   detailTimer: null,
   logAbort: null,
   view: null,
+  // The user zoomed or panned: the view is theirs, not refitted.
+  zoomed: false,
   // The delay between the daemon's event and its change on this page, for the header (and the bench).
   latencies: [],
 };
@@ -69,6 +73,8 @@ async function init() {
   $('log-iteration').addEventListener('change', () => showLog());
   $('log-follow').addEventListener('change', () => showLog());
   setUpZoom();
+  $('graph').setAttribute('preserveAspectRatio', 'xMinYMin meet');
+  window.addEventListener('resize', refit);
   try {
     const projects = await getJSON('/api/projects');
     $('project').innerHTML = projects.map((p) => `<option value="${esc(p)}">${esc(p)}</option>`).join('');
@@ -83,6 +89,7 @@ function openProject(project) {
   S.project = project;
   S.phase = null;
   S.lastSeq = 0;
+  S.view = null;
   closePanel();
   connect(null);
 }
@@ -182,8 +189,9 @@ function renderHeader(phase) {
   }
   const wall = wallTime(phase);
   if (wall) parts.push(wall);
-  if (phase.summary) parts.push(esc(phase.summary));
   $('phase-stats').innerHTML = parts.join(' · ');
+  $('phase-summary').textContent = phase.summary || '';
+  $('phase-summary').title = phase.summary || '';
   const wait = $('phase-wait');
   const waiting = phase.waiting || (phase.paused_until ? `waiting for a usage limit until ${clock(phase.paused_until * 1000)}` : '');
   wait.hidden = !waiting;
@@ -248,7 +256,7 @@ function renderGraph(phase) {
   }
   const svg = $('graph');
   svg.innerHTML = out.join('');
-  if (!S.view) fit(layout);
+  if (!S.view) fit(layout, false);
   applyView();
   // After the next paint: what the bench reads as the graph's first paint.
   requestAnimationFrame(() => setTimeout(() => performance.mark('sticler-graph-painted')));
@@ -264,20 +272,28 @@ function updateNode(story) {
 
 // ---- zoom and pan (the SVG's viewBox) --------------------------------------------------------
 
-function fit(layout) {
+// The view that shows the whole graph, top left, never larger than MAX_SCALE; the first view
+// of a big graph stops at MIN_FIRST_SCALE (readable) and the rest is a pan or a zoom away.
+function fit(layout, whole) {
   const pad = 20;
   const w = Math.max(layout.width, NODE_W) + 2 * pad;
   const h = Math.max(layout.height, NODE_H) + 2 * pad;
   const box = $('graph').getBoundingClientRect();
-  const aspect = box.width > 0 && box.height > 0 ? box.width / box.height : 1.6;
-  // Never larger than life; a big graph is shown whole, then zoomed into.
-  let vw = Math.max(w, box.width || w);
-  let vh = vw / aspect;
-  if (vh < h) {
-    vh = Math.max(h, box.height || h);
-    vw = vh * aspect;
+  const bw = box.width || 1280;
+  const bh = box.height || 600;
+  let scale = Math.min(bw / w, bh / h, MAX_SCALE);
+  if (!whole) scale = Math.max(scale, MIN_FIRST_SCALE);
+  S.view = { x: -pad, y: -pad, w: bw / scale, h: bh / scale };
+  S.zoomed = false;
+}
+
+// Panel opened or closed, window resized: the graph's room changed; refit unless zoomed by hand.
+function refit() {
+  const phase = current();
+  if (phase && !S.zoomed) {
+    fit(phase.layout, false);
+    applyView();
   }
-  S.view = { x: -pad, y: -pad, w: vw, h: vh };
 }
 
 function applyView() {
@@ -288,6 +304,7 @@ function applyView() {
 function zoom(factor, cx, cy) {
   const v = S.view;
   if (!v) return;
+  S.zoomed = true;
   const px = cx ?? v.x + v.w / 2;
   const py = cy ?? v.y + v.h / 2;
   v.x = px - (px - v.x) * factor;
@@ -304,7 +321,7 @@ function setUpZoom() {
   $('zoom-fit').addEventListener('click', () => {
     const phase = current();
     if (phase) {
-      fit(phase.layout);
+      fit(phase.layout, true);
       applyView();
     }
   });
@@ -331,6 +348,7 @@ function setUpZoom() {
     const box = svg.getBoundingClientRect();
     S.view.x = drag.view.x - ((e.clientX - drag.x) / box.width) * drag.view.w;
     S.view.y = drag.view.y - ((e.clientY - drag.y) / box.height) * drag.view.h;
+    S.zoomed = true;
     applyView();
   });
   const end = () => {

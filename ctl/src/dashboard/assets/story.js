@@ -11,7 +11,10 @@ function openStory(id) {
   if (before) before.classList.remove('selected');
   const node = document.getElementById('n-' + id);
   if (node) node.classList.add('selected');
-  $('panel').hidden = false;
+  if ($('panel').hidden) {
+    $('panel').hidden = false;
+    refit();
+  }
   $('story-title').textContent = id;
   $('story-body').innerHTML = '<p>loading…</p>';
   loadStory(id, true);
@@ -23,7 +26,10 @@ function closePanel() {
   const node = S.selected && document.getElementById('n-' + S.selected);
   if (node) node.classList.remove('selected');
   S.selected = null;
-  $('panel').hidden = true;
+  if (!$('panel').hidden) {
+    $('panel').hidden = true;
+    refit();
+  }
 }
 
 async function loadStory(id, withLog) {

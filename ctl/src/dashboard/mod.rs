@@ -16,6 +16,8 @@ mod stream;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -48,30 +50,53 @@ pub fn run(ctx: &Context, port: u16, no_open: bool) -> CmdResult {
         }
         // Scripts read the address from a pipe: it must not wait in a buffer.
         let _ = std::io::stdout().flush();
-        if !no_open {
-            open_browser(&url);
-        }
+        let opened = if no_open { None } else { open_browser(&url, port) };
         let app = Arc::new(server::App { socket: ctx.socket.clone(), project, gate: auth::Gate { token, port } });
-        server::serve(listener, app).await.map_err(|e| CliError::Usage(format!("the dashboard stopped: {e}")))
+        let served = server::serve(listener, app).await;
+        if let Some(file) = opened {
+            let _ = std::fs::remove_file(file);
+        }
+        served.map_err(|e| CliError::Usage(format!("the dashboard stopped: {e}")))
     })?;
     Ok(0)
 }
 
 /// Opens the page in the desktop's browser when there is a desktop; quietly does nothing on a
-/// server (the printed address, through `ssh -L`, is the way there).
-fn open_browser(url: &str) {
+/// server (the printed address, through `ssh -L`, is the way there). Returns the file it made.
+///
+/// The browser is handed a file of this user's that redirects to the address, not the address
+/// itself: a command line is readable by every user of the machine, the token must not be (as
+/// Jupyter does).
+fn open_browser(url: &str, port: u16) -> Option<PathBuf> {
     let desktop = ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
     if !desktop {
-        return;
+        return None;
+    }
+    let dir =
+        std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()).map_or_else(std::env::temp_dir, PathBuf::from);
+    let path = dir.join(format!("sticler-dashboard-{}-{port}.html", std::process::id()));
+    let page = format!(
+        "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url={url}\"><a href=\"{url}\">sticler dashboard</a>\n"
+    );
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(page.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("sticlerctl dashboard: cannot open a browser ({}: {e}); open the address above", path.display());
+        return None;
     }
     let spawned = std::process::Command::new("xdg-open")
-        .arg(url)
+        .arg(&path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
-    // xdg-open hands the address to the browser and exits: reaped off the serving thread.
+    // xdg-open hands the file to the browser and exits: reaped off the serving thread.
     if let Ok(mut child) = spawned {
         std::thread::spawn(move || child.wait());
     }
+    Some(path)
 }

@@ -53,6 +53,13 @@ impl Dashboard {
         self.child.id()
     }
 
+    /// Sends SIGINT (Ctrl-C) and returns how the process ended.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal the dashboard");
+        poll(Duration::from_secs(20), "the dashboard to exit", || self.child.try_wait().ok().flatten())
+    }
+
     /// Sends `head` (request line and header lines, each ending in CRLF, without the blank line) and `body`;
     /// returns the status code, the header block and the body.
     pub fn request(&self, head: &str, body: &str) -> (u16, String, String) {
@@ -120,6 +127,18 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// Reads up to the `ready` message: the daemon's watch is set up.
+    pub fn ready(&mut self) {
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read the event stream");
+            assert!(n > 0, "the event stream ended before it was ready");
+            if line.trim_end() == "event: ready" {
+                return;
+            }
+        }
+    }
+
     /// The next event with an id: (id, data as JSON). Chunk-size lines and comments are skipped.
     pub fn next_event(&mut self) -> (u64, Value) {
         let mut id = None;

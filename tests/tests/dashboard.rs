@@ -33,7 +33,7 @@ fn requests_without_the_token_get_401_and_other_hosts_are_refused() {
     // The first visit trades the token in the address for a cookie, and drops it from the address.
     let (status, headers, _) = dash.get(&format!("/?token={}", dash.token), "");
     assert_eq!(status, 303, "{headers}");
-    let expected = format!("set-cookie: sticler_token_{}={}; HttpOnly; SameSite=Strict", dash.port, dash.token);
+    let expected = format!("set-cookie: sticler_token_{}={}; HttpOnly; SameSite=Lax", dash.port, dash.token);
     assert!(headers.to_ascii_lowercase().contains(&expected.to_ascii_lowercase()), "{headers}");
     assert!(headers.contains("location: /\r\n"), "{headers}");
     let (status, headers, body) = dash.get("/", &dash.cookie());
@@ -57,7 +57,7 @@ fn requests_without_the_token_get_401_and_other_hosts_are_refused() {
 }
 
 #[test]
-fn it_listens_on_127_0_0_1_only() {
+fn it_listens_on_127_0_0_1_only_and_ctrl_c_ends_it() {
     let daemon = Daemon::start();
     let p = small_phase();
     let dash = Dashboard::start(&daemon, p.path());
@@ -74,6 +74,10 @@ fn it_listens_on_127_0_0_1_only() {
         }
     }
     assert_eq!(listening, vec![format!("0100007F{port}")], "the dashboard's listening sockets");
+    // An open event stream does not keep Ctrl-C from ending it.
+    let mut stream = dash.events(None);
+    stream.ready();
+    assert_eq!(dash.interrupt().code(), Some(0));
 }
 
 #[test]

@@ -72,10 +72,12 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
             text(StatusCode::FORBIDDEN, "refused: requests that change state must come from this page")
         }
         // The token moves from the address into a cookie, and the address loses it: it is not
-        // left in the history or in a screenshot.
+        // left in the history or in a screenshot. Lax, not Strict: the first visit often comes
+        // from elsewhere (the redirect file `open_browser` writes, a link in a terminal), and
+        // Strict would keep the cookie off the redirected request; controls check the Origin.
         Verdict::AllowedByQuery if request.uri().path() == "/" && request.method() == Method::GET => {
             let cookie =
-                format!("{}={}; HttpOnly; SameSite=Strict; Path=/", app.gate.cookie_name(), app.gate.token.as_str());
+                format!("{}={}; HttpOnly; SameSite=Lax; Path=/", app.gate.cookie_name(), app.gate.token.as_str());
             let mut response = text(StatusCode::SEE_OTHER, "");
             let headers = response.headers_mut();
             headers.insert(LOCATION, HeaderValue::from_static("/"));

@@ -32,6 +32,9 @@ const S = {
   view: null,
   // The user zoomed or panned: the view is theirs, not refitted.
   zoomed: false,
+  // The region of the graph in the DOM, and which graph (phase and stories) it is.
+  drawn: null,
+  graphKey: '',
   // The delay between the daemon's event and its change on this page, for the header (and the bench).
   latencies: [],
 };
@@ -75,11 +78,13 @@ async function init() {
   setUpZoom();
   $('graph').setAttribute('preserveAspectRatio', 'xMinYMin meet');
   window.addEventListener('resize', refit);
+  // The dashboard's own project (the server's default) at once; the switcher fills meanwhile.
+  openProject('');
   try {
     const projects = await getJSON('/api/projects');
     $('project').innerHTML = projects.map((p) => `<option value="${esc(p)}">${esc(p)}</option>`).join('');
     $('project').hidden = projects.length < 2;
-    openProject(projects[0]);
+    $('project').value = S.project || projects[0];
   } catch (e) {
     answer('cannot reach sticlerd: ' + e.message, true);
   }
@@ -89,6 +94,7 @@ function openProject(project) {
   S.project = project;
   S.phase = null;
   S.lastSeq = 0;
+  S.pending = [];
   S.view = null;
   closePanel();
   connect(null);
@@ -123,15 +129,19 @@ function live(on) {
 
 async function loadStatus() {
   let report;
+  const asked = S.project;
   S.loading = true;
   try {
-    report = await getJSON(`/api/status?project=${enc(S.project)}`);
+    report = await getJSON(`/api/status?project=${enc(asked)}`);
   } catch (e) {
     answer(e.message, true);
     return;
   } finally {
     S.loading = false;
   }
+  // Another project was chosen meanwhile: its own status is on its way.
+  if (S.project !== asked) return;
+  S.project = report.project;
   S.phases = report.phases;
   if (!S.phases.some((p) => p.phase === S.phase)) {
     const running = S.phases.find((p) => p.running);
@@ -165,9 +175,13 @@ function renderPhase() {
   if (!phase) {
     $('phase-title').textContent = 'No phase in this project';
     $('graph').innerHTML = '';
+    S.graphKey = '';
     return;
   }
-  const same = phase.stories.length === S.stories.size && phase.stories.every((s) => S.stories.has(s.id)) && $('graph').childElementCount > 0;
+  // The same stories of the same phase: the nodes drawn are updated in place.
+  const key = phase.phase + ':' + phase.layout.nodes.map((n) => n.id).join(',');
+  const same = key === S.graphKey;
+  S.graphKey = key;
   S.stories = new Map(phase.stories.map((s) => [s.id, s]));
   renderHeader(phase);
   if (same) {
@@ -228,6 +242,24 @@ function clip(text, max) {
 }
 
 function renderGraph(phase) {
+  if (!S.view) fit(phase.layout, false);
+  S.drawn = null;
+  applyView();
+  // After the next paint: what the bench reads as the graph's first paint.
+  requestAnimationFrame(() => setTimeout(() => performance.mark('sticler-graph-painted')));
+}
+
+// Only what lies in or near the view is in the DOM: a 1,000-story graph stays light to draw and
+// to update. Drawn again when a pan or a zoom leaves the region drawn.
+function drawVisible() {
+  const phase = current();
+  const v = S.view;
+  if (!phase || !v) return;
+  const r = S.drawn;
+  if (r && v.x >= r.x && v.y >= r.y && v.x + v.w <= r.x + r.w && v.y + v.h <= r.y + r.h) return;
+  const region = { x: v.x - v.w / 2, y: v.y - v.h / 2, w: v.w * 2, h: v.h * 2 };
+  S.drawn = region;
+  const inside = (x1, y1, x2, y2) => x2 >= region.x && x1 <= region.x + region.w && y2 >= region.y && y1 <= region.y + region.h;
   const layout = phase.layout;
   const out = [];
   for (const [from, to] of layout.edges) {
@@ -237,10 +269,12 @@ function renderGraph(phase) {
     const y1 = a.y + NODE_H / 2;
     const x2 = b.x;
     const y2 = b.y + NODE_H / 2;
+    if (!inside(x1, Math.min(y1, y2), x2, Math.max(y1, y2))) continue;
     const mid = (x1 + x2) / 2;
     out.push(`<path class="edge${a.external ? ' external' : ''}" d="M${x1} ${y1}C${mid} ${y1} ${mid} ${y2} ${x2} ${y2}"/>`);
   }
   for (const node of layout.nodes) {
+    if (!inside(node.x, node.y, node.x + NODE_W, node.y + NODE_H)) continue;
     if (node.external) {
       out.push(`<g class="node external" transform="translate(${node.x} ${node.y})"><title>a story of another phase</title>` +
         `<rect width="${NODE_W}" height="${NODE_H}" rx="6"/><text x="10" y="22" class="sid">↗ ${esc(node.id)}</text>` +
@@ -254,12 +288,7 @@ function renderGraph(phase) {
       `<text x="10" y="17" class="sid">${esc(story.id)}</text><text x="10" y="32" class="title">${esc(clip(story.title, 28))}</text>` +
       `<text x="10" y="47" class="meta">${esc(nodeMeta(story))}</text></g>`);
   }
-  const svg = $('graph');
-  svg.innerHTML = out.join('');
-  if (!S.view) fit(layout, false);
-  applyView();
-  // After the next paint: what the bench reads as the graph's first paint.
-  requestAnimationFrame(() => setTimeout(() => performance.mark('sticler-graph-painted')));
+  $('graph').innerHTML = out.join('');
 }
 
 function updateNode(story) {
@@ -298,7 +327,9 @@ function refit() {
 
 function applyView() {
   const v = S.view;
-  if (v) $('graph').setAttribute('viewBox', `${v.x} ${v.y} ${v.w} ${v.h}`);
+  if (!v) return;
+  $('graph').setAttribute('viewBox', `${v.x} ${v.y} ${v.w} ${v.h}`);
+  drawVisible();
 }
 
 function zoom(factor, cx, cy) {

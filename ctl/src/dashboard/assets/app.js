@@ -191,10 +191,18 @@ function renderPhase() {
   }
 }
 
+// The counts of the stories as this page shows them (events included), grouped as `status` groups them.
+function counts(stories) {
+  const c = { total: stories.length, pending: 0, running: 0, completed: 0, failed: 0, blocked: 0, invalid: 0 };
+  const group = { ready: 'pending', verifying: 'running', merging: 'running' };
+  for (const story of stories) c[group[story.state] || story.state] += 1;
+  return c;
+}
+
 function renderHeader(phase) {
   $('phase-title').textContent = `Phase ${phase.phase}: ${phase.title}`;
   $('phase-status').textContent = phase.running ? `${phase.status} · running` : phase.status;
-  const c = phase.counts;
+  const c = counts(phase.stories);
   const parts = [`<b>${c.total}</b> stories`, `<b>${c.completed}</b> completed`, `<b>${c.running}</b> running`,
     `<b>${c.pending}</b> pending`, `<b>${c.failed}</b> failed`, `<b>${c.blocked}</b> blocked`];
   if (c.invalid) parts.push(`<b>${c.invalid}</b> invalid`);
@@ -415,7 +423,10 @@ function apply(ev) {
     if (state) story.state = state;
     if (ev.kind === 'iteration_started') story.running_iteration = ev.iteration;
     if (ev.kind === 'story_failed') story.failed_reasons = [...(story.failed_reasons || []), ev.reason];
-    if (ev.phase === S.phase) updateNode(story);
+    if (ev.phase === S.phase) {
+      updateNode(story);
+      if (state) renderHeader(phase);
+    }
   }
   if (ev.phase === S.phase) {
     const latency = Date.now() - ev.time_ms;

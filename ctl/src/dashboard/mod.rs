@@ -28,6 +28,12 @@ use crate::cmd::Context;
 use crate::{CliError, CmdResult};
 
 pub fn run(ctx: &Context, port: u16, no_open: bool) -> CmdResult {
+    // A server outlives its peers: a browser or a daemon gone mid-write must be an error to
+    // handle, not the default SIGPIPE that `main` restores for pipelines.
+    // SAFETY: no thread exists yet (the runtime is built below).
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn);
+    }
     let project = ctx.project()?;
     // A dashboard of a daemon that does not answer would show nothing: say so now.
     ctx.connect()?.call_expect::<Pong>(Request::Ping)?;
@@ -43,13 +49,16 @@ pub fn run(ctx: &Context, port: u16, no_open: bool) -> CmdResult {
             .map_err(|e| CliError::Usage(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
         let port = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?.port();
         let url = format!("http://127.0.0.1:{port}/?token={}", token.as_str());
-        if ctx.json {
-            println!("{}", json!({"url": url, "port": port, "token": token.as_str(), "project": project}));
+        let announce = if ctx.json {
+            json!({"url": url, "port": port, "token": token.as_str(), "project": project}).to_string()
         } else {
-            println!("sticler dashboard of {project}:\n  {url}\nOn another machine: ssh -L {port}:127.0.0.1:{port} <this host>, then open the same address there.\nCtrl-C stops it.");
-        }
-        // Scripts read the address from a pipe: it must not wait in a buffer.
-        let _ = std::io::stdout().flush();
+            format!("sticler dashboard of {project}:\n  {url}\nOn another machine: ssh -L {port}:127.0.0.1:{port} <this host>, then open the same address there.\nCtrl-C stops it.")
+        };
+        // Flushed at once: scripts read the address from a pipe. A reader already gone (`| head -1`)
+        // is no reason to stop serving.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{announce}").and_then(|()| out.flush());
+        drop(out);
         let opened = if no_open { None } else { open_browser(&url, port) };
         let app = Arc::new(server::App { socket: ctx.socket.clone(), project, gate: auth::Gate { token, port } });
         let served = server::serve(listener, app).await;

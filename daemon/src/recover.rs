@@ -56,8 +56,12 @@ async fn kill_leftovers(daemon: &Daemon, record: &RunRecord) {
     for (story, worker) in daemon.bus.store().stories(&key).unwrap_or_default() {
         tracing::info!(story_id = %story, state = worker.state.as_str(), "recorded when the last daemon ended");
         if let (Some(pid), Some(start_time)) = (worker.pid, worker.start_time) {
+            let ended = crate::missed::worker_ended(pid, start_time);
             if !crate::worker::kill_recorded(pid, start_time) {
                 tracing::info!(story_id = %story, pid, "recorded worker is gone (or its pid was reused); not touched");
+            }
+            if ended {
+                crate::missed::ended_while_down(daemon, record, &story, &worker);
             }
         }
     }

@@ -103,6 +103,12 @@ pub enum Request {
     /// Remove the story worktrees a phase that is not running kept (failed stories'), and the
     /// branches of its stories that completed or failed.
     Clean(PhaseRef),
+    /// Completed stories of a phase that is not running back to `pending` (commit_hash
+    /// cleared), so that the next start runs them again.
+    RetryCompleted {
+        phase: PhaseRef,
+        stories: Vec<String>,
+    },
     /// One story in full, for the dashboard's story panel: its spec, criteria, iterations and commit.
     StoryDetail {
         phase: PhaseRef,

@@ -42,6 +42,9 @@ pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, 
         }
         Request::Resume(phase) => resume::resume(daemon, &phase),
         Request::Clean(phase) => tokio::task::block_in_place(|| clean::clean(daemon, &phase)),
+        Request::RetryCompleted { phase, stories } => {
+            tokio::task::block_in_place(|| retry::retry_completed(daemon, &phase, &stories))
+        }
         Request::StoryDetail { phase, story } => {
             tokio::task::block_in_place(|| story_detail::story_detail(daemon, &phase, &story))
         }

@@ -10,6 +10,7 @@ use super::{api, stream};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
+const GRAPH_JS: &str = include_str!("assets/graph.js");
 const STORY_JS: &str = include_str!("assets/story.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 
@@ -29,6 +30,7 @@ pub async fn route(app: &App, request: Request<Incoming>) -> Response<Body> {
             response
         }
         (&Method::GET, "/app.js") => full(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
+        (&Method::GET, "/graph.js") => full(StatusCode::OK, "text/javascript; charset=utf-8", GRAPH_JS),
         (&Method::GET, "/story.js") => full(StatusCode::OK, "text/javascript; charset=utf-8", STORY_JS),
         (&Method::GET, "/app.css") => full(StatusCode::OK, "text/css; charset=utf-8", APP_CSS),
         (&Method::GET, "/api/projects") => api::projects(app).await,

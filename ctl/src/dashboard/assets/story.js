@@ -168,6 +168,8 @@ async function showLog() {
     pre.textContent = 'no log: ' + response.statusText;
     return;
   }
+  // A followed log moves on to later iterations by itself; one that ended must be asked again.
+  S.logFollowing = follow;
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   const state = { rest: '', fg: null, bold: false };
@@ -176,7 +178,7 @@ async function showLog() {
     try {
       chunk = await reader.read();
     } catch (e) {
-      return;
+      break;
     }
     if (chunk.done || abort.signal.aborted) break;
     const text = state.rest + decoder.decode(chunk.value, { stream: true });
@@ -186,7 +188,9 @@ async function showLog() {
     pre.insertAdjacentHTML('beforeend', lines.map((l) => logLine(l, state)).join(''));
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
-  if (state.rest && !abort.signal.aborted) pre.insertAdjacentHTML('beforeend', logLine(state.rest, state));
+  if (abort.signal.aborted) return;
+  S.logFollowing = false;
+  if (state.rest) pre.insertAdjacentHTML('beforeend', logLine(state.rest, state));
 }
 
 // One line of a log: an iteration mark, a Claude stream-json event shown as a turn, or text with ANSI colours.

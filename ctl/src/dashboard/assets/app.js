@@ -12,7 +12,7 @@ const REFRESHING = new Set(['iteration_ended', 'story_completed', 'story_failed'
 const REFRESH_DELAY_MS = 500;
 const LATENCIES_KEPT = 10000;
 const MAX_SCALE = 1.25;
-const MIN_FIRST_SCALE = 0.35;
+const MIN_FIRST_SCALE = 0.7;
 
 const S = {
   project: '',

@@ -18,6 +18,7 @@ mod recover;
 mod run;
 mod server;
 mod slots;
+mod slurm;
 mod spawn;
 mod store;
 mod stream;

@@ -1,7 +1,8 @@
 //! Crash recovery: the runs that were active when the last daemon ended (crash or shutdown)
 //! start again. Their leftover processes are killed first (by recorded pid and start time, and
-//! by their token, so a recycled pid is never touched), then each run resumes from the files
-//! on disk, with its stories' counts continued from their typed records in the store.
+//! by their token, so a recycled pid is never touched) and their Slurm jobs cancelled (found
+//! by name), then each run resumes from the files on disk, with its stories' counts continued
+//! from their typed records in the store.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub async fn recover(daemon: &Arc<Daemon>) {
     tracing::info!("{} run(s) to resume", records.len());
     for record in records {
         kill_leftovers(daemon, &record).await;
+        cancel_jobs(daemon, &record);
         let key = run_key(Path::new(&record.project), record.phase);
         // The daemon may have died after the run ended on disk but before the record went.
         let config = Project::open(Path::new(&record.project))
@@ -71,5 +73,30 @@ async fn kill_leftovers(daemon: &Daemon, record: &RunRecord) {
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Cancels the run's Slurm jobs (`"runner": {"kind": "slurm"}`): their sruns died with the last
+/// daemon, the jobs did not. Found by name in the queue, like the local workers by token; by
+/// the phase's story folders, since the store may not have recorded a story yet.
+fn cancel_jobs(daemon: &Daemon, record: &RunRecord) {
+    let root = Path::new(&record.project);
+    let Ok(project) = Project::open(root) else { return };
+    let slurm = crate::project::OrchestratorConfig::load(&project.root)
+        .is_ok_and(|config| matches!(config.runner, crate::project::RunnerConfig::Slurm(_)));
+    if !slurm {
+        return;
+    }
+    let folders = std::fs::read_dir(project.phase_dir(record.phase).join("stories"));
+    let stories: Vec<String> =
+        folders.into_iter().flatten().filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    match tokio::task::block_in_place(|| crate::slurm::cancel_stories(&daemon.spawner, &project.root, &stories)) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(project = %record.project, phase = record.phase, "cancelled {n} Slurm job(s) of the last daemon")
+        }
+        Err(e) => {
+            tracing::warn!(project = %record.project, phase = record.phase, "cannot cancel the Slurm jobs of the last daemon: {e}")
+        }
     }
 }

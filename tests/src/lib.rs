@@ -6,6 +6,7 @@
 
 pub mod dashboard;
 pub mod raw;
+pub mod slurm;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -157,7 +157,7 @@ fn the_event_stream_resumes_after_a_reconnect_with_no_gap() {
 }
 
 #[test]
-fn the_story_detail_has_its_spec_criteria_iterations_and_commit() {
+fn the_story_detail_has_its_spec_criteria_iterations_commit_and_logs() {
     let daemon = Daemon::start();
     let p = ProjectBuilder::new();
     p.phase(1, "decomposed", &[story("US-P1-001", &[]).criteria(2)]);
@@ -182,6 +182,13 @@ fn the_story_detail_has_its_spec_criteria_iterations_and_commit() {
         show.contains("[US-P1-001]") && show.contains("+++ b/phases/phase_1/stories/US-P1-001/status.json"),
         "{show}"
     );
+
+    // The log: each iteration after its mark, the latest by default, another one on demand.
+    let (status, _, log) = dash.get("/api/log?story=US-P1-001", &dash.cookie());
+    assert_eq!(status, 200, "{log}");
+    assert!(log.starts_with("\u{1e}2\n") && log.contains("US-P1-001 iteration 2 ==="), "{log:?}");
+    let (_, _, first) = dash.get("/api/log?story=US-P1-001&iteration=1", &dash.cookie());
+    assert!(first.starts_with("\u{1e}1\n") && first.contains("US-P1-001 iteration 1 ==="), "{first:?}");
 
     let (status, _, body) = dash.get("/api/story?story=US-P1-009", &dash.cookie());
     assert_eq!(status, 404, "{body}");

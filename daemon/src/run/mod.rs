@@ -67,6 +67,12 @@ pub enum RunMsg {
         stories: Vec<String>,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// The Slurm job of a story's iteration, as the queue shows it now.
+    Job {
+        story: String,
+        iteration: u32,
+        job: sticler_proto::JobView,
+    },
 }
 
 #[derive(Clone)]
@@ -210,6 +216,12 @@ impl PhaseRun {
                     self.state.update(|s| stories.into_iter().filter(|story| s.sched.retry(story)).collect());
                 let _ = reply.send(retried);
                 self.schedule();
+            }
+            RunMsg::Job { story, iteration, job } => {
+                // A sighting that comes after its iteration's end is no longer news.
+                if self.running.get(&story).is_some_and(|r| r.iteration == iteration) {
+                    self.state.update(|s| s.jobs.insert(story, job));
+                }
             }
         }
     }

@@ -28,6 +28,8 @@ pub struct RunState {
     pub budget_usd: Option<f64>,
     /// The worktree of each story that has one.
     pub worktrees: HashMap<String, String>,
+    /// The Slurm job of each story's running iteration, as last seen in the queue.
+    pub jobs: HashMap<String, sticler_proto::JobView>,
     /// Unix milliseconds when this run started (or was resumed by a restarted daemon).
     pub started_ms: u64,
 }
@@ -43,6 +45,7 @@ impl RunState {
             waiting: None,
             budget_usd,
             worktrees: HashMap::new(),
+            jobs: HashMap::new(),
             started_ms: crate::events::now_ms(),
         }
     }

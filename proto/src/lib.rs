@@ -5,6 +5,7 @@
 //! the types and the pure encode/decode functions; it does no networking of its own.
 
 pub mod codec;
+pub mod detail;
 pub mod event;
 pub mod message;
 pub mod preset;
@@ -13,6 +14,7 @@ pub mod time;
 pub mod view;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};
+pub use detail::*;
 pub use event::{Event, EventKind};
 pub use message::*;
 pub use story::{StoryId, StoryIdError};

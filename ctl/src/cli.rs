@@ -178,6 +178,18 @@ pub enum Command {
         after_help = "Examples:\n  sticlerctl man > ~/.local/share/man/man1/sticlerctl.1 && man sticlerctl\n  sticlerctl man | man -l -"
     )]
     Man,
+    /// Serve a live web dashboard of the project's phases on 127.0.0.1 (graph, stories, logs, controls)
+    #[command(
+        after_help = "Prints http://127.0.0.1:PORT/?token=... and opens it when there is a desktop; Ctrl-C stops it.\nThe token keeps other users of this machine out; the address works only on this machine.\nFrom another machine: ssh -L 8080:127.0.0.1:8080 devbox, run `sticlerctl dashboard --port 8080 --no-open`\non devbox, and open the printed address locally.\n\nExamples:\n  sticlerctl dashboard\n  sticlerctl dashboard --port 8080 --no-open\n  sticlerctl --json dashboard --no-open | head -1 | jq -r .url"
+    )]
+    Dashboard {
+        /// TCP port on 127.0.0.1 [default: a free one]
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        port: u16,
+        /// Do not open a browser; only print the address
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Run the bundled example project with a scripted worker on a private daemon
     #[command(after_help = "Example:\n  sticlerctl demo")]
     Demo {

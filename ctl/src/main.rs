@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod cmd;
+mod dashboard;
 mod progress;
 mod render;
 mod table;

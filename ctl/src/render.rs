@@ -81,8 +81,8 @@ pub fn phase(view: &PhaseView, width: Option<usize>) -> String {
     let _ = writeln!(out, "{}", fit(&phase_header(view), width));
     let _ = writeln!(
         out,
-        "  {} stories: {} completed, {} running, {} pending, {} failed, {} blocked{}",
-        c.total,
+        "  {}: {} completed, {} running, {} pending, {} failed, {} blocked{}",
+        sticler_proto::counted(c.total.into(), "story", "stories"),
         c.completed,
         c.running,
         c.pending,
@@ -162,7 +162,12 @@ fn tokens(tokens: Option<&TokenUsage>) -> String {
 
 pub fn validation(report: &ValidationReport) -> String {
     if report.problems.is_empty() {
-        return format!("phase {} of {} is valid ({} stories)\n", report.phase, report.project, report.stories);
+        return format!(
+            "phase {} of {} is valid ({})\n",
+            report.phase,
+            report.project,
+            sticler_proto::counted(report.stories as u64, "story", "stories")
+        );
     }
     let mut out = format!("phase {} of {} has {} problem(s):\n", report.phase, report.project, report.problems.len());
     for p in &report.problems {

@@ -4,6 +4,7 @@ mod connection;
 mod daemon;
 mod events;
 mod git;
+mod git_show;
 mod handler;
 mod ledger;
 mod logging;

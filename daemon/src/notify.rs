@@ -96,9 +96,8 @@ pub fn status_line(daemon: &Daemon) -> String {
     if runs.is_empty() {
         return "idle, no run active".to_string();
     }
-    let runs = if runs.len() == 1 { "1 run".to_string() } else { format!("{} runs", runs.len()) };
-    let stories = if running == 1 { "1 story".to_string() } else { format!("{running} stories") };
-    format!("{runs}, {stories} running")
+    let runs = sticler_proto::counted(runs.len() as u64, "run", "runs");
+    format!("{runs}, {} running", sticler_proto::counted(running as u64, "story", "stories"))
 }
 
 /// Keeps systemd informed for the daemon's whole life: `WATCHDOG=1` every half watchdog

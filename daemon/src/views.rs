@@ -34,6 +34,7 @@ struct LivePhase {
     summary: Option<String>,
     waiting: Option<String>,
     budget_usd: Option<f64>,
+    started_ms: u64,
 }
 
 impl LivePhase {
@@ -63,6 +64,7 @@ impl LivePhase {
             summary: state.summary.clone(),
             waiting: state.waiting.clone(),
             budget_usd: state.budget_usd,
+            started_ms: state.started_ms,
         }
     }
 }
@@ -123,9 +125,10 @@ pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> Pha
         problems,
         cost_usd,
         tokens,
-        budget_usd: live.and_then(|l| l.budget_usd),
+        budget_usd: live.as_ref().and_then(|l| l.budget_usd),
         paused_until: paused.map(|(until, _)| until),
         waiting,
+        run_started_ms: live.as_ref().map(|l| l.started_ms),
     }
 }
 

@@ -191,6 +191,7 @@ mod tests {
             Request::Wait(phase()),
             Request::Shutdown,
             Request::Resume(phase()),
+            Request::StoryDetail { phase: phase(), story: "US-P2-001".into() },
         ];
         let mut all = vec![ClientMessage::Hello { protocol_version: PROTOCOL_VERSION }];
         all.extend(requests.into_iter().map(ClientMessage::Request));
@@ -213,6 +214,7 @@ mod tests {
             budget_usd: Some(10.0),
             paused_until: Some(1_769_594_400),
             waiting: Some("waiting for usage limit until 10:00 UTC".into()),
+            run_started_ms: Some(1_769_594_000_000),
         };
         let kinds = vec![
             EventKind::RunStarted { stories: 3 },
@@ -248,13 +250,27 @@ mod tests {
             Response::Version { daemon_version: "1".into(), protocol_version: 1, pid: 1 },
             Response::Status(StatusReport { project: "/p".into(), phases: vec![view.clone()] }),
             Response::Validated(ValidationReport { project: "/p".into(), phase: 1, stories: 2, problems: vec![] }),
-            Response::Started(Box::new(view)),
+            Response::Started(Box::new(view.clone())),
             Response::Done { message: "ok".into() },
             Response::LogChunk { iteration: 2, data: vec![0, 159, 255] },
             Response::LogEnd,
             Response::WatchStarted { last_seq: 5 },
             Response::Waited { outcome: RunOutcome::Failed },
             Response::ShuttingDown,
+            Response::StoryDetail(Box::new(StoryDetail {
+                story: story_view(),
+                spec: "# US-P1-001\n".into(),
+                criteria: vec![Criterion { text: "it works".into(), done: true }],
+                worker_notes: "notes".into(),
+                iterations: vec![IterationRecord {
+                    iteration: 1,
+                    started_ms: 1,
+                    ended_ms: Some(2),
+                    exit: Some(ExitReason::Exited(0)),
+                    verdict: Some("completed".into()),
+                }],
+                commit_show: Some("commit abc".into()),
+            })),
         ];
         all.extend(responses.into_iter().map(ServerMessage::Response));
         all.extend(kinds.into_iter().enumerate().map(|(i, kind)| {

@@ -87,7 +87,9 @@ impl EventKind {
     /// One line of human text, used in the daemon's log and by `sticlerctl watch`.
     pub fn describe(&self) -> String {
         match self {
-            EventKind::RunStarted { stories } => format!("run started ({stories} stories)"),
+            EventKind::RunStarted { stories } => {
+                format!("run started ({})", crate::counted((*stories).into(), "story", "stories"))
+            }
             EventKind::IterationStarted { story, iteration, pid } => {
                 format!("{story} iteration {iteration} started (pid {pid})")
             }

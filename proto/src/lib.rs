@@ -5,6 +5,7 @@
 //! the types and the pure encode/decode functions; it does no networking of its own.
 
 pub mod codec;
+pub mod detail;
 pub mod event;
 pub mod message;
 pub mod preset;
@@ -13,6 +14,7 @@ pub mod time;
 pub mod view;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};
+pub use detail::*;
 pub use event::{Event, EventKind};
 pub use message::*;
 pub use story::{StoryId, StoryIdError};
@@ -20,6 +22,11 @@ pub use view::*;
 
 /// Bumped whenever a message type changes shape. Client and daemon must agree exactly.
 pub const PROTOCOL_VERSION: u32 = 4;
+
+/// "1 story", "3 stories": a count and its noun, in the singular when it is one.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
 
 /// The version of this build, shown by `sticlerctl version` and sent in `Welcome`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

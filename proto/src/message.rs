@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::detail::StoryDetail;
 use crate::event::Event;
 use crate::view::{PhaseView, StatusReport, ValidationReport};
 
@@ -108,6 +109,11 @@ pub enum Request {
         phase: PhaseRef,
         stories: Vec<String>,
     },
+    /// One story in full, for the dashboard's story panel: its spec, criteria, iterations and commit.
+    StoryDetail {
+        phase: PhaseRef,
+        story: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +149,8 @@ pub enum Response {
     ShuttingDown,
     /// Every phase this daemon runs or has run since it started, one report per project.
     StatusAll(Vec<StatusReport>),
+    /// Boxed like `Started`: a spec and a patch are much larger than the other replies.
+    StoryDetail(Box<StoryDetail>),
 }
 
 /// How a run ended.

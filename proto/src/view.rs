@@ -75,6 +75,9 @@ pub struct PhaseView {
     /// Why the run starts no iteration now, for people: the usage-limit wait or the spent budget.
     #[serde(default)]
     pub waiting: Option<String>,
+    /// Unix milliseconds when the phase's current (or last) run started in this daemon.
+    #[serde(default)]
+    pub run_started_ms: Option<u64>,
 }
 
 /// Tokens an agent reported, summed over iterations.

@@ -4,6 +4,7 @@
 //! including any worker process it left behind. `ProjectBuilder` writes a project in the
 //! worker contract's formats, with `sticler-test-worker` as the scripted worker.
 
+pub mod dashboard;
 pub mod raw;
 pub mod slurm;
 

@@ -82,6 +82,7 @@ pub fn run(cli: Cli) -> CmdResult {
         }
         Command::Watch { phase, since } => watch::run(&ctx, phase.as_deref(), *since),
         Command::Wait { phase } => wait::run(&ctx, phase),
+        Command::Dashboard { port, no_open } => crate::dashboard::run(&ctx, *port, *no_open),
     }
 }
 

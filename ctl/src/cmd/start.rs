@@ -19,8 +19,11 @@ pub fn run(ctx: &Context, phase: &str, force: bool, wait: bool) -> CmdResult {
         print_json(&view);
     } else {
         println!(
-            "started phase {} of {} ({} stories); follow with `sticlerctl watch {}`",
-            view.phase, view.project, view.counts.total, view.phase
+            "started phase {} of {} ({}); follow with `sticlerctl watch {}`",
+            view.phase,
+            view.project,
+            sticler_proto::counted(view.counts.total.into(), "story", "stories"),
+            view.phase
         );
     }
     Ok(0)

@@ -14,6 +14,7 @@ mod retry;
 pub mod start;
 mod status;
 mod stop;
+mod story_detail;
 mod validate;
 
 pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, ErrorReply> {
@@ -43,6 +44,9 @@ pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, 
         Request::Clean(phase) => tokio::task::block_in_place(|| clean::clean(daemon, &phase)),
         Request::RetryCompleted { phase, stories } => {
             tokio::task::block_in_place(|| retry::retry_completed(daemon, &phase, &stories))
+        }
+        Request::StoryDetail { phase, story } => {
+            tokio::task::block_in_place(|| story_detail::story_detail(daemon, &phase, &story))
         }
         Request::Logs { .. } | Request::Watch { .. } | Request::Wait(_) => {
             Err(error(ErrorKind::BadRequest, "streaming request reached the single-reply handler"))

@@ -30,6 +30,8 @@ pub struct RunState {
     pub worktrees: HashMap<String, String>,
     /// The Slurm job of each story's running iteration, as last seen in the queue.
     pub jobs: HashMap<String, sticler_proto::JobView>,
+    /// Unix milliseconds when this run started (or was resumed by a restarted daemon).
+    pub started_ms: u64,
 }
 
 impl RunState {
@@ -44,6 +46,7 @@ impl RunState {
             budget_usd,
             worktrees: HashMap::new(),
             jobs: HashMap::new(),
+            started_ms: crate::events::now_ms(),
         }
     }
 }

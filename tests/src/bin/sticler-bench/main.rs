@@ -10,11 +10,13 @@
 //! (`status --json` on 1,000 stories vs `pueue status --json` on 1,000 tasks, idle RSS),
 //! `callgrind` (instructions of one status request), `start` (validate and start a
 //! 10,000-story phase), `slurm` (the chain under the Slurm runner against the local one and a
-//! plain srun loop, on a private single-node cluster; not part of `all`), `all` (everything
-//! else, then the budgets). Settings also come from
+//! plain srun loop, on a private single-node cluster; not part of `all`), `dashboard` (first
+//! paint of a 1,000-story phase in headless Chromium, event-to-DOM delay, idle RSS), `all`
+//! (everything else, then the budgets). Settings also come from
 //! `STICLER_BENCH_STORIES`, `_WIDTH`, `_REPS`, `_TOOLS` (e.g. `sticler,make`).
 //! pueue: `$STICLER_BENCH_PUEUE_DIR`, `$PATH`, or built once into `$TMPDIR/pueue-install`.
 
+mod dashboard;
 mod exectrace;
 mod measure;
 mod micro;
@@ -78,7 +80,9 @@ fn settings() -> Settings {
                     _ => usage("--commit takes auto or worker"),
                 }
             }
-            "all" | "dag" | "chain" | "status" | "callgrind" | "start" | "worktree" | "slurm" => s.section = arg,
+            "all" | "dag" | "chain" | "status" | "callgrind" | "start" | "worktree" | "slurm" | "dashboard" => {
+                s.section = arg
+            }
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -106,7 +110,14 @@ fn settings() -> Settings {
         println!("Slurm tools skipped: no cluster (above)\n");
         s.tools.retain(|t| !matches!(t, Tool::SticlerSlurm | Tool::SrunLoop));
     }
-    if s.tools.contains(&Tool::Pueue) || matches!(s.section.as_str(), "all" | "status") {
+    // Only the sections that compare tools run pueue: `worktree`, `start` and `callgrind` never
+    // build or start it, whatever the tool list.
+    let runs_pueue = match s.section.as_str() {
+        "all" | "status" => true,
+        "dag" | "chain" => s.tools.contains(&Tool::Pueue),
+        _ => false,
+    };
+    if runs_pueue {
         match pueue::locate() {
             Ok(dir) => s.pueue = Some(dir),
             Err(why) => {
@@ -129,7 +140,7 @@ fn settings() -> Settings {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "sticler-bench: {problem}\nusage: sticler-bench [all|dag|chain|status|callgrind|start|worktree|slurm] \
+        "sticler-bench: {problem}\nusage: sticler-bench [all|dag|chain|status|callgrind|start|worktree|slurm|dashboard] \
          [--stories N] [--width W] [--reps R] [--tools floor,make,pueue,shared,sticler,slurm,srun] [--iterations 1|3] \
          [--commit auto|worker]"
     );
@@ -306,6 +317,15 @@ fn main() {
         );
         figures.start = Some(f);
     }
+    if matches!(section.as_str(), "all" | "dashboard") {
+        match dashboard::measure(1000, 5) {
+            Ok(f) => {
+                dashboard::print(&f, 1000);
+                figures.dashboard = Some(f);
+            }
+            Err(why) => println!("| dashboard | skipped: {why} |"),
+        }
+    }
     println!();
     if matches!(section.as_str(), "all" | "worktree") {
         let ready = worktrees::readiness(10_000, 10 * 1024, 6);
@@ -325,6 +345,7 @@ struct Figures {
     reuse_ms: Option<f64>,
     status: Option<micro::StatusFigures>,
     start: Option<micro::StartFigures>,
+    dashboard: Option<dashboard::DashboardFigures>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -363,6 +384,16 @@ fn budgets(dag: &[(Workload, Vec<Row>)], chain: &[(Workload, Vec<Row>)], f: &Fig
         }
         println!("- status --json {:.2} ms (< 5 ms): {}", s.sticler_ms, verdict(s.sticler_ms < 5.0));
         println!("- idle RSS {:.1} MiB (< 15 MiB): {}", mib(s.idle_rss_kib), verdict(mib(s.idle_rss_kib) < 15.0));
+    }
+    if let Some(d) = &f.dashboard {
+        let paint = median(d.first_paint_ms.clone());
+        println!("- dashboard first paint, 1,000 stories {paint:.0} ms (< 1000 ms): {}", verdict(paint < 1000.0));
+        if !d.latencies_ms.is_empty() {
+            let p99 = percentile(d.latencies_ms.clone(), 0.99);
+            println!("- dashboard event → DOM p99 {p99:.0} ms (< 250 ms): {}", verdict(p99 < 250.0));
+        }
+        let rss = mib(d.idle_rss_kib);
+        println!("- dashboard idle RSS {rss:.1} MiB (< 20 MiB): {}", verdict(rss < 20.0));
     }
     if let Some(s) = &f.start {
         println!(

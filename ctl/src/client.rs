@@ -150,6 +150,8 @@ pub struct DaemonVersion {
     pub daemon_version: String,
     pub protocol_version: u32,
     pub pid: u32,
+    /// When the daemon image started serving (Unix ms).
+    pub started_ms: u64,
 }
 
 reply!(Pong, "Pong", Response::Pong => Pong);
@@ -158,7 +160,7 @@ reply!(Done, "Done", Response::Done { message } => Done(message));
 reply!(
     DaemonVersion,
     "Version",
-    Response::Version { daemon_version, protocol_version, pid } => DaemonVersion { daemon_version, protocol_version, pid }
+    Response::Version { daemon_version, protocol_version, pid, started_ms } => DaemonVersion { daemon_version, protocol_version, pid, started_ms }
 );
 reply!(StatusReport, "Status", Response::Status(report) => report);
 reply!(Vec<StatusReport>, "StatusAll", Response::StatusAll(reports) => reports);

@@ -80,6 +80,14 @@ impl PhaseRun {
                 }
                 self.record_story(story, Some((pid, &spec.log)), None);
                 self.emit(EventKind::IterationStarted { story: story.to_string(), iteration, pid: pid as u32 });
+                // The worker's record and its start event made durable off the dispatch path:
+                // a daemon killed now still finds (and adopts) it, and announced it once.
+                let daemon = std::sync::Arc::clone(&self.daemon);
+                self.later.push(Box::new(move || {
+                    if let Err(e) = daemon.bus.store().flush() {
+                        tracing::warn!("cannot flush the store: {e}");
+                    }
+                }));
                 None
             }
             Err(e) => {
@@ -188,7 +196,7 @@ impl PhaseRun {
     }
 
     /// What a worker's output shows while it runs, for its supervisor.
-    fn liveness(&self, log: &std::path::Path, status: &std::path::Path) -> Liveness {
+    pub(super) fn liveness(&self, log: &std::path::Path, status: &std::path::Path) -> Liveness {
         let worker = &self.config.worker;
         Liveness::new(
             log.to_path_buf(),

@@ -25,6 +25,8 @@ pub struct RunStart {
     /// HEAD when a fresh run started (unknown for a recovered one).
     pub head: Option<git2::Oid>,
     pub recovered: bool,
+    /// Workers of the last daemon still running this run's stories: adopted, not started again.
+    pub adopt: Vec<crate::adopt::Adoptee>,
 }
 
 impl PhaseRun {
@@ -34,8 +36,9 @@ impl PhaseRun {
         project: Project,
         files: &PhaseFiles,
         config: OrchestratorConfig,
-        start: RunStart,
+        mut start: RunStart,
     ) -> RunHandle {
+        let adopt = std::mem::take(&mut start.adopt);
         let run_key = crate::daemon::run_key(&project.root, files.number);
         super::merging::recover_merges(&daemon, &run_key, &project.root);
         let mut inits = Vec::new();
@@ -44,7 +47,12 @@ impl PhaseRun {
             let Ok(doc) = &story.status else { continue };
             let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
             let (deps, unmet_external) = split_dependencies(&project, files.number, doc.dependencies());
-            let disk = settle_completed(&daemon, &project, story, doc, &paths, &config, &start);
+            // An adopted worker owns its status.json until it exits: it is judged then.
+            let disk = if adopt.iter().any(|a| a.story == story.id.as_str()) {
+                DiskStatus::InProgress
+            } else {
+                settle_completed(&daemon, &project, story, doc, &paths, &config, &start)
+            };
             inits.push(StoryInit {
                 id: story.id.to_string(),
                 deps,
@@ -71,7 +79,8 @@ impl PhaseRun {
             let dir = daemon.state_dir.join("worktrees").join(crate::logs::project_key(&project.root));
             let state = state.read();
             let done = |story: &str| state.sched.state(story) == Some(sticler_proto::StoryState::Completed);
-            crate::workspace::Workspaces::open(dir, &project.root, files.number, &done)
+            let busy: Vec<_> = adopt.iter().map(|a| (a.story.clone(), a.root.clone())).collect();
+            crate::workspace::Workspaces::open(dir, &project.root, files.number, &done, &busy)
         });
         let run = PhaseRun {
             run_key,
@@ -98,7 +107,7 @@ impl PhaseRun {
             conflicts: HashMap::new(),
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
-        tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
+        tokio::spawn(tracing::Instrument::instrument(run.drive(rx, adopt), span));
         handle
     }
 }

@@ -75,7 +75,21 @@ impl PhaseRun {
         exit: oneshot::Receiver<ExitReason>,
         liveness: Option<Liveness>,
     ) -> watch::Sender<Option<Duration>> {
-        let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
+        self.supervise_since(story, iteration, group, exit, liveness, Duration::ZERO)
+    }
+
+    /// `supervise` for a process that has been running for `age` already (an adopted worker):
+    /// the iteration timeout counts from its start.
+    pub(super) fn supervise_since(
+        &self,
+        story: &str,
+        iteration: u32,
+        group: Group,
+        exit: oneshot::Receiver<ExitReason>,
+        liveness: Option<Liveness>,
+        age: Duration,
+    ) -> watch::Sender<Option<Duration>> {
+        let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1)).saturating_sub(age);
         let log = crate::logs::log_path(&self.logs_root, story, iteration);
         let watch = Watch { timeout, liveness, log };
         let (stop, stop_asked) = watch::channel(None::<Duration>);

@@ -33,8 +33,15 @@ struct Slot {
 impl Workspaces {
     /// The pool of `phase`: worktrees left by an earlier run (stopped, failed, or a daemon that
     /// died) have what their story left uncommitted committed to its branch, then serve again;
-    /// branches of stories completed since are deleted.
-    pub fn open(dir: PathBuf, main_root: &Path, phase: u32, completed: &dyn Fn(&str) -> bool) -> Workspaces {
+    /// branches of stories completed since are deleted. Worktrees in `busy` (story, root) have
+    /// an adopted worker at work: they stay that story's, untouched.
+    pub fn open(
+        dir: PathBuf,
+        main_root: &Path,
+        phase: u32,
+        completed: &dyn Fn(&str) -> bool,
+        busy: &[(String, PathBuf)],
+    ) -> Workspaces {
         let mut pool = Workspaces { main_root: main_root.to_path_buf(), dir, phase, slots: Vec::new() };
         let prefix = slot_prefix(phase);
         let mut names: Vec<String> = std::fs::read_dir(&pool.dir)
@@ -45,6 +52,10 @@ impl Workspaces {
         names.retain(|n| !n.ends_with(".creating"));
         for name in names {
             let path = pool.dir.join(&name);
+            if let Some((story, _)) = busy.iter().find(|(_, root)| *root == path) {
+                pool.slots.push(Slot { name, path, story: Some(story.clone()), kept: false });
+                continue;
+            }
             let marker = worktree::creating_marker(&path);
             if marker.exists() {
                 // Made by a daemon that died before its checkout ended: nothing worked there.

@@ -1,0 +1,229 @@
+//! A daemon that ends while agents work (`kill -9`, `shutdown --keep-workers`, `upgrade`) leaves
+//! them running: the next daemon (or the next image of the same one) adopts each worker that
+//! provably is its own, supervises it to its end and judges it once. No iteration starts again,
+//! no story gets a second commit, each iteration shows once in the events; a pid that was
+//! reused by an unrelated process is neither adopted nor killed.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sticler_proto::{ExitReason, StoryState};
+use sticler_tests::{bin, describe, poll, story, story_of, Daemon, ProjectBuilder, StorySpec};
+
+const STORIES: [&str; 3] = ["US-P1-001", "US-P1-002", "US-P1-003"];
+
+/// Stories each done in one iteration whose worker works for `ms`.
+fn slow_stories(ms: u64) -> Vec<StorySpec> {
+    STORIES
+        .iter()
+        .map(|id| story(id, &[]).script(json!({"sleep_ms": ms, "files": [format!("src/{id}.txt")]})))
+        .collect()
+}
+
+fn log_of(daemon: &Daemon, p: &ProjectBuilder, story: &str, iteration: u32) -> Option<String> {
+    let out = daemon.ctl(&["-C", &p.path_str(), "logs", story, "--iteration", &iteration.to_string()]);
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until each story's worker has printed `text`: it runs (and its start was recorded).
+fn wait_printed(daemon: &Daemon, p: &ProjectBuilder, stories: &[&str], text: &str) {
+    for id in stories {
+        poll(Duration::from_secs(30), &format!("{id}'s worker at work"), || {
+            log_of(daemon, p, id, 1).filter(|log| log.contains(text)).map(drop)
+        });
+    }
+}
+
+fn commits_of(p: &ProjectBuilder, story: &str) -> usize {
+    let log = Command::new("git").arg("-C").arg(p.path()).args(["log", "--format=%s"]).output().expect("git log");
+    String::from_utf8_lossy(&log.stdout).lines().filter(|s| s.starts_with(&format!("[{story}]"))).count()
+}
+
+/// The phase completed; every story ran its one iteration to the end (its whole output in its
+/// log), never a second, and has one commit; every iteration started and ended once in the
+/// events. Returns how the last iteration of each story ended.
+fn assert_each_ran_once(daemon: &Daemon, p: &ProjectBuilder, stories: &[&str]) -> Vec<Option<ExitReason>> {
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    for id in stories {
+        let log = log_of(daemon, p, id, 1).unwrap_or_default();
+        let whole = log.contains("=== sticler-test-worker") && log.contains("Status: COMPLETED");
+        assert!(whole, "{id}'s whole output:\n{log}");
+        assert!(log_of(daemon, p, id, 2).is_none(), "{id} was started again:\n{}", daemon.dump(p.path()));
+        assert_eq!(commits_of(p, id), 1, "{id} has one commit");
+    }
+    let events = daemon.project_events(p, &["watch", "--since", "0"], 1);
+    for id in stories {
+        for kind in ["iteration_started", "iteration_ended"] {
+            let seen = events.iter().filter(|(k, e)| k == kind && story_in(e, kind) == Some(*id)).count();
+            assert_eq!(seen, 1, "{id}: {kind} once in {events:#?}");
+        }
+    }
+    let phase = daemon.phase_status(p.path(), 1);
+    stories.iter().map(|id| story_of(&phase, id).last_exit).collect()
+}
+
+/// The story an event is about, in the nested (`{"kind": {"iteration_started": {...}}}`) or
+/// the flat (`{"kind": "iteration_started", "story": ...}`) event shape.
+fn story_in<'a>(event: &'a Value, kind: &str) -> Option<&'a str> {
+    event.pointer(&format!("/kind/{kind}/story")).or_else(|| event.get("story")).and_then(Value::as_str)
+}
+
+#[test]
+fn a_kill_9_while_three_iterations_run_adopts_them_all() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &slow_stories(5000));
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    wait_printed(&daemon, &p, &STORIES, "Working for");
+    daemon.signal_and_wait(Signal::SIGKILL);
+    let workers = daemon.marked_processes();
+    assert_eq!(workers.len(), 3, "the workers outlive their daemon: {workers:?}");
+    daemon.launch(&[]);
+    let exits = assert_each_ran_once(&daemon, &p, &STORIES);
+    assert!(exits.iter().all(|e| *e == Some(ExitReason::Unknown)), "not our children any more: {exits:?}");
+    assert_eq!(daemon.log_text().matches("adopted the running worker").count(), 3);
+    poll(Duration::from_secs(10), "no worker left", || daemon.marked_processes().is_empty().then_some(()));
+}
+
+/// The bug the adoption fixes: a worker that committed and was killed before it wrote
+/// status.json did its work again in a fresh iteration, and committed again.
+#[test]
+fn a_worker_that_committed_before_the_crash_is_not_run_again() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::shared();
+    let script = json!({"commit": true, "status_after_commit_ms": 3000, "files": ["src/a.txt"]});
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(script)]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    wait_printed(&daemon, &p, &["US-P1-001"], "Writing status.json in");
+    assert_eq!(commits_of(&p, "US-P1-001"), 1, "committed before the kill");
+    daemon.signal_and_wait(Signal::SIGKILL);
+    daemon.launch(&[]);
+    assert_each_ran_once(&daemon, &p, &["US-P1-001"]);
+    let status = p.status_json("US-P1-001");
+    assert_eq!(status["status"], "completed");
+    assert!(!status["commit_hash"].as_str().unwrap_or_default().is_empty(), "its commit is recorded: {status}");
+}
+
+#[test]
+fn shutdown_keep_workers_then_a_start_adopts_them() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &slow_stories(4000)[..2]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    wait_printed(&daemon, &p, &STORIES[..2], "Working for");
+    let out = daemon.ctl(&["shutdown", "--keep-workers"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    poll(Duration::from_secs(20), "the daemon gone", || (!daemon.running()).then_some(()));
+    assert_eq!(daemon.marked_processes().len(), 2, "the workers keep running");
+    daemon.launch(&[]);
+    assert_each_ran_once(&daemon, &p, &STORIES[..2]);
+    assert!(daemon.log_text().contains("its workers keep running for the next one to adopt"));
+}
+
+/// `upgrade` re-executes the binary at the daemon's path (a new file installed there) under the
+/// same pid: the workers stay its children, so their real exit codes are known.
+#[test]
+fn an_upgrade_in_place_keeps_the_run_going() {
+    let mut daemon = Daemon::unstarted();
+    let binary = daemon.tmp.path().join("bin").join("sticlerd");
+    std::fs::create_dir_all(binary.parent().expect("bin folder")).expect("mkdir");
+    std::fs::copy(bin("sticlerd"), &binary).expect("copy sticlerd");
+    daemon.spawn(daemon.command_of(&binary, &[]));
+    daemon.wait_ready();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &slow_stories(4000));
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    wait_printed(&daemon, &p, &STORIES, "Working for");
+    let before = daemon.ctl_json(&["version"]);
+    // A new binary installed over the running one, as a package manager does (a rename).
+    let new = binary.with_extension("new");
+    std::fs::copy(bin("sticlerd"), &new).expect("copy sticlerd");
+    std::fs::rename(&new, &binary).expect("install the new binary");
+    let out = daemon.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let after = poll(Duration::from_secs(20), "the new image serving", || {
+        let out = daemon.ctl(&["--json", "version"]);
+        let version: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (version["daemon_started_ms"].as_u64()? > before["daemon_started_ms"].as_u64()?).then_some(version)
+    });
+    assert_eq!(after["daemon_pid"], before["daemon_pid"], "the same process");
+    assert_eq!(after["daemon_pid"].as_u64(), Some(u64::from(daemon.pid())));
+    let exits = assert_each_ran_once(&daemon, &p, &STORIES);
+    assert!(exits.iter().all(|e| *e == Some(ExitReason::Exited(0))), "still its children: {exits:?}");
+    assert!(daemon.running(), "the daemon the harness started is the one serving");
+}
+
+/// The store's record of a story, as sticlerd encodes it (`store::StoryRecord`, format 1).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoryRecord {
+    state: StoryState,
+    iterations: u32,
+    infra_streak: u32,
+    pid: Option<i32>,
+    start_time: Option<u64>,
+    last_exit: Option<String>,
+    log: Option<String>,
+}
+
+/// Points the story's record at `pid` with `start_time`, as if the kernel had given the
+/// recorded worker's pid to another process since.
+fn record_pid(state_dir: &Path, project: &Path, story: &str, pid: i32, start_time: u64) {
+    let db = sled::open(state_dir.join("store")).expect("open the store");
+    let tree = db.open_tree("story_records").expect("story records");
+    let root = std::fs::canonicalize(project).expect("canonical project");
+    let key = format!("{}\0{}\0{story}", root.display(), 1);
+    let stored = tree.get(&key).expect("read").expect("the story's record");
+    let config = bincode::config::standard();
+    let (mut record, _): (StoryRecord, usize) =
+        bincode::serde::decode_from_slice(&stored[1..], config).expect("a record of format 1");
+    record.pid = Some(pid);
+    record.start_time = Some(start_time);
+    let mut value = vec![stored[0]];
+    value.extend(bincode::serde::encode_to_vec(&record, config).expect("encode"));
+    tree.insert(&key, value).expect("write");
+    db.flush().expect("flush");
+}
+
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
+    rest.split_whitespace().nth(19).and_then(|t| t.parse().ok()).expect("start time")
+}
+
+#[test]
+fn a_reused_pid_is_never_adopted_and_never_killed() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let pids_file = p.path().join("pids");
+    let hang = json!({"sleep_ms": 600_000, "pids_file": pids_file.display().to_string()});
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(hang)]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    let worker: i32 = poll(Duration::from_secs(20), "the worker's pid", || {
+        std::fs::read_to_string(&pids_file).ok()?.lines().next()?.trim().parse().ok()
+    });
+    wait_printed(&daemon, &p, &["US-P1-001"], "Working for");
+    daemon.signal_and_wait(Signal::SIGKILL);
+    // The worker is gone; an unrelated process now has "its" pid (another start time).
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL).expect("kill the worker");
+    poll(Duration::from_secs(10), "the worker gone", || (!sticler_tests::process_alive(worker)).then_some(()));
+    let mut unrelated = Command::new("sleep").arg("120").stdin(Stdio::null()).spawn().expect("spawn sleep");
+    let pid = unrelated.id();
+    record_pid(&daemon.state_dir, p.path(), "US-P1-001", pid as i32, start_time(pid) + 1);
+    let mut status = p.status_json("US-P1-001");
+    status["script"] = json!({});
+    p.write(&format!("{}/status.json", p.story_rel("US-P1-001")), &status.to_string());
+
+    daemon.launch(&[]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    assert!(log_of(&daemon, &p, "US-P1-001", 2).is_some(), "a fresh iteration, nothing adopted");
+    assert!(!daemon.log_text().contains("adopted the running worker"));
+    assert!(matches!(unrelated.try_wait(), Ok(None)), "the unrelated process is never touched");
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+}

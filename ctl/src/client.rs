@@ -19,6 +19,9 @@ pub enum ClientError {
     Refused(ErrorReply),
     /// The connection broke or the daemon sent nonsense: exit 1.
     Protocol(String),
+    /// The daemon closed the connection (it stopped, restarted or re-executed itself): exit 1,
+    /// unless the command connects again (`watch`, `logs -f`).
+    Closed,
 }
 
 impl std::fmt::Display for ClientError {
@@ -30,6 +33,9 @@ impl std::fmt::Display for ClientError {
                 socket.display()
             ),
             ClientError::Refused(e) => f.write_str(&e.message),
+            ClientError::Closed => f.write_str(
+                "sticlerd closed the connection: it stopped or restarted (`sticlerctl ping` says whether it is back)",
+            ),
             ClientError::Protocol(why) => write!(
                 f,
                 "talking to sticlerd failed: {why}.\nCheck that it still runs (`sticlerctl ping`) and that both are the same version (`sticlerctl version`); its log says more."
@@ -40,7 +46,11 @@ impl std::fmt::Display for ClientError {
 
 impl From<CodecError> for ClientError {
     fn from(e: CodecError) -> Self {
-        ClientError::Protocol(e.to_string())
+        match e {
+            CodecError::Closed => ClientError::Closed,
+            CodecError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ClientError::Closed,
+            e => ClientError::Protocol(e.to_string()),
+        }
     }
 }
 

@@ -139,6 +139,16 @@ fn an_upgrade_in_place_keeps_the_run_going() {
     p.phase(1, "decomposed", &slow_stories(4000));
     assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
     wait_printed(&daemon, &p, &STORIES, "Working for");
+    // Streams open across the upgrade: they connect again and go on where they were.
+    let streams = tempfile::tempdir().expect("tempdir");
+    let stream = |name: &str, args: &[&str]| {
+        let out = std::fs::File::create(streams.path().join(name)).expect("stream file");
+        let child = daemon.ctl_command(args).stdout(out).spawn().expect("spawn sticlerctl");
+        sticler_tests::wait_socket_connected(child.id());
+        child
+    };
+    let mut watch = stream("watch", &["--json", "-C", &p.path_str(), "watch", "1", "--since", "0"]);
+    let mut follow = stream("logs", &["-C", &p.path_str(), "logs", "US-P1-001", "-f"]);
     let before = daemon.ctl_json(&["version"]);
     // A new binary installed over the running one, as a package manager does (a rename).
     let new = binary.with_extension("new");
@@ -156,6 +166,26 @@ fn an_upgrade_in_place_keeps_the_run_going() {
     let exits = assert_each_ran_once(&daemon, &p, &STORIES);
     assert!(exits.iter().all(|e| *e == Some(ExitReason::Exited(0))), "still its children: {exits:?}");
     assert!(daemon.running(), "the daemon the harness started is the one serving");
+
+    let followed = poll(Duration::from_secs(20), "logs -f to end with the run", || follow.try_wait().ok().flatten());
+    assert!(followed.success());
+    let log = std::fs::read_to_string(streams.path().join("logs")).expect("logs -f output");
+    let expected = log_of(&daemon, &p, "US-P1-001", 1).expect("the log");
+    assert_eq!(log, expected, "logs -f showed the whole log once, across the upgrade");
+    let text = poll(Duration::from_secs(20), "watch to show the run's end", || {
+        let text = std::fs::read_to_string(streams.path().join("watch")).ok()?;
+        text.contains("run_ended").then_some(text)
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seqs: Vec<u64> = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()?["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "no event twice, in order: {seqs:?}");
+    let stored: Vec<u64> = daemon
+        .project_events(&p, &["watch", "1", "--since", "0"], 1)
+        .iter()
+        .filter_map(|(_, e)| e["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, stored, "watch missed nothing across the upgrade");
 }
 
 /// The store's record of a story, as sticlerd encodes it (`store::StoryRecord`, format 1).

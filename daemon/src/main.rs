@@ -1,6 +1,7 @@
 //! `sticlerd`: the daemon. Thin edge: arguments, logging, start-up order and shutdown.
 
 mod adopt;
+mod cleanup;
 mod connection;
 mod daemon;
 mod events;
@@ -71,6 +72,11 @@ struct Args {
     /// Where logs go; `auto` picks journald when systemd connected stderr to the journal
     #[arg(long, value_name = "TARGET", value_enum, default_value_t = logging::LogTarget::Auto)]
     log_target: logging::LogTarget,
+    /// Do not serve: kill the workers the last sticlerd of this state dir left, unless they are
+    /// left for the next one to adopt (it failed, per $SERVICE_RESULT, or was shut down with
+    /// --keep-workers). For systemd's ExecStopPost=
+    #[arg(long)]
+    cleanup: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +100,11 @@ fn start(args: Args) -> anyhow::Result<()> {
     // Colours only for a terminal that stays ours: in the background stderr becomes a file.
     let colours = !background && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let target = logging::init(args.log_target, &args.log_level, colours)?;
+    if args.cleanup {
+        let state_dir = paths::state_dir(args.state_dir.clone())?;
+        cleanup::run(&state_dir, std::env::var("SERVICE_RESULT").ok().as_deref())?;
+        return Ok(());
+    }
     // Read (and take out of the environment, so workers do not inherit it) before any thread
     // exists. A bad NOTIFY_SOCKET is logged but does not stop the daemon from serving.
     let notifier = notify::Notifier::from_env().unwrap_or_else(|e| {
@@ -201,6 +212,8 @@ fn open_state(args: &Args, places: &Places, upgraded: bool) -> anyhow::Result<He
     }
     let state_lock = paths::PidLock::acquire(&state_dir.join("sticlerd.pid"))?;
     let socket_lock = paths::PidLock::acquire(&lock_path(socket))?;
+    // This daemon adopts what a `shutdown --keep-workers` left: the marker has served.
+    let _ = std::fs::remove_file(cleanup::kept_marker(state_dir));
     let store = Arc::new(store::Store::open(state_dir)?);
     let bus = events::EventBus::new(Arc::clone(&store))?;
     git::configure();
@@ -275,6 +288,18 @@ fn serve(
     })?;
     // Connections still open are closed with the runtime: their clients see a clean end.
     drop(runtime);
+    after_serving(ending, places, &store, listen_fd)
+}
+
+/// The end of `serve`, with the runtime gone: the socket removed (kept for the next image of
+/// an upgrade, which is handed `listen_fd`), the store flushed.
+fn after_serving(
+    ending: Ending,
+    places: &Places,
+    store: &store::Store,
+    listen_fd: OwnedFd,
+) -> anyhow::Result<Option<OwnedFd>> {
+    let (socket, state_dir) = (places.socket, places.state_dir);
     if ending != Ending::Upgrade {
         if let Err(e) = std::fs::remove_file(socket) {
             tracing::warn!("cannot remove {}: {e}", socket.display());
@@ -283,7 +308,13 @@ fn serve(
     store.flush().context("flushing the store")?;
     match ending {
         Ending::StopWorkers => tracing::info!("sticlerd stopped"),
-        Ending::KeepWorkers => tracing::info!("sticlerd stopped; its workers keep running for the next one to adopt"),
+        Ending::KeepWorkers => {
+            // Tells `--cleanup` (systemd's ExecStopPost) to leave them.
+            if let Err(e) = std::fs::write(cleanup::kept_marker(state_dir), b"") {
+                tracing::warn!("cannot mark the workers as kept: {e}");
+            }
+            tracing::info!("sticlerd stopped; its workers keep running for the next one to adopt");
+        }
         Ending::Upgrade => return Ok(Some(listen_fd)),
     }
     Ok(None)

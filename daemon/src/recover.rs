@@ -72,8 +72,13 @@ async fn kill_leftovers(daemon: &Daemon, record: &RunRecord, adopted: &[crate::a
             if adopted.iter().any(|a| a.group.pid == pid) {
                 continue;
             }
-            if !crate::worker::kill_recorded(pid, start_time) {
+            let ours = crate::paths::alive(pid) && crate::worker::start_time(pid) == Some(start_time);
+            if !ours {
                 tracing::info!(story_id = %story, pid, "recorded worker is gone (or its pid was reused); not touched");
+            } else if crate::worker::kill_recorded(pid, start_time) {
+                // Alive and provably ours, yet not adoptable (a verify command, a story that
+                // cannot run): its iteration starts again.
+                tracing::warn!(story_id = %story, pid, "killed the recorded worker: not adoptable");
             }
         }
     }

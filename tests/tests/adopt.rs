@@ -120,6 +120,8 @@ fn shutdown_keep_workers_then_a_start_adopts_them() {
     assert!(out.status.success(), "{}", describe(&out));
     poll(Duration::from_secs(20), "the daemon gone", || (!daemon.running()).then_some(()));
     assert_eq!(daemon.marked_processes().len(), 2, "the workers keep running");
+    assert!(cleanup(&daemon, "success").success(), "systemd's ExecStopPost after the shutdown");
+    assert_eq!(daemon.marked_processes().len(), 2, "--cleanup leaves workers kept on purpose");
     daemon.launch(&[]);
     assert_each_ran_once(&daemon, &p, &STORIES[..2]);
     assert!(daemon.log_text().contains("its workers keep running for the next one to adopt"));
@@ -256,4 +258,29 @@ fn a_reused_pid_is_never_adopted_and_never_killed() {
     assert!(matches!(unrelated.try_wait(), Ok(None)), "the unrelated process is never touched");
     let _ = unrelated.kill();
     let _ = unrelated.wait();
+}
+
+/// `sticlerd --cleanup` as systemd's ExecStopPost= runs it, with `SERVICE_RESULT` set.
+fn cleanup(daemon: &Daemon, service_result: &str) -> std::process::ExitStatus {
+    daemon.command(&["--cleanup"]).env("SERVICE_RESULT", service_result).status().expect("run sticlerd --cleanup")
+}
+
+/// A failed daemon's workers are left for the restarted one (Restart=on-failure); after a stop,
+/// or a daemon that is gone for good, `--cleanup` leaves none.
+#[test]
+fn cleanup_keeps_a_failed_daemons_workers_for_its_restart_and_kills_the_rest() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &slow_stories(600_000)[..1]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    wait_printed(&daemon, &p, &STORIES[..1], "Working for");
+    assert!(!cleanup(&daemon, "success").success(), "refused while the daemon serves");
+    assert_eq!(daemon.marked_processes().len(), 1);
+    daemon.signal_and_wait(Signal::SIGKILL);
+    for failed in ["signal", "core-dump", "watchdog", "exit-code"] {
+        assert!(cleanup(&daemon, failed).success());
+        assert_eq!(daemon.marked_processes().len(), 1, "after {failed}: kept for the restart to adopt");
+    }
+    assert!(cleanup(&daemon, "success").success());
+    poll(Duration::from_secs(10), "no worker left", || daemon.marked_processes().is_empty().then_some(()));
 }

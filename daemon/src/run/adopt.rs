@@ -31,8 +31,10 @@ impl PhaseRun {
         let liveness = self.work_paths(&story).map(|paths| self.liveness(&log, &paths.status));
         let pid = group.pid;
         let stop = self.supervise_since(&story, iteration, group.clone(), exit, liveness, age);
-        // Its start is unknown: any readable status.json it leaves counts as its progress.
-        let running = Running { iteration, group, before: Vec::new(), process: Process::Worker, stop };
+        // status.json as the iteration found it, kept by the last daemon; without it, any
+        // readable status.json the worker leaves counts as its progress.
+        let before = std::fs::read(crate::logs::start_status_path(&self.logs_root, &story, iteration));
+        let running = Running { iteration, group, before: before.unwrap_or_default(), process: Process::Worker, stop };
         self.running.insert(story.clone(), running);
         let since = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         self.state.update(|s| s.current.insert(story.clone(), Current { iteration, since }));

@@ -3,12 +3,13 @@
 //! iteration may have run for half an hour and cost dollars.
 //!
 //! A process is adopted only when it provably is sticler's own worker: the recorded pid with
-//! the recorded start time, or (its record lost with the crash: records of a start are written
-//! lazily) a session leader carrying one of the run's worker tokens. Its token says its story
-//! and iteration. Its end is watched without being its parent, through a pidfd (a recycled pid
-//! can never be mistaken for it: the pidfd holds the process itself), and its exit code is then
-//! unknown. After an upgrade in place the worker still is this process's child: the reaper
-//! hands over its exit, code included.
+//! the recorded start time (the record is flushed right after the spawn), carrying a worker
+//! token, which says its story and iteration. A worker whose record was lost (the daemon died
+//! within milliseconds of the spawn) is not guessed at from its token: a stray descendant
+//! carries the same one. Its end is watched without being its parent, through a pidfd (a
+//! recycled pid can never be mistaken for it: the pidfd holds the process itself), and its exit
+//! code is then unknown. After an upgrade in place the worker still is this process's child:
+//! the reaper hands over its exit, code included.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -41,35 +42,20 @@ pub struct Adoptee {
     pub exit: oneshot::Receiver<ExitReason>,
 }
 
-/// The workers of `record`'s run that are still alive and provably its own: first those the
-/// store recorded (pid and start time), then session leaders carrying one of its tokens.
+/// The workers of `record`'s run that the store recorded (pid and start time) and that are
+/// still alive and provably its own.
 pub fn find(daemon: &Daemon, record: &RunRecord) -> Vec<Adoptee> {
     let key = run_key(Path::new(&record.project), record.phase);
-    let mut found: Vec<Adoptee> = Vec::new();
-    for (story, recorded) in daemon.bus.store().stories(&key).unwrap_or_default() {
-        let (Some(pid), Some(start_time)) = (recorded.pid, recorded.start_time) else { continue };
-        if let Some(adoptee) = prove(daemon, pid, start_time, Some(&story)) {
-            found.push(adoptee);
-        }
-    }
-    let prefix = format!("{}/", record.nonce);
-    for pid in worker::processes_with_tokens(worker::all_pids(), std::slice::from_ref(&prefix)) {
-        if !worker::leads_session(pid) || found.iter().any(|a| a.group.pid == pid) {
-            continue;
-        }
-        let Some(start_time) = worker::start_time(pid) else { continue };
-        if let Some(adoptee) = prove(daemon, pid, start_time, None) {
-            if !found.iter().any(|a| a.story == adoptee.story) {
-                found.push(adoptee);
-            }
-        }
-    }
-    found
+    let stories = daemon.bus.store().stories(&key).unwrap_or_default();
+    stories
+        .into_iter()
+        .filter_map(|(story, recorded)| prove(daemon, recorded.pid?, recorded.start_time?, &story))
+        .collect()
 }
 
-/// An `Adoptee` when `pid` still is the worker that started at `start_time` (of `story`, when
-/// known), with a watch on its end.
-fn prove(daemon: &Daemon, pid: i32, start_time: u64, story: Option<&str>) -> Option<Adoptee> {
+/// An `Adoptee` when `pid` still is the worker of `story` that started at `start_time`, with a
+/// watch on its end.
+fn prove(daemon: &Daemon, pid: i32, start_time: u64, story: &str) -> Option<Adoptee> {
     if pid <= 1 || worker::start_time(pid) != Some(start_time) {
         return None;
     }
@@ -79,7 +65,7 @@ fn prove(daemon: &Daemon, pid: i32, start_time: u64, story: Option<&str>) -> Opt
     let mut parts = token.strip_suffix('/')?.rsplitn(3, '/');
     let iteration: u32 = parts.next()?.parse().ok()?;
     let token_story = parts.next()?.to_string();
-    if story.is_some_and(|s| s != token_story) {
+    if token_story != story {
         return None;
     }
     let root = PathBuf::from(worker::environ_var(pid, "STICLER_PROJECT_DIR")?);

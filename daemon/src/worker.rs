@@ -171,11 +171,6 @@ pub fn parent(pid: i32) -> Option<i32> {
     stat_field(pid, 4).and_then(|p| i32::try_from(p).ok())
 }
 
-/// Whether `pid` leads its own session, as every worker sticler starts does.
-pub fn leads_session(pid: i32) -> bool {
-    stat_field(pid, 6) == Some(i64::from(pid))
-}
-
 /// How long ago a process started at `start_time` (clock ticks since boot).
 pub fn age(start_time: u64) -> Option<Duration> {
     let uptime = fs::read_to_string("/proc/uptime").ok()?;
@@ -279,7 +274,7 @@ pub fn processes_with_tokens(candidates: Vec<i32>, tokens: &[String]) -> Vec<i32
         .collect()
 }
 
-pub fn all_pids() -> Vec<i32> {
+fn all_pids() -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).collect()
 }

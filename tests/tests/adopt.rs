@@ -284,3 +284,66 @@ fn cleanup_keeps_a_failed_daemons_workers_for_its_restart_and_kills_the_rest() {
     assert!(cleanup(&daemon, "success").success());
     poll(Duration::from_secs(10), "no worker left", || daemon.marked_processes().is_empty().then_some(()));
 }
+
+/// How long process `pid` has been running.
+fn age(pid: i32) -> Duration {
+    let uptime = std::fs::read_to_string("/proc/uptime").expect("uptime");
+    let uptime: f64 = uptime.split_whitespace().next().and_then(|u| u.parse().ok()).expect("seconds");
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Duration::from_secs_f64((uptime - start_time(pid as u32) as f64 / ticks).max(0.0))
+}
+
+/// The iteration timeout counts from the worker's start, not from its adoption: a worker older
+/// than the timeout when adopted is ended at once (counted from its adoption, this one would
+/// finish its work first and complete).
+#[test]
+fn the_iteration_timeout_counts_from_an_adopted_workers_start() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.config(json!({"worker": {"iteration_timeout_secs": 5}, "retry_limit": 1}));
+    let pids_file = p.path().join("pids");
+    let script = json!({"sleep_ms": 7000, "pids_file": pids_file.display().to_string()});
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(script)]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    let worker: i32 = poll(Duration::from_secs(20), "the worker's pid", || {
+        std::fs::read_to_string(&pids_file).ok()?.lines().next()?.trim().parse().ok()
+    });
+    // The daemon frozen, so that it does not end the worker itself at the timeout.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    poll(Duration::from_secs(20), "the worker older than the timeout", || {
+        (age(worker) > Duration::from_millis(5500)).then_some(())
+    });
+    daemon.signal_and_wait(Signal::SIGKILL);
+    daemon.launch(&[]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
+    assert_eq!(out.status.code(), Some(4), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    let phase = daemon.phase_status(p.path(), 1);
+    assert_eq!(story_of(&phase, "US-P1-001").last_exit, Some(ExitReason::TimedOut));
+    assert!(log_of(&daemon, &p, "US-P1-001", 2).is_none(), "the adopted iteration was its last");
+}
+
+/// `kill` reaches an adopted worker's whole tree, its group and the descendant that escaped
+/// into a session of its own, although none of them is the daemon's child.
+#[test]
+fn kill_ends_an_adopted_worker_and_its_strays() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    let pids_file = p.path().join("pids");
+    let script = json!({"mode": "ignore_term_fork", "pids_file": pids_file.display().to_string()});
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(script)]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    let tree: Vec<i32> = poll(Duration::from_secs(20), "the worker's tree", || {
+        let pids: Vec<i32> = std::fs::read_to_string(&pids_file).ok()?.lines().filter_map(|l| l.parse().ok()).collect();
+        (pids.len() == 3).then_some(pids)
+    });
+    daemon.signal_and_wait(Signal::SIGKILL);
+    daemon.launch(&[]);
+    assert!(daemon.log_text().contains("adopted the running worker"), "{}", daemon.dump(p.path()));
+    assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
+    assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5), "stopped");
+    poll(Duration::from_secs(10), "the whole tree gone", || {
+        tree.iter().all(|pid| !sticler_tests::process_alive(*pid)).then_some(())
+    });
+    assert!(daemon.marked_processes().is_empty());
+}

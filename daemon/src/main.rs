@@ -284,6 +284,9 @@ fn serve(
         let _ = shutdown.wait_for(|down| *down).await;
         let ending = end_runs(&daemon, notifier.as_deref()).await;
         server.abort();
+        if let Err(e) = daemon.bus.close() {
+            tracing::warn!(error = %e, "could not give back the reserved event numbers");
+        }
         Ok((ending, listen_fd))
     })?;
     // Connections still open are closed with the runtime: their clients see a clean end.

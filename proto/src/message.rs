@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
 use crate::view::{PhaseView, StatusReport, ValidationReport};
 
 /// What a client sends. The first message of a connection must be `Hello`.
@@ -187,117 +188,6 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// One transition, numbered by the daemon. Sequence numbers only grow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    /// Unix time in milliseconds.
-    pub time_ms: u64,
-    pub project: String,
-    pub phase: u32,
-    pub kind: EventKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    RunStarted {
-        stories: u32,
-    },
-    IterationStarted {
-        story: String,
-        iteration: u32,
-        pid: u32,
-    },
-    IterationEnded {
-        story: String,
-        iteration: u32,
-        exit: ExitReason,
-        verdict: String,
-    },
-    StoryCompleted {
-        story: String,
-    },
-    StoryFailed {
-        story: String,
-        reason: String,
-    },
-    StoryBlocked {
-        story: String,
-        by: String,
-    },
-    StoryRetried {
-        story: String,
-    },
-    RunStopping {
-        kill: bool,
-    },
-    RunEnded {
-        outcome: RunOutcome,
-        summary: String,
-    },
-    /// An agent hit its usage or rate limit: the whole project starts no iteration until then.
-    UsageLimitWait {
-        story: String,
-        until_unix: i64,
-        reason: String,
-    },
-    /// The usage-limit wait is over (`early`: ended by `resume`).
-    UsageLimitResumed {
-        early: bool,
-    },
-    /// `max_cost_usd_per_phase` is spent: no new iteration starts in this run.
-    BudgetSpent {
-        cost_usd: f64,
-        budget_usd: f64,
-    },
-}
-
-impl EventKind {
-    /// One line of human text, used in the daemon's log and by `sticlerctl watch`.
-    pub fn describe(&self) -> String {
-        match self {
-            EventKind::RunStarted { stories } => format!("run started ({stories} stories)"),
-            EventKind::IterationStarted { story, iteration, pid } => {
-                format!("{story} iteration {iteration} started (pid {pid})")
-            }
-            EventKind::IterationEnded { story, iteration, exit, verdict } => {
-                format!("{story} iteration {iteration} ended: {}, {verdict}", exit.describe())
-            }
-            EventKind::StoryCompleted { story } => format!("{story} completed"),
-            EventKind::StoryFailed { story, reason } => format!("{story} failed: {reason}"),
-            EventKind::StoryBlocked { story, by } => format!("{story} blocked by {by}"),
-            EventKind::StoryRetried { story } => format!("{story} retried"),
-            EventKind::RunStopping { kill: true } => "run killed".into(),
-            EventKind::RunStopping { kill: false } => "run stopping".into(),
-            EventKind::RunEnded { outcome, summary } => format!("run {}: {summary}", outcome.as_str()),
-            EventKind::UsageLimitWait { story, until_unix, reason } => {
-                let until = crate::time::rfc3339((*until_unix).max(0) as u64);
-                let clock = until.get(11..16).unwrap_or("??:??");
-                format!("{story} hit a usage limit ({reason}); waiting for usage limit until {clock} UTC")
-            }
-            EventKind::UsageLimitResumed { early: true } => "usage-limit wait ended by resume".into(),
-            EventKind::UsageLimitResumed { early: false } => "usage-limit wait over".into(),
-            EventKind::BudgetSpent { cost_usd, budget_usd } => format!(
-                "phase budget spent: ${cost_usd:.2} of max_cost_usd_per_phase ${budget_usd:.2}; no new iterations start"
-            ),
-        }
-    }
-
-    pub fn story(&self) -> Option<&str> {
-        match self {
-            EventKind::IterationStarted { story, .. }
-            | EventKind::IterationEnded { story, .. }
-            | EventKind::StoryCompleted { story }
-            | EventKind::StoryFailed { story, .. }
-            | EventKind::StoryBlocked { story, .. }
-            | EventKind::StoryRetried { story }
-            | EventKind::UsageLimitWait { story, .. } => Some(story),
-            _ => None,
-        }
-    }
-}
-
 /// Why a worker process ended. Never a bare integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -346,6 +236,7 @@ impl std::fmt::Display for ExitReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EventKind;
 
     #[test]
     fn an_ended_iteration_says_how_it_ended() {

@@ -190,7 +190,7 @@ impl Daemon {
         let mut ended = 0;
         for line in lines {
             let event: Value = serde_json::from_str(&line.expect("watch line")).expect("an event");
-            let kind = event["kind"].as_object().and_then(|k| k.keys().next().cloned()).expect("event kind");
+            let kind = event["kind"].as_str().map(str::to_string).expect("event kind");
             ended += usize::from(kind == "run_ended");
             all.push((kind, event));
             if ended == runs {

@@ -168,8 +168,8 @@ fn a_project_folder_removed_mid_run_ends_the_run_and_the_daemon_keeps_serving() 
     let ended = loop {
         let line = rx.recv_timeout(Duration::from_secs(30)).expect("the run to end within 30 s");
         let event: Value = serde_json::from_str(&line).unwrap();
-        if let Some(end) = event["kind"].get("run_ended") {
-            break end.clone();
+        if event["kind"] == "run_ended" {
+            break event;
         }
     };
     let _ = watch.kill();

@@ -96,7 +96,7 @@ fn dependencies_are_respected_and_the_parallel_limit_is_never_exceeded() {
     let started = daemon.project_events(&p, &["watch", "1", "--since", "0"], 1);
     let mut firsts: Vec<&str> = vec![];
     for (_, event) in started.iter().filter(|(kind, _)| kind == "iteration_started") {
-        let story = event["kind"]["iteration_started"]["story"].as_str().unwrap();
+        let story = event["story"].as_str().unwrap();
         if !firsts.contains(&story) {
             firsts.push(story);
         }

@@ -210,4 +210,36 @@ mod tests {
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
     }
+
+    /// An upgrade in place says RELOADING=1 with the monotonic time systemd asks for, silences
+    /// later status lines, and hands the next image the same socket.
+    #[test]
+    fn an_upgrade_says_reloading_and_hands_over_the_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("sticler-notify-reload-{}", std::process::id());
+        let listener = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let notifier = Notifier {
+            socket: UnixDatagram::unbound().unwrap(),
+            addr: address(&format!("@{name}")).unwrap(),
+            path: format!("@{name}"),
+            watchdog_usec: Some(30_000_000),
+            watchdog: Some(Duration::from_secs(15)),
+            stopping: Mutex::new(false),
+        };
+        notifier.reloading();
+        notifier.status("2 runs");
+        listener.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"));
+        let usec: u64 = lines.next().and_then(|l| l.strip_prefix("MONOTONIC_USEC=")).unwrap().parse().unwrap();
+        assert!(usec > 0);
+        assert!(listener.recv(&mut buf).is_err(), "no status after RELOADING=1");
+        let env = notifier.handover_env();
+        assert!(env.contains(&("NOTIFY_SOCKET".into(), format!("@{name}"))));
+        assert!(env.contains(&("WATCHDOG_USEC".into(), "30000000".into())));
+        assert!(env.contains(&("WATCHDOG_PID".into(), std::process::id().to_string())));
+    }
 }

@@ -17,7 +17,7 @@ impl PhaseRun {
         let Adoptee { story, iteration, group, start_time, root, age, exit } = adoptee;
         let adopted = self.stories.contains_key(&story) && self.state.update(|s| s.sched.adopt(&story));
         if !adopted {
-            tracing::warn!(story_id = %story, pid = group.pid, "a worker of a story that cannot run now: killed");
+            tracing::warn!(story_id = %story, pid = group.pid, "killed the recorded worker: not adoptable (its story cannot run now)");
             crate::worker::kill_recorded(group.pid, start_time);
             group.sweep_strays();
             return;

@@ -347,3 +347,49 @@ fn kill_ends_an_adopted_worker_and_its_strays() {
     });
     assert!(daemon.marked_processes().is_empty());
 }
+
+/// Under systemd an upgrade is a reload of the same main process: RELOADING=1 (with
+/// MONOTONIC_USEC), then READY=1 and the watchdog from the new image, which was handed the
+/// notify socket; the pid never changes.
+#[test]
+fn an_upgrade_under_systemd_is_a_reload_of_the_same_main_process() {
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::{Arc, Mutex};
+    let mut daemon = Daemon::unstarted();
+    let notify_path = daemon.tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            sink.lock().expect("lines").extend(text.lines().map(str::to_string));
+        }
+    });
+    let seen = || lines.lock().expect("lines").clone();
+    let mut command = daemon.command(&[]);
+    command.env("NOTIFY_SOCKET", &notify_path).env("WATCHDOG_USEC", "2000000");
+    daemon.spawn(command);
+    daemon.wait_ready();
+    poll(Duration::from_secs(20), "READY=1", || seen().contains(&"READY=1".to_string()).then_some(()));
+    let pid = daemon.pid();
+    let out = daemon.ctl(&["upgrade"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let after_reload = |line: &str| {
+        let lines = seen();
+        let reload = lines.iter().position(|l| l == "RELOADING=1")?;
+        lines[reload..].iter().any(|l| l == line).then_some(lines)
+    };
+    let lines_now = poll(Duration::from_secs(20), "READY=1 after RELOADING=1", || after_reload("READY=1"));
+    let reload = lines_now.iter().position(|l| l == "RELOADING=1").expect("RELOADING=1");
+    assert!(lines_now[reload + 1].starts_with("MONOTONIC_USEC="), "{lines_now:?}");
+    poll(Duration::from_secs(20), "the new image feeding the watchdog", || {
+        let lines = after_reload("READY=1")?;
+        let ready = lines.iter().rposition(|l| l == "READY=1")?;
+        lines[ready..].iter().any(|l| l == "WATCHDOG=1").then_some(())
+    });
+    let version = daemon.ctl_json(&["version"]);
+    assert_eq!(version["daemon_pid"].as_u64(), Some(u64::from(pid)), "the same main pid");
+    assert!(daemon.running());
+}

@@ -151,6 +151,7 @@ fn an_upgrade_in_place_keeps_the_run_going() {
     };
     let mut watch = stream("watch", &["--json", "-C", &p.path_str(), "watch", "1", "--since", "0"]);
     let mut follow = stream("logs", &["-C", &p.path_str(), "logs", "US-P1-001", "-f"]);
+    let mut wait = stream("wait", &["-C", &p.path_str(), "wait", "1"]);
     let before = daemon.ctl_json(&["version"]);
     // A new binary installed over the running one, as a package manager does (a rename).
     let new = binary.with_extension("new");
@@ -169,6 +170,8 @@ fn an_upgrade_in_place_keeps_the_run_going() {
     assert!(exits.iter().all(|e| *e == Some(ExitReason::Exited(0))), "still its children: {exits:?}");
     assert!(daemon.running(), "the daemon the harness started is the one serving");
 
+    let waited = poll(Duration::from_secs(20), "wait to end with the run", || wait.try_wait().ok().flatten());
+    assert_eq!(waited.code(), Some(0), "wait went on across the upgrade");
     let followed = poll(Duration::from_secs(20), "logs -f to end with the run", || follow.try_wait().ok().flatten());
     assert!(followed.success());
     let log = std::fs::read_to_string(streams.path().join("logs")).expect("logs -f output");

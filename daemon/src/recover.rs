@@ -86,9 +86,13 @@ async fn kill_leftovers(daemon: &Daemon, record: &RunRecord, adopted: &[crate::a
     let spared: Vec<String> = adopted.iter().map(|a| a.group.token.clone()).collect();
     let deadline = Instant::now() + KILL_WAIT;
     let kill = nix::sys::signal::Signal::SIGKILL;
-    while crate::worker::signal_everywhere(std::slice::from_ref(&prefix), &spared, kill) > 0
-        && Instant::now() < deadline
-    {
+    let mut left = crate::worker::signal_everywhere(std::slice::from_ref(&prefix), &spared, kill);
+    if left > 0 {
+        // Descendants of the workers killed above, or a worker whose record was lost.
+        tracing::warn!("killed {left} leftover process(es) of the run carrying its token");
+    }
+    while left > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        left = crate::worker::signal_everywhere(std::slice::from_ref(&prefix), &spared, kill);
     }
 }

@@ -107,7 +107,11 @@ fn kill_9_at_random_moments_loses_nothing_duplicates_nothing_orphans_nothing() {
     let log = daemon.log_text();
     let adopted = log.matches("adopted the running worker").count();
     let restarted = log.matches("killed the recorded worker: not adoptable").count();
-    println!("crash test: {kills} kills survived, {adopted} iterations adopted, {restarted} restarted");
+    let swept = log.matches("leftover process(es) of the run carrying its token").count();
+    println!(
+        "crash test: {kills} kills survived, {adopted} iterations adopted, {restarted} restarted, \
+         {swept} recoveries killed unrecorded leftovers"
+    );
     assert_eq!(restarted, 0, "no iteration in flight is killed and started again");
     for mut w in watchers {
         let _ = w.kill();

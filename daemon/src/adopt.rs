@@ -61,7 +61,7 @@ fn prove(daemon: &Daemon, pid: i32, start_time: u64, story: &str) -> Option<Adop
     }
     let token = worker::environ_var(pid, worker::TOKEN_VAR)?;
     // `<nonce>/<story>/<iteration>/`; a verify command's (`<iteration>-verify/`) is not
-    // adopted: its claim is checked again by the resumed run.
+    // adopted but killed as a leftover, as before adoption existed.
     let mut parts = token.strip_suffix('/')?.rsplitn(3, '/');
     let iteration: u32 = parts.next()?.parse().ok()?;
     let token_story = parts.next()?.to_string();

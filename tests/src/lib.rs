@@ -112,13 +112,8 @@ impl Daemon {
 
     /// The sticlerd command this harness would run, for tests that want to run it themselves.
     pub fn command(&self, args: &[&str]) -> Command {
-        self.command_of(&bin("sticlerd"), args)
-    }
-
-    /// `command` with another sticlerd binary (a copy, for an upgrade in place).
-    pub fn command_of(&self, program: &Path, args: &[&str]) -> Command {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("daemon log");
-        let mut command = Command::new(program);
+        let mut command = Command::new(bin("sticlerd"));
         command
             .arg("--foreground")
             .arg("--socket")

@@ -127,6 +127,16 @@ fn shutdown_keep_workers_then_a_start_adopts_them() {
     assert!(daemon.log_text().contains("its workers keep running for the next one to adopt"));
 }
 
+/// The harness's sticlerd command, running `binary` instead.
+fn command_of(daemon: &Daemon, binary: &Path) -> Command {
+    let template = daemon.command(&[]);
+    let mut command = Command::new(binary);
+    command.args(template.get_args()).envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&daemon.log).expect("daemon log");
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    command
+}
+
 /// `upgrade` re-executes the binary at the daemon's path (a new file installed there) under the
 /// same pid: the workers stay its children, so their real exit codes are known.
 #[test]
@@ -135,7 +145,7 @@ fn an_upgrade_in_place_keeps_the_run_going() {
     let binary = daemon.tmp.path().join("bin").join("sticlerd");
     std::fs::create_dir_all(binary.parent().expect("bin folder")).expect("mkdir");
     std::fs::copy(bin("sticlerd"), &binary).expect("copy sticlerd");
-    daemon.spawn(daemon.command_of(&binary, &[]));
+    daemon.spawn(command_of(&daemon, &binary));
     daemon.wait_ready();
     let p = ProjectBuilder::new();
     p.phase(1, "decomposed", &slow_stories(4000));

@@ -29,12 +29,13 @@ fn log_of(daemon: &Daemon, p: &ProjectBuilder, story: &str, iteration: u32) -> O
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Waits until each story's worker has printed `text`: it runs (and its start was recorded).
+/// Waits until each story's worker has printed `text` and its start is durable.
 fn wait_printed(daemon: &Daemon, p: &ProjectBuilder, stories: &[&str], text: &str) {
     for id in stories {
         poll(Duration::from_secs(30), &format!("{id}'s worker at work"), || {
             log_of(daemon, p, id, 1).filter(|log| log.contains(text)).map(drop)
         });
+        sticler_tests::state_dir::wait_start_recorded(daemon, id, 1);
     }
 }
 
@@ -322,6 +323,7 @@ fn the_iteration_timeout_counts_from_an_adopted_workers_start() {
     let worker: i32 = poll(Duration::from_secs(20), "the worker's pid", || {
         std::fs::read_to_string(&pids_file).ok()?.lines().next()?.trim().parse().ok()
     });
+    sticler_tests::state_dir::wait_start_recorded(&daemon, "US-P1-001", 1);
     // The daemon frozen, so that it does not end the worker itself at the timeout.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), Signal::SIGSTOP).expect("SIGSTOP");
     poll(Duration::from_secs(20), "the worker older than the timeout", || {
@@ -350,6 +352,7 @@ fn kill_ends_an_adopted_worker_and_its_strays() {
         let pids: Vec<i32> = std::fs::read_to_string(&pids_file).ok()?.lines().filter_map(|l| l.parse().ok()).collect();
         (pids.len() == 3).then_some(pids)
     });
+    sticler_tests::state_dir::wait_start_recorded(&daemon, "US-P1-001", 1);
     daemon.signal_and_wait(Signal::SIGKILL);
     daemon.launch(&[]);
     assert!(daemon.log_text().contains("adopted the running worker"), "{}", daemon.dump(p.path()));

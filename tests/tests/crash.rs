@@ -212,6 +212,7 @@ fn a_failure_streak_survives_a_kill_9() {
     };
     // Two failed iterations judged, the third at work.
     poll(Duration::from_secs(20), "a third iteration", || log(&daemon, "3").filter(|l| l.contains("Working")));
+    sticler_tests::state_dir::wait_start_recorded(&daemon, "US-P1-001", 3);
     daemon.signal_and_wait(Signal::SIGKILL);
     daemon.launch(&[]);
     let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);

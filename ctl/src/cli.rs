@@ -66,7 +66,8 @@ pub enum Command {
     Start {
         /// Phase number (`1` or `phase_1`)
         phase: String,
-        /// Start even if phase_config.json says completed, discussing or finalized
+        /// Start even if phase_config.json says completed, discussing or finalized; stories
+        /// completed on disk are not run again (see `retry --completed`)
         #[arg(long)]
         force: bool,
         /// Stay attached, show progress, and exit like `wait`
@@ -88,8 +89,11 @@ pub enum Command {
         /// Phase number (`1` or `phase_1`); one that is not running is told so, exit 0
         phase: String,
     },
-    /// Put failed (or blocked) stories back to pending and run them again
-    #[command(after_help = "Examples:\n  sticlerctl retry US-P1-003 US-P1-004\n  sticlerctl retry --failed 1")]
+    /// Put failed (or blocked) stories back to pending and run them again; with --completed,
+    /// completed stories
+    #[command(
+        after_help = "Examples:\n  sticlerctl retry US-P1-003 US-P1-004\n  sticlerctl retry --failed 1\n  sticlerctl retry --completed US-P1-001 && sticlerctl start 1 --force\n\n--completed puts completed stories of a phase that is not running back to pending: status.json\ngets `\"status\": \"pending\"` and an empty commit_hash (the story's commit stays in the history),\nits other fields are kept. The next start runs them again (`start --force` when the phase is\ncompleted); each gets a new [US-PN-XXX] commit, and the phase a new [Phase N] commit once all\nits stories are completed again. Stories that depend on them and are completed stay completed:\nname them too to run them again."
+    )]
     Retry {
         /// Story ids
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]
@@ -97,6 +101,9 @@ pub enum Command {
         /// Every failed or blocked story of this phase
         #[arg(long, value_name = "PHASE")]
         failed: Option<String>,
+        /// The stories named are completed ones, to run again (the phase must not be running)
+        #[arg(long, conflicts_with = "failed")]
+        completed: bool,
     },
     /// Show a story's worker output, one log per iteration
     #[command(

@@ -104,6 +104,9 @@ fn row(s: &StoryView, c: &Columns) -> String {
     let mut focus = s.focus.clone();
     if s.state == StoryState::Blocked && !s.blocked_by.is_empty() {
         focus = format!("blocked by {}", s.blocked_by.join(", "));
+    } else if let Some(why) = s.waiting.as_ref().filter(|_| s.state == StoryState::Pending) {
+        // STATE says `waiting` already: FOCUS says for what.
+        focus = why.strip_prefix("waiting for ").map_or_else(|| why.clone(), |what| format!("for {what}"));
     } else if s.state == StoryState::Failed {
         if let Some(last) = s.failed_reasons.last() {
             focus = last.clone();
@@ -141,6 +144,8 @@ pub fn state_label(story: &StoryView) -> String {
             Some(secs) => format!("running {secs}s"),
             None => "running".into(),
         },
+        // Pending, and why it cannot start yet (an earlier phase's story it waits for).
+        StoryState::Pending if story.waiting.is_some() => "waiting".into(),
         state => state.as_str().into(),
     }
 }

@@ -10,6 +10,7 @@ mod handler;
 mod ledger;
 mod logging;
 mod logs;
+mod missed;
 mod notify;
 mod paths;
 mod pause;

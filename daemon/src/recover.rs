@@ -72,9 +72,9 @@ async fn kill_leftovers(daemon: &Daemon, record: &RunRecord, adopted: &[crate::a
             if adopted.iter().any(|a| a.group.pid == pid) {
                 continue;
             }
-            let ours = crate::paths::alive(pid) && crate::worker::start_time(pid) == Some(start_time);
-            if !ours {
+            if crate::missed::worker_ended(pid, start_time) {
                 tracing::info!(story_id = %story, pid, "recorded worker is gone (or its pid was reused); not touched");
+                crate::missed::ended_while_down(daemon, record, &story, &worker);
             } else if crate::worker::kill_recorded(pid, start_time) {
                 // Alive and provably ours, yet not adoptable (a verify command, a story that
                 // cannot run): its iteration starts again.

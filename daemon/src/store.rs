@@ -37,6 +37,33 @@ pub struct RunRecord {
     pub started_unix: i64,
     /// Prefix of the worker tokens of the current daemon's processes for this run.
     pub nonce: String,
+    /// When the run first started, in unix milliseconds: the summary's wall time counts from
+    /// here, across restarts. Added after the first format: see `decode_run`.
+    pub started_ms: u64,
+}
+
+/// A run record as daemons before `started_ms` stored it.
+#[derive(Deserialize)]
+struct RunRecordV1 {
+    project: String,
+    phase: u32,
+    started_unix: i64,
+    nonce: String,
+}
+
+/// A run record of either layout: the fields are positional, so an older record is one field
+/// short and reads as `RunRecordV1` (its start known to the second). An older daemon reads a
+/// newer record's leading fields and ignores the rest.
+fn decode_run(bytes: &[u8]) -> Result<RunRecord, StoreError> {
+    decode(bytes).or_else(|_| {
+        decode::<RunRecordV1>(bytes).map(|old| RunRecord {
+            started_ms: u64::try_from(old.started_unix).unwrap_or(0).saturating_mul(1000),
+            project: old.project,
+            phase: old.phase,
+            started_unix: old.started_unix,
+            nonce: old.nonce,
+        })
+    })
 }
 
 /// What the daemon knows of one story of an active run: a restarted daemon continues its
@@ -178,7 +205,12 @@ impl Store {
 
     /// Every run that was active when the store was last written.
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.runs.iter().map(|item| decode(&item?.1)).collect()
+        self.runs.iter().map(|item| decode_run(&item?.1)).collect()
+    }
+
+    /// The record of run `key`, while it is active.
+    pub fn run(&self, key: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.runs.get(key)?.map(|bytes| decode_run(&bytes)).transpose()
     }
 
     pub fn remove_run(&self, key: &str) -> Result<(), StoreError> {
@@ -360,6 +392,38 @@ mod tests {
         assert_eq!(ids("/p\u{0}12"), [("US-P12-001".to_string(), 3)]);
         let (_, read_back) = &store.stories("/p\u{0}12").unwrap()[0];
         assert_eq!(read_back, &record(3), "the typed state and every field read back");
+    }
+
+    #[test]
+    fn a_run_record_of_the_older_layout_reads_with_its_start_in_milliseconds() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            project: &'a str,
+            phase: u32,
+            started_unix: i64,
+            nonce: &'a str,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = Old { project: "/p", phase: 2, started_unix: 1_700_000_000, nonce: "n" };
+        store.runs.insert("/p\u{0}2", encode(&old).unwrap()).unwrap();
+        let new = RunRecord {
+            project: "/q".into(),
+            phase: 1,
+            started_unix: 1_700_000_001,
+            nonce: "m".into(),
+            started_ms: 1_700_000_001_234,
+        };
+        store.put_run("/q\u{0}1", &new).unwrap();
+        let read = store.run("/p\u{0}2").unwrap().unwrap();
+        assert_eq!((read.project.as_str(), read.phase, read.started_ms), ("/p", 2, 1_700_000_000_000));
+        assert_eq!(store.run("/q\u{0}1").unwrap(), Some(new.clone()));
+        assert_eq!(store.runs().unwrap().len(), 2);
+        assert_eq!(store.run("/r\u{0}1").unwrap(), None);
+        // An older daemon reading the newer layout gets its leading fields.
+        let bytes = store.runs.get("/q\u{0}1").unwrap().unwrap();
+        let as_old: RunRecordV1 = decode(&bytes).unwrap();
+        assert_eq!((as_old.project, as_old.started_unix), ("/q".to_string(), 1_700_000_001));
     }
 
     #[test]

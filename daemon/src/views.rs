@@ -22,6 +22,8 @@ struct LiveStory {
     last_exit: Option<sticler_proto::ExitReason>,
     waiting: Option<String>,
     worktree: Option<String>,
+    /// Earlier phases' stories it waits for.
+    waits_for: Vec<String>,
 }
 
 /// What the phase's run (active, or the last one) adds to the files.
@@ -49,6 +51,7 @@ impl LivePhase {
                     last_exit: state.last_exit.get(id).copied(),
                     waiting: sched.waiting(id).map(str::to_string),
                     worktree: state.worktrees.get(id).cloned(),
+                    waits_for: sched.waits_for(id).to_vec(),
                 };
                 (id.to_string(), live)
             })
@@ -82,6 +85,9 @@ pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> Pha
         .map(|story| {
             let live_story = live.as_ref().and_then(|l| l.stories.get(story.id.as_str()));
             let mut view = story_view(story, live_story, running, &still_blocks);
+            if let Some(waits) = live_story.map(|l| &l.waits_for).filter(|w| running && !w.is_empty()) {
+                view.waiting = Some(crate::run::waiting_text(daemon, project, waits));
+            }
             if let Some(ledger) = daemon.ledger.story(&project_name, story.id.as_str()) {
                 view.cost_usd = ledger.cost_usd();
                 view.tokens = ledger.tokens();
@@ -96,13 +102,20 @@ pub fn phase_view(daemon: &Daemon, project: &Project, files: &PhaseFiles) -> Pha
         Some((until, _)) => Some(format!("waiting for usage limit until {}", crate::run::clock(*until))),
         None => live.as_ref().filter(|_| running).and_then(|l| l.waiting.clone()),
     };
+    let counts = counts(&stories);
+    // A run with nothing running that waits for another phase says so on the phase's line.
+    let waiting = waiting.or_else(|| {
+        let idle = running && counts.running == 0;
+        let waits = |s: &StoryView| Some(format!("{} is {}", s.id, s.waiting.as_ref()?));
+        idle.then(|| stories.iter().filter(|s| s.state == StoryState::Pending).find_map(waits)).flatten()
+    });
     PhaseView {
         project: project_name,
         phase: files.number,
         title,
         status,
         running,
-        counts: counts(&stories),
+        counts,
         stories,
         summary: live.as_ref().and_then(|l| l.summary.clone()),
         problems,

@@ -49,11 +49,14 @@ fn check(u: &mut Unstructured) -> Result<()> {
     let mut inits = Vec::with_capacity(n);
     for (id, deps) in names.iter().zip(&deps) {
         let disk = u.int_in_range(0..=9u8)?;
-        let unmet_external = if u.ratio(1, 12u8)? { vec!["US-P0-001".to_string()] } else { vec![] };
+        let external = u.int_in_range(0..=11u8)?;
+        let unmet_external = if external == 0 { vec!["US-P0-001".to_string()] } else { vec![] };
+        let failed_external = if external == 1 { vec!["US-P0-002".to_string()] } else { vec![] };
         inits.push(StoryInit {
             id: id.clone(),
             deps: deps.clone(),
             unmet_external,
+            failed_external,
             completed: disk == 0,
             failed: disk == 1,
         });
@@ -66,9 +69,23 @@ fn check(u: &mut Unstructured) -> Result<()> {
     let mut model = Model::new(&inits, limits);
     let mut sched = Scheduler::new(inits, limits);
     let mut steps = 0;
+    let mut settled = false;
+    let mut retried = false;
     while !u.is_empty() && steps < 400 {
         steps += 1;
-        match u.int_in_range(0..=7u8)? {
+        match u.int_in_range(0..=9u8)? {
+            8 if !settled => {
+                // The earlier phase's story the waiting stories wait for completes or fails.
+                settled = true;
+                let completed = u.ratio(1, 2u8)?;
+                sched.external_settled("US-P0-001", completed);
+                model.external_settled("US-P0-001", completed);
+            }
+            9 if !retried => {
+                // The failed earlier phase's story is retried: who it blocked waits again.
+                retried = true;
+                sched.external_retried("US-P0-002");
+            }
             0..=3 if !model.running.is_empty() => {
                 let running: Vec<String> = model.running.iter().cloned().collect();
                 let story = running[u.choose_index(running.len())?].clone();
@@ -108,7 +125,16 @@ fn check(u: &mut Unstructured) -> Result<()> {
         }
         model.agrees_with(&sched, &names);
     }
-    // Drive the run to its end: every running iteration completes, slots are plentiful.
+    // Drive the run to its end: the earlier phase's story completes, every running iteration
+    // completes, slots are plentiful.
+    if !settled {
+        sched.external_settled("US-P0-001", true);
+        model.external_settled("US-P0-001", true);
+    }
+    if retried {
+        sched.external_settled("US-P0-002", true);
+        model.external_settled("US-P0-002", true);
+    }
     for _ in 0..(4 * n + 8) {
         if model.ended.is_some() {
             break;
@@ -175,7 +201,9 @@ fn topological_order(edges: &BTreeMap<&str, Vec<String>>) -> Option<Vec<String>>
 struct Model {
     limits: Limits,
     deps: BTreeMap<String, Vec<String>>,
-    external: BTreeSet<String>,
+    /// Stories whose dependency in another phase is not completed (waiting for it, or failed),
+    /// with that dependency.
+    external: BTreeMap<String, String>,
     completed: BTreeSet<String>,
     failed: BTreeSet<String>,
     running: BTreeSet<String>,
@@ -189,7 +217,10 @@ impl Model {
         Model {
             limits,
             deps: inits.iter().map(|s| (s.id.clone(), s.deps.clone())).collect(),
-            external: inits.iter().filter(|s| !s.unmet_external.is_empty()).map(|s| s.id.clone()).collect(),
+            external: inits
+                .iter()
+                .filter_map(|s| Some((s.id.clone(), s.unmet_external.first().or(s.failed_external.first())?.clone())))
+                .collect(),
             completed: inits.iter().filter(|s| s.completed).map(|s| s.id.clone()).collect(),
             failed: inits.iter().filter(|s| s.failed && !s.completed).map(|s| s.id.clone()).collect(),
             running: BTreeSet::new(),
@@ -217,7 +248,7 @@ impl Model {
                         for dep in &self.deps[id] {
                             assert!(self.completed.contains(dep), "{id} started before its dependency {dep} completed");
                         }
-                        assert!(!self.external.contains(id), "{id} started with an unmet dependency in another phase");
+                        assert!(!self.external.contains_key(id), "{id} started with an unmet dependency in another phase");
                         assert!(
                             !self.completed.contains(id) && !self.failed.contains(id),
                             "{id} restarted after it ended"
@@ -254,6 +285,13 @@ impl Model {
             assert!(self.running.len() <= self.limits.max_parallel, "{} running > limit", self.running.len());
         }
         fresh
+    }
+
+    /// The earlier phase's story `dep` completed (else it failed).
+    fn external_settled(&mut self, dep: &str, completed: bool) {
+        if completed {
+            self.external.retain(|_, d| d != dep);
+        }
     }
 
     fn ended_iteration(&mut self, story: &str, actions: &[Action]) {

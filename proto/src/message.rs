@@ -102,6 +102,12 @@ pub enum Request {
     /// Remove the story worktrees a phase that is not running kept (failed stories'), and the
     /// branches of its stories that completed or failed.
     Clean(PhaseRef),
+    /// Completed stories of a phase that is not running back to `pending` (commit_hash
+    /// cleared), so that the next start runs them again.
+    RetryCompleted {
+        phase: PhaseRef,
+        stories: Vec<String>,
+    },
     /// Shut down leaving the workers running: the next daemon adopts them (a planned restart).
     ShutdownKeepWorkers,
     /// Flush the state and re-execute the daemon's binary from disk under the same pid; the

@@ -277,3 +277,62 @@ fn a_new_run_kills_workers_left_by_a_daemon_whose_store_was_lost() {
     poll(Duration::from_secs(10), "the old worker killed", || (!sticler_tests::process_alive(old)).then_some(()));
     assert_finished_cleanly(&daemon, &p, 1);
 }
+
+/// The number after "wall time " in a run's summary, in seconds.
+fn wall_time(summary: &str) -> f64 {
+    let rest = summary.split("wall time ").nth(1).unwrap_or_else(|| panic!("no wall time in {summary:?}"));
+    rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("wall time in {summary:?}"))
+}
+
+/// A run that spans a kill -9 is summed whole: wall time from its first start, the iteration
+/// that ended while no daemon ran (counted, its cost read from its log), and `watch` shows the
+/// story completed meanwhile as completed. A story of a later phase waiting for it starts too.
+#[test]
+fn a_run_across_a_kill_9_is_summed_whole_and_what_completed_meanwhile_is_announced() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::shared();
+    let pids = p.path().join("pids");
+    let slow = json!({"sleep_ms": 1500, "agent_output": "claude", "cost_usd": 0.25, "pids_file": pids});
+    p.phase(
+        1,
+        "decomposed",
+        &[
+            story("US-P1-001", &[]).script(json!({"agent_output": "claude", "cost_usd": 0.5})),
+            story("US-P1-002", &["US-P1-001"]).script(slow),
+        ],
+    );
+    p.phase(2, "decomposed", &[story("US-P2-001", &["US-P1-002"])]);
+    let dir = p.path_str();
+    let started = std::time::Instant::now();
+    assert!(daemon.ctl(&["-C", &dir, "start", "1"]).status.success());
+    let worker: i32 = poll(Duration::from_secs(20), "US-P1-002's worker", || {
+        std::fs::read_to_string(&pids).ok()?.lines().next()?.trim().parse().ok()
+    });
+    // Starting a run flushes the store (its record must be durable before any worker exists),
+    // and with it the story records otherwise written within 500 ms: what is counted below.
+    assert!(daemon.ctl(&["-C", &dir, "start", "2"]).status.success());
+    daemon.signal_and_wait(Signal::SIGKILL);
+    poll(Duration::from_secs(20), "the worker to end on its own", || {
+        (!sticler_tests::process_alive(worker)).then_some(())
+    });
+    assert_eq!(p.status_json("US-P1-002")["status"], "completed", "it completed while no daemon ran");
+    let before_restart = started.elapsed().as_secs_f64();
+    daemon.launch(&[]);
+
+    let out = daemon.ctl(&["-C", &dir, "wait", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
+    let summary = daemon.phase_status(p.path(), 1).summary.unwrap_or_default();
+    assert!(summary.starts_with("2/2 stories completed, 2 iterations"), "{summary}");
+    assert!(summary.contains("cost $0.75"), "{summary}");
+    // The summary rounds to a tenth, and the run's start is a little after `started`; a wall
+    // time counted from the restart would miss the 1.5 s the worker slept before it.
+    let wall = wall_time(&summary);
+    assert!(wall + 0.2 >= before_restart, "wall time of the whole run ({before_restart:.1} s): {summary}");
+    let out = daemon.ctl(&["-C", &dir, "wait", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
+
+    let events = daemon.project_events(&p, &["watch", "1", "--since", "0"], 1);
+    let completed =
+        |story: &str| events.iter().any(|(kind, event)| kind == "story_completed" && event.to_string().contains(story));
+    assert!(completed("US-P1-002"), "watch shows US-P1-002 completed: {events:#?}");
+}

@@ -74,3 +74,18 @@ fn status_validate_and_errors_match_their_golden_files() {
     p.config(json!({"worker": {"command": 5}, "max_parallel_workers": "x"}));
     golden("config_error", &run(&daemon, &p, 80, &["validate", "1"]));
 }
+
+/// A story of phase 2 waiting for a story of phase 1, which does not run.
+#[test]
+fn a_story_waiting_for_an_earlier_phase_matches_its_golden_file() {
+    let daemon = Daemon::start();
+    let p = ProjectBuilder::new();
+    p.phase(1, "decomposed", &[story("US-P1-001", &[])]);
+    p.phase(2, "decomposed", &[story("US-P2-001", &["US-P1-001"])]);
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "2"]);
+    assert!(out.status.success(), "{}", sticler_tests::describe(&out));
+    for columns in [80, 200] {
+        golden(&format!("status_waiting_{columns}"), &run(&daemon, &p, columns, &["status", "2"]));
+    }
+    assert!(daemon.ctl(&["-C", &p.path_str(), "stop", "2"]).status.success());
+}

@@ -251,6 +251,8 @@ fn outside_paths(daemon: &Daemon, project: &str) -> usize {
             },
         ),
         ("retry ../", Request::Retry { phase: ours(), stories: vec!["../US-P1-001".into()], all_failed: false }),
+        ("retry --completed ../", Request::RetryCompleted { phase: ours(), stories: vec!["../US-P1-001".into()] }),
+        ("retry --completed /", Request::RetryCompleted { phase: phase("/"), stories: vec!["US-P1-001".into()] }),
         (
             "story filter /",
             Request::Status { project: project.into(), phase: Some(1), story: Some("/etc/passwd".into()) },

@@ -384,16 +384,3 @@ fn unknown_fields_of_phase_config_survive_a_run() {
     assert_eq!(after["x_owner"], config["x_owner"]);
     assert_eq!(after["status"], "completed");
 }
-
-#[test]
-fn dependencies_in_earlier_phases_count_when_completed_on_disk() {
-    let daemon = Daemon::start();
-    let p = ProjectBuilder::new();
-    p.phase(1, "completed", &[story("US-P1-001", &[]).status("completed"), story("US-P1-002", &[])]);
-    p.phase(2, "decomposed", &[story("US-P2-001", &["US-P1-001"]), story("US-P2-002", &["US-P1-002"])]);
-    let out = daemon.ctl(&["-C", &p.path_str(), "start", "2", "--wait"]);
-    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
-    let phase = daemon.phase_status(p.path(), 2);
-    assert_eq!(states(&phase), ["completed", "blocked"]);
-    assert_eq!(phase.stories[1].blocked_by, ["US-P1-002"]);
-}

@@ -76,7 +76,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Kill { phase } => control::kill(&ctx, phase),
         Command::Resume { phase } => control::resume(&ctx, phase),
         Command::Clean { phase } => control::clean(&ctx, phase),
-        Command::Retry { stories, failed } => retry::run(&ctx, stories, failed.as_deref()),
+        Command::Retry { stories, failed, completed } => retry::run(&ctx, stories, failed.as_deref(), *completed),
         Command::Logs { story, iteration, follow, all, tail } => {
             let options = logs::Options { iteration: *iteration, follow: *follow, all: *all, tail: *tail };
             logs::run(&ctx, story, options)

@@ -1,11 +1,12 @@
-//! `retry`: failed (or blocked) stories back to pending, named one by one or all of a phase.
+//! `retry`: failed (or blocked) stories back to pending, named one by one or all of a phase;
+//! with `--completed`, completed stories named one by one.
 
 use sticler_proto::{PhaseRef, Request};
 
 use super::{control, story_phase, Context};
 use crate::{CliError, CmdResult};
 
-pub fn run(ctx: &Context, stories: &[String], failed: Option<&str>) -> CmdResult {
+pub fn run(ctx: &Context, stories: &[String], failed: Option<&str>, completed: bool) -> CmdResult {
     let request = match failed {
         Some(phase) => Request::Retry { phase: ctx.phase_ref(phase)?, stories: vec![], all_failed: true },
         None => {
@@ -17,10 +18,11 @@ pub fn run(ctx: &Context, stories: &[String], failed: Option<&str>) -> CmdResult
                     return Err(CliError::Usage("retry stories of one phase at a time".into()));
                 }
             }
-            Request::Retry {
-                phase: PhaseRef { project: ctx.project()?, phase },
-                stories: stories.to_vec(),
-                all_failed: false,
+            let phase = PhaseRef { project: ctx.project()?, phase };
+            if completed {
+                Request::RetryCompleted { phase, stories: stories.to_vec() }
+            } else {
+                Request::Retry { phase, stories: stories.to_vec(), all_failed: false }
             }
         }
     };

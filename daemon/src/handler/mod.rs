@@ -47,6 +47,9 @@ pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, 
         Request::Upgrade => crate::upgrade::request(daemon),
         Request::Resume(phase) => resume::resume(daemon, &phase),
         Request::Clean(phase) => tokio::task::block_in_place(|| clean::clean(daemon, &phase)),
+        Request::RetryCompleted { phase, stories } => {
+            tokio::task::block_in_place(|| retry::retry_completed(daemon, &phase, &stories))
+        }
         Request::Logs { .. } | Request::Watch { .. } | Request::Wait(_) => {
             Err(error(ErrorKind::BadRequest, "streaming request reached the single-reply handler"))
         }

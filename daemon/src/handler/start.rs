@@ -116,9 +116,19 @@ fn record_run(
 ) -> Result<RunStart, ErrorReply> {
     let now_ms = crate::events::now_ms();
     let counter = RUN_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let key = run_key(&project.root, phase);
+    // A resumed run keeps its first start, so that its summary counts the whole run.
+    let started_ms = match resume_since {
+        Some(since) => match daemon.bus.store().run(&key) {
+            Ok(Some(record)) => record.started_ms,
+            _ => u64::try_from(since).unwrap_or(0).saturating_mul(1000),
+        },
+        None => now_ms,
+    };
     let start = RunStart {
         nonce: format!("{}.{now_ms}.{counter}", std::process::id()),
         started_unix: resume_since.unwrap_or((now_ms / 1000) as i64),
+        started_ms,
         // A recovered run's HEAD at its start is not kept: its time bound alone applies.
         head: if resume_since.is_none() { crate::git::head(&project.root) } else { None },
         recovered: resume_since.is_some(),
@@ -129,11 +139,8 @@ fn record_run(
         phase,
         started_unix: start.started_unix,
         nonce: start.nonce.clone(),
+        started_ms,
     };
-    daemon
-        .bus
-        .store()
-        .put_run(&run_key(&project.root, phase), &record)
-        .map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
+    daemon.bus.store().put_run(&key, &record).map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
     Ok(start)
 }

@@ -1,5 +1,6 @@
 //! The end of a run: nothing of it left running, the outcome written into phase_config.json,
-//! the phase commit and the push of a completed phase, and the summary.
+//! the phase commit (never a second one with no story commit since) and the push of a
+//! completed phase, and the summary.
 
 use std::time::Duration;
 
@@ -107,9 +108,14 @@ impl PhaseRun {
             // other phases' work in flight: the phase commit takes this phase's folder only.
             let phase_dir = self.project.phase_dir(self.phase);
             let scope = self.workspaces.is_some().then_some(phase_dir.as_path());
-            if let Err(e) =
-                tokio::task::block_in_place(|| git::commit_phase(root, self.phase, &title, &stories, summary, scope))
-            {
+            let committed = tokio::task::block_in_place(|| {
+                if !phase_commit_due(root, self.phase)? {
+                    tracing::info!("no story commit since the last phase commit: none is made again");
+                    return Ok(());
+                }
+                git::commit_phase(root, self.phase, &title, &stories, summary, scope).map(drop)
+            });
+            if let Err(e) = committed {
                 return Some(format!("phase commit failed: {e}"));
             }
         }
@@ -174,7 +180,7 @@ impl PhaseRun {
             in_state(StoryState::Completed).count(),
             self.stories.len(),
             sched.total_iterations(),
-            self.started.elapsed().as_secs_f64()
+            crate::events::now_ms().saturating_sub(self.started_ms) as f64 / 1000.0
         );
         let failed: Vec<&str> = in_state(StoryState::Failed).map(String::as_str).collect();
         if !failed.is_empty() {
@@ -199,5 +205,27 @@ impl PhaseRun {
             text.push_str(&format!("; commits: {}", commits.join(", ")));
         }
         text
+    }
+}
+
+/// Whether the phase's stories were committed since its last `[Phase N]` commit (or it has none
+/// yet), along the first-parent history. A forced run of a completed phase that ran nothing
+/// makes no second phase commit; one that ran a story again (`retry --completed`) makes one.
+fn phase_commit_due(root: &std::path::Path, phase: u32) -> Result<bool, git::GitError> {
+    let repo = git2::Repository::open(root)?;
+    let Some(mut commit) = git::head_commit(&repo) else { return Ok(true) };
+    let (phase_mark, story_mark) = (format!("[Phase {phase}] "), format!("[US-P{phase}-"));
+    loop {
+        let subject = commit.summary().unwrap_or("");
+        if subject.starts_with(&story_mark) {
+            return Ok(true);
+        }
+        if subject.starts_with(&phase_mark) {
+            return Ok(false);
+        }
+        match commit.parent(0) {
+            Ok(parent) => commit = parent,
+            Err(_) => return Ok(true),
+        }
     }
 }

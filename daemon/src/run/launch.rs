@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
 use super::command::StoryPaths;
+use super::external::Standing;
 use super::gate::{commit_step, ClaimError};
 use super::state::{RunState, SharedState};
 use super::{status_edits, PhaseRun, RunHandle};
@@ -22,6 +22,8 @@ use crate::scheduler::{Limits, Scheduler, StoryInit};
 pub struct RunStart {
     pub nonce: String,
     pub started_unix: i64,
+    /// When the run first started, in unix milliseconds (also for a recovered run).
+    pub started_ms: u64,
     /// HEAD when a fresh run started (unknown for a recovered one).
     pub head: Option<git2::Oid>,
     pub recovered: bool,
@@ -36,9 +38,8 @@ impl PhaseRun {
         project: Project,
         files: &PhaseFiles,
         config: OrchestratorConfig,
-        mut start: RunStart,
+        start: RunStart,
     ) -> RunHandle {
-        let adopt = std::mem::take(&mut start.adopt);
         let run_key = crate::daemon::run_key(&project.root, files.number);
         super::merging::recover_merges(&daemon, &run_key, &project.root);
         let mut inits = Vec::new();
@@ -46,17 +47,14 @@ impl PhaseRun {
         for story in &files.stories {
             let Ok(doc) = &story.status else { continue };
             let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
-            let (deps, unmet_external) = split_dependencies(&project, files.number, doc.dependencies());
-            // An adopted worker owns its status.json until it exits: it is judged then.
-            let disk = if adopt.iter().any(|a| a.story == story.id.as_str()) {
-                DiskStatus::InProgress
-            } else {
-                settle_completed(&daemon, &project, story, doc, &paths, &config, &start)
-            };
+            let (deps, unmet_external, failed_external) =
+                split_dependencies(&daemon, &project, files.number, doc.dependencies());
+            let disk = settle_completed(&daemon, &project, story, doc, &paths, &config, &start);
             inits.push(StoryInit {
                 id: story.id.to_string(),
                 deps,
                 unmet_external,
+                failed_external,
                 completed: disk == DiskStatus::Completed,
                 failed: disk == DiskStatus::Failed,
             });
@@ -68,9 +66,8 @@ impl PhaseRun {
             retry_limit: config.retry_limit.max(1),
         };
         let mut sched = Scheduler::new(inits, limits);
-        if start.recovered {
-            restore_counts(&daemon, &run_key, &mut sched);
-        }
+        let completed_unseen = if start.recovered { restore_counts(&daemon, &run_key, &mut sched) } else { Vec::new() };
+        let follows_others = sched.follows_other_phases();
         let (state, view) = SharedState::new(RunState::new(sched, config.max_cost_usd_per_phase));
         let (tx, rx) = mpsc::unbounded_channel();
         let (stopping, stop_requested) = watch::channel(false);
@@ -79,7 +76,7 @@ impl PhaseRun {
             let dir = daemon.state_dir.join("worktrees").join(crate::logs::project_key(&project.root));
             let state = state.read();
             let done = |story: &str| state.sched.state(story) == Some(sticler_proto::StoryState::Completed);
-            let busy: Vec<_> = adopt.iter().map(|a| (a.story.clone(), a.root.clone())).collect();
+            let busy: Vec<_> = start.adopt.iter().map(|a| (a.story.clone(), a.root.clone())).collect();
             crate::workspace::Workspaces::open(dir, &project.root, files.number, &done, &busy)
         });
         let run = PhaseRun {
@@ -96,7 +93,7 @@ impl PhaseRun {
             tx,
             stop_requested,
             nonce: start.nonce,
-            started: Instant::now(),
+            started_ms: start.started_ms,
             since: git::Since { unix: start.started_unix, head: start.head },
             interrupted: false,
             later: Vec::new(),
@@ -105,9 +102,11 @@ impl PhaseRun {
             agent: super::agent::AgentWatch::default(),
             workspaces,
             conflicts: HashMap::new(),
+            follows_others,
+            completed_unseen,
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
-        tokio::spawn(tracing::Instrument::instrument(run.drive(rx, adopt), span));
+        tokio::spawn(tracing::Instrument::instrument(run.drive(rx, start.adopt), span));
         handle
     }
 }
@@ -116,7 +115,7 @@ impl PhaseRun {
 /// daemon died (or the run was stopped) between the worker's claim and the commit step, or the
 /// story was completed outside sticler. Its commit step happens now. A resumed run counts
 /// commits since its first start, so it happens exactly once; a new run accepts any `[story]`
-/// commit of the history.
+/// commit of the history. A story whose worker is adopted is in progress until that worker ends.
 fn settle_completed(
     daemon: &Daemon,
     project: &Project,
@@ -126,6 +125,10 @@ fn settle_completed(
     config: &OrchestratorConfig,
     start: &RunStart,
 ) -> DiskStatus {
+    // An adopted worker owns its status.json until it exits: it is judged then.
+    if start.adopt.iter().any(|a| a.story == story.id.as_str()) {
+        return DiskStatus::InProgress;
+    }
     let disk = doc.disk_status();
     if disk != DiskStatus::Completed || !doc.commit_hash().is_empty() {
         return disk;
@@ -178,36 +181,45 @@ fn has_branch(project: &Project, story: &StoryFiles) -> bool {
     found
 }
 
-/// A recovered run continues each story's counts from the last daemon's records.
-fn restore_counts(daemon: &Daemon, run_key: &str, sched: &mut Scheduler) {
+/// A recovered run continues each story's counts from the last daemon's records. Returns the
+/// stories completed now that the last daemon had not seen complete (see `missed`).
+fn restore_counts(daemon: &Daemon, run_key: &str, sched: &mut Scheduler) -> Vec<String> {
     match daemon.bus.store().stories(run_key) {
         Ok(records) => {
-            for (story, record) in records {
+            for (story, record) in &records {
                 tracing::info!(story_id = %story, state = record.state.as_str(), iterations = record.iterations, infra_streak = record.infra_streak, "counts continued from the last daemon");
-                sched.restore_counts(&story, record.iterations, record.infra_streak);
+                sched.restore_counts(story, record.iterations, record.infra_streak);
             }
+            let completed: Vec<&str> =
+                sched.stories().filter(|s| sched.state(s) == Some(sticler_proto::StoryState::Completed)).collect();
+            crate::missed::completed_unseen(&records, completed.into_iter())
         }
-        Err(e) => tracing::warn!("cannot read the story records; counts start over: {e}"),
+        Err(e) => {
+            tracing::warn!("cannot read the story records; counts start over: {e}");
+            Vec::new()
+        }
     }
 }
 
-/// Splits dependencies into those inside this phase and those in other phases that are not
-/// completed on disk (those block the story).
-fn split_dependencies(project: &Project, phase: u32, deps: &[String]) -> (Vec<String>, Vec<String>) {
-    let mut inside = Vec::new();
-    let mut unmet = Vec::new();
+/// Splits dependencies into those inside this phase, those in other phases not completed yet
+/// (the story waits for them) and those in other phases that failed (they block it).
+fn split_dependencies(
+    daemon: &Daemon,
+    project: &Project,
+    phase: u32,
+    deps: &[String],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut inside, mut waiting, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for dep in deps {
-        match crate::project::StoryId::parse(dep) {
-            Some(id) if id.phase == phase => inside.push(dep.clone()),
-            Some(id) => {
-                let status = project.story_dir(&id).join(crate::phase::STATUS_FILE);
-                let done = JsonDoc::read(&status).is_ok_and(|doc| doc.disk_status() == DiskStatus::Completed);
-                if !done {
-                    unmet.push(dep.clone());
-                }
-            }
-            None => unmet.push(dep.clone()),
+        if crate::project::StoryId::parse(dep).is_some_and(|id| id.phase == phase) {
+            inside.push(dep.clone());
+            continue;
+        }
+        match super::external::standing(daemon, project, dep) {
+            Standing::Completed => {}
+            Standing::Failed => failed.push(dep.clone()),
+            Standing::Waiting(_) => waiting.push(dep.clone()),
         }
     }
-    (inside, unmet)
+    (inside, waiting, failed)
 }

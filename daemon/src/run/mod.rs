@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sticler_proto::{EventKind, StoryState};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,6 +23,7 @@ mod adopt;
 mod agent;
 mod close;
 mod command;
+mod external;
 mod gate;
 mod iteration;
 mod launch;
@@ -34,6 +35,7 @@ mod supervise;
 
 pub use agent::{clock, now_unix};
 use command::StoryPaths;
+pub use external::waiting_text;
 use iteration::Running;
 pub use launch::RunStart;
 pub use state::RunState;
@@ -115,7 +117,8 @@ pub struct PhaseRun {
     /// Prefix of every worker token of this run.
     nonce: String,
     logs_root: PathBuf,
-    started: Instant,
+    /// When the run first started (unix ms; kept across restarts in its store record).
+    started_ms: u64,
     /// Which commits count as the stories' commits: made since the run started.
     since: git::Since,
     /// Stopped by a daemon shutdown: the next daemon resumes the run.
@@ -134,6 +137,12 @@ pub struct PhaseRun {
     workspaces: Option<crate::workspace::Workspaces>,
     /// The files of each story whose last merge conflicted, until it lands.
     conflicts: HashMap<String, Vec<String>>,
+    /// Some story may wait for, or be blocked by, an earlier phase's story: the run follows
+    /// the other phases (see `external`).
+    follows_others: bool,
+    /// Stories of a resumed run that completed while no daemon ran, or whose commit this run's
+    /// start made: announced once the run has started (see `missed`).
+    completed_unseen: Vec<String>,
 }
 
 /// How often a merge that waits for the user is tried again.
@@ -146,11 +155,19 @@ impl PhaseRun {
 
     async fn drive(mut self, mut rx: mpsc::UnboundedReceiver<RunMsg>, adopt: Vec<crate::adopt::Adoptee>) {
         self.emit(EventKind::RunStarted { stories: self.stories.len() as u32 });
+        for story in std::mem::take(&mut self.completed_unseen) {
+            // Recorded completed too: a second restart does not announce it again.
+            self.record_story(&story, None, None);
+            self.emit(EventKind::StoryCompleted { story });
+        }
         for adoptee in adopt {
             self.adopt(adoptee);
         }
         let mut slots = self.daemon.slots.subscribe();
         let mut pauses = self.daemon.pauses.subscribe();
+        let mut events = self.daemon.bus.subscribe();
+        let mut recheck = tokio::time::interval(external::RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.agent_start();
         self.schedule();
         self.start_later_work();
@@ -175,6 +192,8 @@ impl PhaseRun {
                     self.retry_waiting_merges();
                 }
                 () = agent::sleep_until_unix(self.agent.paused_until) => self.pause_changed(),
+                event = events.recv(), if self.follows_others => self.other_phase_event(event),
+                _ = recheck.tick(), if self.follows_others => self.recheck_external(),
             }
             self.start_later_work();
         }

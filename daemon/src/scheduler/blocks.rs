@@ -1,6 +1,6 @@
 //! Blocking: which pending stories can never run because a dependency failed (directly or
-//! through another blocked story) or a dependency in another phase is not completed, and who
-//! blocks each; and the undoing of it when a failed story is retried.
+//! through another blocked story, or in another phase), and who blocks each; and the undoing
+//! of it when a failed story is retried.
 
 use std::collections::BTreeMap;
 
@@ -10,13 +10,13 @@ use super::{Action, Node, Scheduler};
 
 impl Scheduler {
     /// Marks pending stories whose dependencies failed (directly or through another blocked
-    /// story), or whose dependencies in other phases are not completed, as blocked. Linear in
+    /// story, or in another phase) as blocked. Linear in
     /// the size of the graph: a failure at the head of a 10,000-long chain blocks it in one walk.
     pub(super) fn propagate_blocks(&mut self, actions: &mut Vec<Action>) {
         let blocking = |n: &Node| matches!(n.state, StoryState::Failed | StoryState::Blocked);
-        let pending_behind = |n: &Node| n.state == StoryState::Pending && !n.unmet_external.is_empty();
+        let pending_behind = |n: &Node| n.state == StoryState::Pending && !n.failed_external.is_empty();
         // 1. The pending stories downstream of a failed or blocked one (or blocked themselves
-        //    by another phase), found by walking the reverse edges once.
+        //    by a failure in another phase), found by walking the reverse edges once.
         let mut affected: BTreeMap<&str, usize> = BTreeMap::new();
         let mut stack: Vec<&str> =
             self.nodes.iter().filter(|(_, n)| blocking(n) || pending_behind(n)).map(|(id, _)| id.as_str()).collect();
@@ -48,7 +48,7 @@ impl Scheduler {
         let mut order = Vec::with_capacity(affected.len());
         while let Some(id) = ready.pop() {
             let node = &self.nodes[id];
-            let mut by = node.unmet_external.clone();
+            let mut by = node.failed_external.clone();
             for dep in &node.deps {
                 match (by_of.get(dep.as_str()), self.nodes.get(dep)) {
                     (Some(inherited), _) => by.extend(inherited.iter().cloned()),
@@ -89,7 +89,7 @@ impl Scheduler {
                 continue;
             }
             node.blocked_by.retain(|by| by != retried);
-            if node.blocked_by.is_empty() && node.unmet_external.is_empty() {
+            if node.blocked_by.is_empty() && node.failed_external.is_empty() {
                 node.state = StoryState::Pending;
             }
         }

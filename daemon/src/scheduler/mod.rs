@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use sticler_proto::{RunOutcome, StoryState};
 
 mod blocks;
+mod external;
 pub mod rules;
 mod verdict;
 
@@ -18,7 +19,10 @@ pub use verdict::{Action, Hold, Limits, StoryInit, Verdict};
 #[derive(Debug, Clone)]
 struct Node {
     deps: Vec<String>,
+    /// Earlier phases' stories it waits for (see `external`).
     unmet_external: Vec<String>,
+    /// Other phases' stories that failed: they block it.
+    failed_external: Vec<String>,
     state: StoryState,
     /// Iterations judged (continued from the last daemon after a crash).
     iterations: u32,
@@ -76,6 +80,7 @@ impl Scheduler {
                 let node = Node {
                     deps: s.deps,
                     unmet_external: s.unmet_external,
+                    failed_external: s.failed_external,
                     state,
                     iterations: 0,
                     runs: 0,
@@ -273,6 +278,9 @@ impl Scheduler {
             } else if self.nodes.values().any(|n| n.state == StoryState::Pending && self.deps_done(n)) {
                 // Ready work exists but no daemon-wide slot is free: wait for one.
                 return actions;
+            } else if self.waits_outside() {
+                // A story waits for an earlier phase's story to complete (see `external`).
+                return actions;
             } else {
                 RunOutcome::Failed
             };
@@ -284,6 +292,7 @@ impl Scheduler {
 
     fn deps_done(&self, node: &Node) -> bool {
         node.unmet_external.is_empty()
+            && node.failed_external.is_empty()
             && node.deps.iter().all(|d| self.nodes.get(d).map(|n| n.state) == Some(StoryState::Completed))
     }
 

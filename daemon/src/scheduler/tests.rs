@@ -7,6 +7,7 @@ fn story(id: &str, deps: &[&str]) -> StoryInit {
         id: id.into(),
         deps: deps.iter().map(|d| d.to_string()).collect(),
         unmet_external: vec![],
+        failed_external: vec![],
         completed: false,
         failed: false,
     }
@@ -214,13 +215,66 @@ fn a_failure_at_the_head_of_a_10000_long_chain_blocks_all_of_it() {
 }
 
 #[test]
-fn unmet_external_dependency_blocks() {
+fn a_failed_dependency_in_another_phase_blocks() {
     let mut ext = story("b", &[]);
-    ext.unmet_external = vec!["US-P1-001".into()];
+    ext.failed_external = vec!["US-P1-001".into()];
     let mut s = Scheduler::new(vec![story("a", &[]), ext], limits(2));
     let actions = s.schedule(2);
     assert!(actions.contains(&Action::Blocked { story: "b".into(), by: "US-P1-001".into() }));
     assert_eq!(starts(&actions), ["a"]);
+}
+
+/// A story waiting for an earlier phase's story neither blocks nor ends the run: it starts
+/// when that story completes; its in-phase dependents wait with it.
+#[test]
+fn a_story_waits_for_an_earlier_phase_and_starts_when_it_completes() {
+    let mut ext = story("b", &[]);
+    ext.unmet_external = vec!["US-P1-001".into()];
+    let mut s = Scheduler::new(vec![story("a", &[]), ext, story("c", &["b"])], limits(2));
+    assert_eq!(starts(&s.schedule(2)), ["a"]);
+    let actions = end(&mut s, "a", Verdict::Completed, 2);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Ended(_) | Action::Blocked { .. })), "{actions:?}");
+    assert_eq!((s.state("b"), s.waits_for("b")), (Some(StoryState::Pending), &["US-P1-001".to_string()][..]));
+    assert_eq!(s.shown_state("b"), Some(StoryState::Pending), "not ready while it waits");
+    assert_eq!(s.external_waits(), ["US-P1-001"]);
+    assert!(!s.external_settled("US-P1-999", true), "nobody waits for that one");
+    assert!(s.external_settled("US-P1-001", true));
+    assert_eq!(starts(&s.schedule(2)), ["b"]);
+    assert!(s.waits_for("b").is_empty() && s.external_waits().is_empty());
+}
+
+#[test]
+fn a_story_waiting_for_an_earlier_phase_is_blocked_when_that_story_fails() {
+    let mut ext = story("b", &[]);
+    ext.unmet_external = vec!["US-P1-001".into()];
+    let mut s = Scheduler::new(vec![ext, story("c", &["b"])], limits(2));
+    assert!(s.schedule(2).is_empty(), "nothing to start, nothing ended: {:?}", s.ended());
+    assert!(s.external_settled("US-P1-001", false));
+    let actions = s.schedule(2);
+    assert!(actions.contains(&Action::Blocked { story: "b".into(), by: "US-P1-001".into() }), "{actions:?}");
+    assert!(actions.contains(&Action::Blocked { story: "c".into(), by: "US-P1-001".into() }), "{actions:?}");
+    assert_eq!(actions.last(), Some(&Action::Ended(RunOutcome::Failed)));
+}
+
+/// A retry of the earlier phase's story that blocked it: the story and its dependents wait
+/// for it again, and start once it completes.
+#[test]
+fn a_story_blocked_by_another_phase_waits_again_when_that_story_is_retried() {
+    let mut ext = story("b", &[]);
+    ext.unmet_external = vec!["US-P1-001".into()];
+    let mut s = Scheduler::new(vec![story("a", &[]), ext, story("c", &["b"])], limits(1));
+    assert_eq!(starts(&s.schedule(1)), ["a"]);
+    s.external_settled("US-P1-001", false);
+    s.schedule(0);
+    assert_eq!((s.state("b"), s.state("c")), (Some(StoryState::Blocked), Some(StoryState::Blocked)));
+    assert!(!s.external_retried("US-P1-999"));
+    assert!(s.external_retried("US-P1-001"));
+    assert_eq!((s.state("b"), s.state("c")), (Some(StoryState::Pending), Some(StoryState::Pending)));
+    assert_eq!(s.waits_for("b"), ["US-P1-001"]);
+    let actions = end(&mut s, "a", Verdict::Completed, 1);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Ended(_) | Action::Blocked { .. })), "{actions:?}");
+    s.external_settled("US-P1-001", true);
+    assert_eq!(starts(&s.schedule(1)), ["b"]);
 }
 
 #[test]

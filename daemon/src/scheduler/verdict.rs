@@ -85,8 +85,10 @@ pub struct StoryInit {
     pub id: String,
     /// Dependencies inside this phase.
     pub deps: Vec<String>,
-    /// Dependencies in other phases that are not completed on disk.
+    /// Dependencies on earlier phases' stories not completed yet: the story waits for them.
     pub unmet_external: Vec<String>,
+    /// Dependencies on other phases' stories that failed (or never can complete): they block it.
+    pub failed_external: Vec<String>,
     pub completed: bool,
     pub failed: bool,
 }

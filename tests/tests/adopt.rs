@@ -128,6 +128,14 @@ fn shutdown_keep_workers_then_a_start_adopts_them() {
     assert!(daemon.log_text().contains("its workers keep running for the next one to adopt"));
 }
 
+/// A copy of sticlerd at `to`, written by `cp`: a file this test process had open for writing
+/// could be inherited by a process another test forks meanwhile, and executing it would then
+/// fail with "text file busy".
+fn copy_binary(to: &Path) {
+    let status = Command::new("cp").arg(bin("sticlerd")).arg(to).status().expect("run cp");
+    assert!(status.success(), "cp sticlerd");
+}
+
 /// The harness's sticlerd command, running `binary` instead.
 fn command_of(daemon: &Daemon, binary: &Path) -> Command {
     let template = daemon.command(&[]);
@@ -145,7 +153,7 @@ fn an_upgrade_in_place_keeps_the_run_going() {
     let mut daemon = Daemon::unstarted();
     let binary = daemon.tmp.path().join("bin").join("sticlerd");
     std::fs::create_dir_all(binary.parent().expect("bin folder")).expect("mkdir");
-    std::fs::copy(bin("sticlerd"), &binary).expect("copy sticlerd");
+    copy_binary(&binary);
     daemon.spawn(command_of(&daemon, &binary));
     daemon.wait_ready();
     let p = ProjectBuilder::new();
@@ -166,7 +174,7 @@ fn an_upgrade_in_place_keeps_the_run_going() {
     let before = daemon.ctl_json(&["version"]);
     // A new binary installed over the running one, as a package manager does (a rename).
     let new = binary.with_extension("new");
-    std::fs::copy(bin("sticlerd"), &new).expect("copy sticlerd");
+    copy_binary(&new);
     std::fs::rename(&new, &binary).expect("install the new binary");
     let out = daemon.ctl(&["upgrade"]);
     assert!(out.status.success(), "{}", describe(&out));

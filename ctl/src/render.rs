@@ -138,6 +138,15 @@ pub fn story(view: &PhaseView, s: &StoryView) -> String {
     if let Some(worktree) = &s.worktree {
         let _ = writeln!(out, "  worktree:     {worktree}");
     }
+    if let Some(job) = &s.job {
+        // PENDING (Resources), RUNNING on node7
+        let place = match (&job.reason, &job.node) {
+            (Some(reason), _) if job.state == "PENDING" => format!(" ({reason})"),
+            (_, Some(node)) => format!(" on {node}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  slurm job:    {} {}{place}", job.id, job.state);
+    }
     for reason in &s.failed_reasons {
         let _ = writeln!(out, "  failed:       {reason}");
     }

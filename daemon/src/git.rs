@@ -90,6 +90,11 @@ pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
             .exclude_submodules(true);
         let statuses = repo.statuses(Some(&mut options))?;
         let mut index = repo.index()?;
+        if statuses.is_empty() {
+            // Nothing to stage (a worker that committed its own work): the index file stays
+            // as it is, not written again through a lock file.
+            return index.write_tree();
+        }
         for entry in statuses.iter() {
             let path = Path::new(std::ffi::OsStr::from_bytes(entry.path_bytes()));
             let status = entry.status();
@@ -218,6 +223,13 @@ pub struct ProjectGit {
     /// again is opened again.
     open: Option<(Repository, (u64, u64))>,
     commits: StoryCommits,
+}
+
+impl ProjectGit {
+    /// The project's open repository (see `reopen`).
+    pub fn repo(&mut self, root: &Path) -> Result<&Repository, GitError> {
+        reopen(&mut self.open, &mut self.commits, root)
+    }
 }
 
 /// The open repository of `root`, opened again when `.git` is not the one it was.

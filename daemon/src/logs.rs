@@ -22,26 +22,15 @@ use nix::fcntl::AtFlags;
 
 use crate::lock::lock;
 
+/// The project's name in the state dir (also in its Slurm jobs' names).
+pub use sticlerd::project::project_key;
+
 /// Unnamed files kept ready: enough for every worker of a wide layer to start at once.
 const SPARES: usize = 16;
 
 /// A project's log folder: `<state>/logs/<key>`.
 pub fn project_logs(state_dir: &Path, project: &Path) -> PathBuf {
     state_dir.join("logs").join(project_key(project))
-}
-
-/// A project's name in the state dir: `<folder name>-<hash of the path>`, readable and unique.
-pub fn project_key(project: &Path) -> String {
-    let name = project.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let name: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    // FNV-1a: stable across versions and platforms, unlike std's hasher.
-    let hash = project
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-    format!("{name}-{hash:016x}")
 }
 
 /// The per-iteration log file.

@@ -19,6 +19,7 @@ mod recover;
 mod run;
 mod server;
 mod slots;
+mod slurm;
 mod spawn;
 mod store;
 mod stream;

@@ -1,8 +1,9 @@
 //! Crash recovery: the runs that were active when the last daemon ended (crash or shutdown)
 //! start again. The workers still running a resumed run's stories are adopted (see `adopt`);
 //! every other leftover process is killed first (by recorded pid and start time, and by its
-//! token, so a recycled pid is never touched), then each run resumes from the files on disk,
-//! with its stories' counts continued from their typed records in the store.
+//! token, so a recycled pid is never touched) and the run's Slurm jobs cancelled (found by
+//! name), then each run resumes from the files on disk, with its stories' counts continued
+//! from their typed records in the store.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,8 +33,13 @@ pub async fn recover(daemon: &Arc<Daemon>) {
         let config = Project::open(Path::new(&record.project))
             .and_then(|p| JsonDoc::read(&p.phase_dir(record.phase).join(crate::phase::PHASE_CONFIG)));
         let resumable = config.as_ref().is_ok_and(|doc| doc.str_field("status") == "in_progress");
-        let adopt = if resumable { crate::adopt::find(daemon, &record) } else { Vec::new() };
+        // A Slurm job's srun is not adopted: the job is cancelled and runs again.
+        let on_slurm = uses_slurm(&record);
+        let adopt = if resumable && !on_slurm { crate::adopt::find(daemon, &record) } else { Vec::new() };
         kill_leftovers(daemon, &record, &adopt).await;
+        if on_slurm {
+            cancel_jobs(daemon, &record);
+        }
         if !resumable {
             tracing::info!(project = %record.project, phase = record.phase, "the run had ended; not resuming it");
             let _ = daemon.bus.store().remove_run(&key);
@@ -94,5 +100,30 @@ async fn kill_leftovers(daemon: &Daemon, record: &RunRecord, adopted: &[crate::a
     while left > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
         left = crate::worker::signal_everywhere(std::slice::from_ref(&prefix), &spared, kill);
+    }
+}
+
+/// Whether the run's project runs its iterations as Slurm jobs.
+fn uses_slurm(record: &RunRecord) -> bool {
+    crate::project::OrchestratorConfig::load(Path::new(&record.project))
+        .is_ok_and(|config| matches!(config.runner, crate::project::RunnerConfig::Slurm(_)))
+}
+
+/// Cancels the run's Slurm jobs (`"runner": {"kind": "slurm"}`): their sruns died with the last
+/// daemon, the jobs did not. Found by name in the queue, like the local workers by token; by
+/// the phase's story folders, since the store may not have recorded a story yet.
+fn cancel_jobs(daemon: &Daemon, record: &RunRecord) {
+    let Ok(project) = Project::open(Path::new(&record.project)) else { return };
+    let folders = std::fs::read_dir(project.phase_dir(record.phase).join("stories"));
+    let stories: Vec<String> =
+        folders.into_iter().flatten().filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    match tokio::task::block_in_place(|| crate::slurm::cancel_stories(&daemon.spawner, &project.root, &stories)) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(project = %record.project, phase = record.phase, "cancelled {n} Slurm job(s) of the last daemon")
+        }
+        Err(e) => {
+            tracing::warn!(project = %record.project, phase = record.phase, "cannot cancel the Slurm jobs of the last daemon: {e}")
+        }
     }
 }

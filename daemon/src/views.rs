@@ -22,6 +22,7 @@ struct LiveStory {
     last_exit: Option<sticler_proto::ExitReason>,
     waiting: Option<String>,
     worktree: Option<String>,
+    job: Option<sticler_proto::JobView>,
     /// Earlier phases' stories it waits for.
     waits_for: Vec<String>,
 }
@@ -51,6 +52,7 @@ impl LivePhase {
                     last_exit: state.last_exit.get(id).copied(),
                     waiting: sched.waiting(id).map(str::to_string),
                     worktree: state.worktrees.get(id).cloned(),
+                    job: state.jobs.get(id).cloned(),
                     waits_for: sched.waits_for(id).to_vec(),
                 };
                 (id.to_string(), live)
@@ -194,5 +196,6 @@ fn story_view(
         last_exit: live.and_then(|l| l.last_exit),
         waiting: live.and_then(|l| l.waiting.clone()),
         worktree: live.and_then(|l| l.worktree.clone()),
+        job: live.and_then(|l| l.job.clone()),
     }
 }

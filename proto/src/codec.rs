@@ -165,6 +165,7 @@ mod tests {
             last_exit: Some(ExitReason::AfterResult),
             waiting: Some("the merge waits".into()),
             worktree: None,
+            job: Some(JobView { id: 42, state: "PENDING".into(), reason: Some("Resources".into()), node: None }),
         }
     }
 

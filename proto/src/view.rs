@@ -150,6 +150,21 @@ pub struct StoryView {
     /// The story's worktree, while it has one (`"workspace": "worktree"`).
     #[serde(default)]
     pub worktree: Option<String>,
+    /// The Slurm job of the running iteration (`"runner": {"kind": "slurm"}`), as last seen.
+    #[serde(default)]
+    pub job: Option<JobView>,
+}
+
+/// A Slurm job as `squeue` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: u64,
+    /// PENDING, RUNNING, COMPLETING, ...
+    pub state: String,
+    /// Why a pending job waits (Resources, Priority, ...).
+    pub reason: Option<String>,
+    /// The node a running job runs on.
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! worker contract's formats, with `sticler-test-worker` as the scripted worker.
 
 pub mod raw;
+pub mod slurm;
 pub mod state_dir;
 
 use std::fs;

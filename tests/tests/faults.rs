@@ -147,8 +147,18 @@ fn a_read_only_project_stops_the_run_safely_and_the_phase_finishes_once_writable
 
 #[test]
 fn a_project_folder_removed_mid_run_ends_the_run_and_the_daemon_keeps_serving() {
+    project_folder_removed_mid_run(ProjectBuilder::shared());
+}
+
+/// The same in worktree mode: the stories' worktrees live outside the project, under the
+/// daemon's state dir, and the run ends all the same.
+#[test]
+fn a_project_folder_removed_mid_run_in_worktree_mode_ends_the_run_and_the_daemon_keeps_serving() {
+    project_folder_removed_mid_run(ProjectBuilder::new());
+}
+
+fn project_folder_removed_mid_run(p: ProjectBuilder) {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::shared();
     start_slow_phase(&daemon, &p);
     let root = p.path_str();
     // A running worker may add a file while the folder is emptied: try again.

@@ -11,7 +11,7 @@ use sticler_proto::{ErrorKind, ErrorReply, PhaseRef, Response};
 use crate::daemon::{error, run_key, Daemon};
 use crate::lock::lock;
 use crate::phase::PhaseFiles;
-use crate::project::{OrchestratorConfig, Project};
+use crate::project::{OrchestratorConfig, Project, RunnerConfig};
 use crate::run::{PhaseRun, RunStart};
 use crate::store::RunRecord;
 
@@ -65,6 +65,10 @@ pub fn launch(
         ));
     }
     let config = OrchestratorConfig::load(&project.root)?;
+    if let RunnerConfig::Slurm(slurm) = &config.runner {
+        crate::slurm::check_shared(&daemon.spawner, slurm, &[&project.root, &daemon.state_dir])
+            .map_err(|why| error(ErrorKind::Invalid, why))?;
+    }
     let mut doc = files.config.as_ref().map_err(|e| error(ErrorKind::Invalid, e.to_string()))?.clone();
     prepare_git(daemon, &project, phase.phase, resume_since.is_some())?;
     doc.map.insert("status".into(), Value::String("in_progress".into()));

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::json_doc::read_limited;
+use super::runner_config::RunnerConfig;
 use super::ProjectError;
 use crate::agent::{self, OutputFormat};
 
@@ -199,6 +200,8 @@ pub struct OrchestratorConfig {
     /// Once the phase's stories cost this much, no new iteration starts.
     pub max_cost_usd_per_phase: Option<f64>,
     pub usage_limit: UsageLimitConfig,
+    /// Where iterations run: this host, or a Slurm cluster.
+    pub runner: RunnerConfig,
 }
 
 impl Default for OrchestratorConfig {
@@ -215,6 +218,7 @@ impl Default for OrchestratorConfig {
             max_cost_usd_per_story: None,
             max_cost_usd_per_phase: None,
             usage_limit: UsageLimitConfig::default(),
+            runner: RunnerConfig::default(),
         }
     }
 }
@@ -321,7 +325,7 @@ mod tests {
 
     #[test]
     fn every_key_the_key_check_knows_is_read() {
-        use super::super::config_keys::{TOP_KEYS, USAGE_LIMIT_KEYS, WORKER_KEYS};
+        use super::super::config_keys::{RUNNER_KEYS, TOP_KEYS, USAGE_LIMIT_KEYS, WORKER_KEYS};
         let full = serde_json::json!({
             "max_parallel_workers": 1, "max_iterations_per_task": 1, "retry_limit": 1, "auto_commit": true,
             "workspace": "shared", "verify": null, "push": false, "max_cost_usd_per_story": null,
@@ -329,6 +333,8 @@ mod tests {
             "worker": {"preset": "command", "command": ["x"], "args": [], "stdin": "none", "iteration_timeout_secs": 1,
                        "exit_grace_secs": 1, "idle_timeout_secs": null, "env": {}, "limit_patterns": []},
             "usage_limit": {"margin_secs": 1, "backoff_min_secs": 1, "backoff_max_secs": 1},
+            "runner": {"kind": "slurm", "partition": "p", "time_limit_mins": 1, "cpus": 1, "mem_mb": 1,
+                       "extra_args": []},
         });
         let keys =
             |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
@@ -336,6 +342,7 @@ mod tests {
         assert_eq!(keys(&full), known(TOP_KEYS));
         assert_eq!(keys(&full["worker"]), known(WORKER_KEYS));
         assert_eq!(keys(&full["usage_limit"]), known(USAGE_LIMIT_KEYS));
+        assert_eq!(keys(&full["runner"]), known(RUNNER_KEYS));
         let path = Path::new("/p/orchestrator.config.json");
         OrchestratorConfig::parse(path, full.to_string().as_bytes()).unwrap();
     }

@@ -16,6 +16,7 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "max_cost_usd_per_story",
     "max_cost_usd_per_phase",
     "usage_limit",
+    "runner",
 ];
 
 /// Keys of `worker` (the fields of `RawWorkerConfig`).
@@ -34,8 +35,11 @@ pub(super) const WORKER_KEYS: &[&str] = &[
 /// Keys of `usage_limit` (the fields of `UsageLimitConfig`).
 pub(super) const USAGE_LIMIT_KEYS: &[&str] = &["margin_secs", "backoff_min_secs", "backoff_max_secs"];
 
+/// Keys of `runner` (the fields of `RawRunner`).
+pub(super) const RUNNER_KEYS: &[&str] = &["kind", "partition", "time_limit_mins", "cpus", "mem_mb", "extra_args"];
+
 /// Checks the shape of the whole file: a JSON object whose keys, and those of `worker` and
-/// `usage_limit` when they are objects, are all known. The message says what to write instead.
+/// `usage_limit` and `runner` when they are objects, are all known. The message says what to write instead.
 pub(super) fn check(value: &Value) -> Result<(), String> {
     let Value::Object(top) = value else {
         return Err(format!(
@@ -44,7 +48,7 @@ pub(super) fn check(value: &Value) -> Result<(), String> {
         ));
     };
     check_keys("", top.keys(), TOP_KEYS)?;
-    for (section, known) in [("worker", WORKER_KEYS), ("usage_limit", USAGE_LIMIT_KEYS)] {
+    for (section, known) in [("worker", WORKER_KEYS), ("usage_limit", USAGE_LIMIT_KEYS), ("runner", RUNNER_KEYS)] {
         match top.get(section) {
             Some(Value::Object(map)) => check_keys(&format!("{section}."), map.keys(), known)?,
             None | Some(Value::Null) => {}

@@ -56,10 +56,19 @@ const WORKER_NULLABLE: &[&str] = &["preset", "command", "stdin", "iteration_time
 const USAGE_LIMIT: &[(&str, Shape)] =
     &[("margin_secs", Shape::Count), ("backoff_min_secs", Shape::Count), ("backoff_max_secs", Shape::Count)];
 
+const RUNNER: &[(&str, Shape)] = &[
+    ("kind", Shape::Word(&["local", "slurm"])),
+    ("partition", Shape::Text),
+    ("time_limit_mins", Shape::Count),
+    ("cpus", Shape::Count),
+    ("mem_mb", Shape::Count),
+    ("extra_args", Shape::TextList),
+];
+
 /// Checks the types of the keys of `top`, an object whose keys are known (`config_keys`).
 pub(super) fn check(top: &serde_json::Map<String, Value>) -> Result<(), String> {
     check_section("", top, TOP)?;
-    for (section, shapes) in [("worker", WORKER), ("usage_limit", USAGE_LIMIT)] {
+    for (section, shapes) in [("worker", WORKER), ("usage_limit", USAGE_LIMIT), ("runner", RUNNER)] {
         if let Some(Value::Object(map)) = top.get(section) {
             // worker's optional settings read `null` as not given (the preset's value).
             let map: serde_json::Map<String, Value> = map
@@ -153,6 +162,8 @@ mod tests {
             (r#"{"worker": {"idle_timeout_secs": "10"}}"#, "worker.idle_timeout_secs must be a whole number"),
             (r#"{"worker": {"env": {"A": 1}}}"#, "worker.env must be an object of string values"),
             (r#"{"usage_limit": {"margin_secs": 1.5}}"#, "usage_limit.margin_secs must be a whole number"),
+            (r#"{"runner": {"kind": "slurm", "cpus": "4"}}"#, "runner.cpus must be a whole number"),
+            (r#"{"runner": {"kind": "lsf"}}"#, "runner.kind must be one of \"local\", \"slurm\", not \"lsf\""),
         ] {
             let err = check_json(json).unwrap_err();
             assert!(err.contains(says), "{json}: {err}");

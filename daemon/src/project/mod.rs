@@ -1,6 +1,6 @@
 //! A project: the folder holding `phases/`, and where its phases and stories live. The on-disk
 //! formats owned by the user and the worker each have a file of their own: `status.json`
-//! (`story`), `orchestrator.config.json` (`config`), the JSON document every project file is
+//! (`story`), `orchestrator.config.json` (`config`, its `runner` in `runner_config`), the JSON document every project file is
 //! read and written as (`json_doc`, cached by `doc_cache`) and the errors of all of them
 //! (`error`). `phase_config.json` and `spec.md` are read by `crate::phase`.
 
@@ -15,6 +15,7 @@ mod config_types;
 mod doc_cache;
 mod error;
 mod json_doc;
+mod runner_config;
 mod story;
 
 pub use config::{
@@ -23,7 +24,22 @@ pub use config::{
 pub use doc_cache::DocCache;
 pub use error::ProjectError;
 pub use json_doc::{parse_object, read_limited, write_atomic, write_replacing, JsonDoc, MAX_JSON_FILE};
+pub use runner_config::{RunnerConfig, SlurmConfig};
 pub use story::{DiskStatus, StatusFields, StatusSummary};
+
+/// A project's name in the state dir: `<folder name>-<hash of the path>`, readable and unique.
+pub fn project_key(project: &Path) -> String {
+    let name = project.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let hash = project
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{name}-{hash:016x}")
+}
 
 /// A project: the folder holding `phases/`, by its canonical path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -30,7 +30,7 @@ impl PhaseRun {
         let log = crate::logs::log_path(&self.logs_root, &story, iteration);
         let liveness = self.work_paths(&story).map(|paths| self.liveness(&log, &paths.status));
         let pid = group.pid;
-        let stop = self.supervise_since(&story, iteration, group.clone(), exit, liveness, age);
+        let stop = self.supervise_since(&story, iteration, (group.clone(), exit), liveness, None, age);
         // status.json as the iteration found it, kept by the last daemon; without it, any
         // readable status.json the worker leaves counts as its progress.
         let before = std::fs::read(crate::logs::start_status_path(&self.logs_root, &story, iteration));

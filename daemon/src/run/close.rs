@@ -14,9 +14,24 @@ use crate::project::{JsonDoc, StatusFields};
 use crate::worker::{self, SpawnSpec};
 
 impl PhaseRun {
+    /// With the Slurm runner: a job whose srun is gone (killed from outside) is cancelled.
+    fn cancel_jobs(&self) {
+        if !matches!(self.config.runner, crate::project::RunnerConfig::Slurm(_)) {
+            return;
+        }
+        let stories: Vec<String> = self.stories.keys().cloned().collect();
+        let root = &self.project.root;
+        if let Err(e) =
+            tokio::task::block_in_place(|| crate::slurm::cancel_stories(&self.daemon.spawner, root, &stories))
+        {
+            tracing::warn!("cannot cancel the run's Slurm jobs: {e}");
+        }
+    }
+
     pub(super) fn end(&mut self, outcome: RunOutcome) {
         // Nothing of this run may outlive it.
         worker::kill_descendants_with(std::slice::from_ref(&format!("{}/", self.nonce)));
+        self.cancel_jobs();
         for job in std::mem::take(&mut self.later) {
             job();
         }

@@ -30,7 +30,7 @@ impl PhaseRun {
         let spec = SpawnSpec { stdin: None, ..self.spawn_spec(story, &paths, worker.iteration, token, &verify) };
         match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((group, exit)) => {
-                let stop = self.supervise(story, worker.iteration, group.clone(), exit, None);
+                let stop = self.supervise(story, worker.iteration, (group.clone(), exit), None, None);
                 let running = Running {
                     iteration: worker.iteration,
                     group,
@@ -52,7 +52,7 @@ impl PhaseRun {
     }
 
     /// The verify command ended: accept the claim (then the commit step), or turn it back.
-    pub(super) fn verified(&mut self, story: &str, verify: &Running, ended: Ended) -> Verdict {
+    pub(super) fn verified(&mut self, story: &str, verify: &Running, ended: &Ended) -> Verdict {
         // A verify command the timeout ended fails as "timed out", whatever SIGTERM made it exit.
         let exit = ended.shown();
         if ended.stopped() && exit != ExitReason::Exited(0) {

@@ -11,7 +11,7 @@ use super::liveness::Liveness;
 use super::state::Current;
 use super::supervise::{Ended, EndedBy};
 use super::PhaseRun;
-use crate::project::{DiskStatus, JsonDoc, StatusFields};
+use crate::project::{DiskStatus, JsonDoc, RunnerConfig, StatusFields};
 use crate::scheduler::{Action, Verdict};
 use crate::worker::{self, Group};
 
@@ -58,13 +58,14 @@ impl PhaseRun {
         let paths = self.work_paths(story)?;
         let iteration = crate::logs::logged_iterations(&self.logs_root, story).last().map_or(1, |n| n + 1);
         let token = format!("{}/{}/{}/", self.nonce, story, iteration);
-        let spec = self.spawn_spec(story, &paths, iteration, token, &self.config.worker.command);
+        let mut spec = self.spawn_spec(story, &paths, iteration, token, &self.config.worker.command);
+        let job = self.as_job(story, iteration, &mut spec);
         let before = crate::project::read_limited(&paths.status).unwrap_or_default();
         match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((group, exit)) => {
                 let pid = group.pid;
                 let liveness = self.liveness(&spec.log, &paths.status);
-                let stop = self.supervise(story, iteration, group.clone(), exit, Some(liveness));
+                let stop = self.supervise(story, iteration, (group.clone(), exit), Some(liveness), job);
                 self.running
                     .insert(story.to_string(), Running { iteration, group, before, process: Process::Worker, stop });
                 let first_run = self.state.update(|s| {
@@ -107,12 +108,37 @@ impl PhaseRun {
         }));
     }
 
+    /// Stories dispatched together (worktree mode): their worktrees are readied side by side
+    /// before each starts (`Workspaces::prepare`), rather than one after another on the run's
+    /// task. Only as many as the daemon has slots for, and none while a usage limit holds.
+    pub(super) fn prepare_workspaces(&mut self, actions: &[Action]) {
+        let mut starting: Vec<String> =
+            actions.iter().filter_map(|a| if let Action::Start(s) = a { Some(s.clone()) } else { None }).collect();
+        starting.truncate(self.daemon.slots.free());
+        let paused = self.daemon.pauses.until(&self.project_name, super::agent::now_unix()).is_some();
+        let Some(workspaces) = self.workspaces.as_mut() else { return };
+        if starting.len() < 2 || paused {
+            return;
+        }
+        tokio::task::block_in_place(|| workspaces.prepare(&starting));
+    }
+
+    /// With the Slurm runner, makes the iteration's spawn an `srun` of its job and returns the
+    /// job's name; with the local runner, leaves it as it is.
+    fn as_job(&self, story: &str, iteration: u32, spec: &mut worker::SpawnSpec) -> Option<String> {
+        let RunnerConfig::Slurm(slurm) = &self.config.runner else { return None };
+        let name = crate::slurm::job_name(&crate::logs::project_key(&self.project.root), story, iteration);
+        crate::slurm::wrap(slurm, spec, &name, self.config.worker.iteration_timeout_secs);
+        Some(name)
+    }
+
     /// Gives the story its worktree (worktree mode), with its files copied in.
     fn enter_workspace(&mut self, story: &str) -> Result<(), String> {
         let Some(dir) = self.stories.get(story).map(|p| p.dir.clone()) else { return Ok(()) };
         let Some(workspaces) = self.workspaces.as_mut() else { return Ok(()) };
-        let lock = self.daemon.git_lock(&self.project.root);
-        let _git = crate::lock::lock(&lock);
+        // Without the project's git lock: a merge running meanwhile works in the integration
+        // branch, the project folder and its own story's worktree; this touches a free slot's
+        // worktree and creates the story's branch, each behind git's own lock files.
         let root = tokio::task::block_in_place(|| workspaces.enter(story, &dir))
             .map_err(|e| format!("cannot prepare the story's worktree: {e}"))?;
         let root = root.display().to_string();
@@ -148,15 +174,18 @@ impl PhaseRun {
             self.running.insert(story, run);
             return;
         }
+        if self.state.read().jobs.contains_key(&story) {
+            self.state.update(|s| s.jobs.remove(&story));
+        }
         // Whatever the process left behind in its group dies with it; descendants that escaped
         // into their own session are found by their token once the next dispatch is done.
         run.group.kill_group();
         let group = run.group.clone();
         self.later.push(Box::new(move || group.sweep_strays()));
         let claim = match run.process {
-            Process::Verify => self.verified(&story, &run, ended),
+            Process::Verify => self.verified(&story, &run, &ended),
             Process::Worker => {
-                let judged = self.judge(&story, &run, ended);
+                let judged = self.judge(&story, &run, &ended);
                 match self.agent_verdict(&story, &run, judged) {
                     Verdict::Completed if self.config.verify.is_some() => match self.start_verify(&story, &run) {
                         Some(verdict) => verdict,
@@ -169,11 +198,12 @@ impl PhaseRun {
         // An accepted claim: the story's commit (shared mode), or its merge (worktree mode, on a
         // blocking thread: the iteration's end then comes back as `RunMsg::Merged`).
         let verdict = match claim {
-            Verdict::Completed if self.workspaces.is_some() => match self.merge_in_background(&story, iteration, ended)
-            {
-                Some(verdict) => verdict,
-                None => return,
-            },
+            Verdict::Completed if self.workspaces.is_some() => {
+                match self.merge_in_background(&story, iteration, ended.clone()) {
+                    Some(verdict) => verdict,
+                    None => return,
+                }
+            }
             Verdict::Completed => self.commit_step(&story),
             verdict => verdict,
         };
@@ -220,7 +250,7 @@ impl PhaseRun {
     /// What the worker's iteration meant, from how it ended and status.json. status.json is
     /// read after every end, also one sticler forced: a worker that finished its story and was
     /// then killed (it hung after its result, stalled, or timed out) is judged on its work.
-    fn judge(&self, story: &str, run: &Running, ended: Ended) -> Verdict {
+    fn judge(&self, story: &str, run: &Running, ended: &Ended) -> Verdict {
         if ended.stopped() && ended.exit != ExitReason::Exited(0) {
             return Verdict::Stopped;
         }
@@ -239,6 +269,12 @@ impl PhaseRun {
             return Verdict::Infra(format!("status.json left invalid: {e}"));
         }
         let worker = &self.config.worker;
+        // Slurm ended the job (cancelled from outside, node failure, out of memory): unless the
+        // worker had finished its story, that end was not the worker's own.
+        let finished = matches!(doc.disk_status(), DiskStatus::Completed | DiskStatus::Failed);
+        if let Some(why) = ended.failed_by_runner.as_ref().filter(|_| !finished) {
+            return Verdict::Infra(why.clone());
+        }
         match (doc.disk_status(), ended.by) {
             (DiskStatus::Completed, _) => Verdict::Completed,
             (DiskStatus::Failed, _) => Verdict::SelfFailed,

@@ -39,20 +39,34 @@ pub(super) struct MergeJob {
 pub(super) type MergeOutcome = (Verdict, Option<git2::Oid>);
 
 impl MergeJob {
-    /// The story's commit on its branch, then its merge, under the project's git lock (merges
+    /// The story's commit on its branch, then its merge under the project's git lock (merges
     /// of a project never run two at once).
     pub(super) fn run(self) -> MergeOutcome {
         let lock = self.daemon.git_lock(&self.main_root);
-        let mut known = crate::lock::lock(&lock);
-        // Merged already: the daemon died after the merge landed and before its verdict.
-        if let Ok(Some(oid)) = git::find_story_commit(&self.main_root, &self.story, "", self.since, &mut known) {
-            return (Verdict::Completed, Some(oid));
+        {
+            let mut known = crate::lock::lock(&lock);
+            // Merged already: the daemon died after the merge landed and before its verdict.
+            if let Ok(Some(oid)) = git::find_story_commit(&self.main_root, &self.story, "", self.since, &mut known) {
+                return (Verdict::Completed, Some(oid));
+            }
+            // Merged by an earlier run whose record of it was lost: its files are finished.
+            if let Ok(Some(oid)) = self.landed_unrecorded(&mut known) {
+                return (Verdict::Completed, Some(oid));
+            }
         }
         let doc = match JsonDoc::read(&self.work_status) {
             Ok(doc) => doc,
             Err(e) => return (Verdict::Rejected(e.to_string()), None),
         };
-        match self.merge(&doc) {
+        // Outside the project's git lock: the story's commit touches its own worktree and
+        // branch only, so another story's merge goes on meanwhile.
+        match self.commit_branch(&doc) {
+            Ok(None) => {}
+            Ok(Some(rejected)) => return (rejected, None),
+            Err(e) => return (Verdict::Infra(format!("cannot commit the story's work on its branch: {e}")), None),
+        }
+        let mut git = crate::lock::lock(&lock);
+        match self.merge(&doc, &mut git) {
             Ok((Verdict::Conflict(files), _)) => {
                 let reason = format!(
                     "merge conflict with the integration branch in {files}: the files hold conflict markers; resolve them, commit, and mark the story completed again"
@@ -67,24 +81,48 @@ impl MergeJob {
         }
     }
 
-    /// The merge itself; a merge that landed comes with its commit.
-    fn merge(&self, doc: &JsonDoc) -> Result<MergeOutcome, git::GitError> {
+    /// The story's merge found on the integration branch though nothing recorded it; the
+    /// project folder's files are brought along as far as they are still as the merge found them.
+    fn landed_unrecorded(&self, git: &mut git::ProjectGit) -> Result<Option<git2::Oid>, git::GitError> {
+        let main = git.repo(&self.main_root)?;
+        let Some(oid) = merge::landed_since_fork(main, &self.branch, &self.story)? else { return Ok(None) };
+        let parent = main.find_commit(oid)?.parent_id(0)?;
+        merge::follow(main, (parent, oid), &self.story_dir, self.daemon.user_umask)?;
+        tracing::info!(story_id = %self.story, "the story's merge had landed already (commit {oid})");
+        Ok(Some(oid))
+    }
+
+    /// What the story left in its worktree, committed on its branch (as its `[US-..]` commit);
+    /// without auto_commit the story must have made that commit itself (else the verdict).
+    fn commit_branch(&self, doc: &JsonDoc) -> Result<Option<Verdict>, git::GitError> {
         let (story, branch) = (self.story.as_str(), self.branch.as_str());
-        let main = Repository::open(&self.main_root)?;
-        let base = main.head()?.peel_to_commit()?.id();
-        if !self.auto_commit && !merge::has_story_commit(&main, branch, base, story)? {
-            let why =
-                format!("no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off");
-            return Ok((Verdict::Rejected(why), None));
+        if !self.auto_commit {
+            let main = Repository::open(&self.main_root)?;
+            let integration = main.head()?.peel_to_commit()?.id();
+            if !merge::has_story_commit(&main, branch, integration, story)? {
+                let why = format!(
+                    "no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off"
+                );
+                return Ok(Some(Verdict::Rejected(why)));
+            }
         }
         worktree::commit_leftovers(&self.root, &format!("[{story}] {}", doc.title()))?;
-        let head = merge::branch_head(&main, branch)?.id();
-        match merge::plan(&main, story, head, doc, &self.story_dir)? {
+        Ok(None)
+    }
+
+    /// The merge itself, in the project's open repository; a merge that landed comes with its
+    /// commit.
+    fn merge(&self, doc: &JsonDoc, git: &mut git::ProjectGit) -> Result<MergeOutcome, git::GitError> {
+        let story = self.story.as_str();
+        let main = git.repo(&self.main_root)?;
+        let base = main.head()?.peel_to_commit()?.id();
+        let head = merge::branch_head(main, &self.branch)?.id();
+        match merge::plan(main, story, head, doc, &self.story_dir)? {
             merge::Plan::Merge { branch_ref, base, commit } => {
                 let record = MergeRecord { branch_ref, base: base.to_string(), commit: commit.to_string() };
                 let store = self.daemon.bus.store();
                 store.put_merge(&self.run_key, story, &record).map_err(store_error)?;
-                merge::land(&main, &record.branch_ref, (base, commit), &self.story_dir, self.daemon.user_umask)?;
+                merge::land(main, &record.branch_ref, (base, commit), &self.story_dir, self.daemon.user_umask)?;
                 let _ = store.remove_merge(&self.run_key, story);
                 Ok((Verdict::Completed, Some(commit)))
             }
@@ -205,7 +243,8 @@ impl PhaseRun {
     /// The story's status.json, as its worker left it in the worktree, into the project folder.
     pub(super) fn mirror_status(&self, story: &str) {
         let (Some(work), Some(main)) = (self.work_paths(story), self.stories.get(story)) else { return };
-        if work.status == main.status {
+        // A story folder gone from the project (the project removed) is never made again.
+        if work.status == main.status || !main.dir.is_dir() {
             return;
         }
         if let Err(e) = workspace::copy_if_changed(&work.status, &main.status) {
@@ -216,6 +255,11 @@ impl PhaseRun {
     /// The story leaves its worktree (see `Workspaces::leave`).
     pub(super) fn leave_workspace(&mut self, story: &str, keep: bool, merged: bool) {
         let Some(workspaces) = self.workspaces.as_mut() else { return };
+        if workspace::Workspaces::leaves_without_git(keep, merged) {
+            workspaces.leave(story, keep, merged);
+            self.state.update(|s| s.worktrees.remove(story));
+            return;
+        }
         let lock = self.daemon.git_lock(&self.project.root);
         let _git = crate::lock::lock(&lock);
         tokio::task::block_in_place(|| workspaces.leave(story, keep, merged));

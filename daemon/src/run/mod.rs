@@ -72,6 +72,12 @@ pub enum RunMsg {
         stories: Vec<String>,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// The Slurm job of a story's iteration, as the queue shows it now.
+    Job {
+        story: String,
+        iteration: u32,
+        job: sticler_proto::JobView,
+    },
 }
 
 #[derive(Clone)]
@@ -226,6 +232,12 @@ impl PhaseRun {
                 let _ = reply.send(retried);
                 self.schedule();
             }
+            RunMsg::Job { story, iteration, job } => {
+                // A sighting that comes after its iteration's end is no longer news.
+                if self.running.get(&story).is_some_and(|r| r.iteration == iteration) {
+                    self.state.update(|s| s.jobs.insert(story, job));
+                }
+            }
         }
     }
 
@@ -264,6 +276,7 @@ impl PhaseRun {
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
+        self.prepare_workspaces(&actions);
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {

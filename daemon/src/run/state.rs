@@ -28,6 +28,8 @@ pub struct RunState {
     pub budget_usd: Option<f64>,
     /// The worktree of each story that has one.
     pub worktrees: HashMap<String, String>,
+    /// The Slurm job of each story's running iteration, as last seen in the queue.
+    pub jobs: HashMap<String, sticler_proto::JobView>,
 }
 
 impl RunState {
@@ -41,6 +43,7 @@ impl RunState {
             waiting: None,
             budget_usd,
             worktrees: HashMap::new(),
+            jobs: HashMap::new(),
         }
     }
 }

@@ -1,9 +1,11 @@
 //! One process's supervisor: it waits for the process to end and ends it itself when it must:
 //! the agent printed its final result and did not exit (`exit_grace_secs`), the worker shows no
 //! sign of life (`idle_timeout_secs`), the iteration timeout, or a stop. Every such end goes
-//! through `worker::terminate` (SIGTERM, the grace, SIGKILL to the group and its strays), and
-//! the supervisor says which one it was, so that the iteration is judged fairly.
+//! through `worker::terminate` (SIGTERM, the grace, SIGKILL to the group and its strays), or
+//! `slurm::terminate` for an iteration run as a Slurm job, and the supervisor says which one it
+//! was, so that the iteration is judged fairly.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sticler_proto::ExitReason;
@@ -13,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::command::append_log;
 use super::liveness::{Liveness, Overdue, POLL};
 use super::{PhaseRun, RunMsg};
-use crate::daemon::DEFAULT_GRACE;
+use crate::daemon::{Daemon, DEFAULT_GRACE};
 use crate::worker::{self, Group};
 
 /// Why sticler ended a process that had not exited on its own.
@@ -30,12 +32,14 @@ pub enum EndedBy {
 }
 
 /// How a process ended, as its supervisor saw it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Ended {
     /// How the process itself exited.
     pub exit: ExitReason,
     /// Why sticler ended it; `None` when it exited on its own.
     pub by: Option<EndedBy>,
+    /// Why the cluster ended the iteration's job, when it did (Slurm's state and reason).
+    pub failed_by_runner: Option<String>,
 }
 
 impl Ended {
@@ -61,21 +65,30 @@ struct Watch {
     /// Only for a worker: the verify command prints no agent events.
     liveness: Option<Liveness>,
     log: std::path::PathBuf,
+    /// The Slurm job the process (srun) runs, by name (`"runner": {"kind": "slurm"}`).
+    job: Option<Job>,
+}
+
+/// An iteration's Slurm job and the daemon that runs its clients.
+struct Job {
+    name: String,
+    daemon: Arc<Daemon>,
 }
 
 impl PhaseRun {
     /// Watches a process (worker or verify) of `story` to its end and reports it to the run.
-    /// `liveness` (workers only) follows its output for the result event and stalls. Stop
-    /// requests come through the returned channel: the grace, zero for a kill.
+    /// `liveness` (workers only) follows its output for the result event and stalls; `job` is
+    /// the Slurm job it runs, followed in the queue for `status`. Stop requests come through
+    /// the returned channel: the grace, zero for a kill.
     pub(super) fn supervise(
         &self,
         story: &str,
         iteration: u32,
-        group: Group,
-        exit: oneshot::Receiver<ExitReason>,
+        process: (Group, oneshot::Receiver<ExitReason>),
         liveness: Option<Liveness>,
+        job: Option<String>,
     ) -> watch::Sender<Option<Duration>> {
-        self.supervise_since(story, iteration, group, exit, liveness, Duration::ZERO)
+        self.supervise_since(story, iteration, process, liveness, job, Duration::ZERO)
     }
 
     /// `supervise` for a process that has been running for `age` already (an adopted worker):
@@ -84,19 +97,31 @@ impl PhaseRun {
         &self,
         story: &str,
         iteration: u32,
-        group: Group,
-        exit: oneshot::Receiver<ExitReason>,
+        process: (Group, oneshot::Receiver<ExitReason>),
         liveness: Option<Liveness>,
+        job: Option<String>,
         age: Duration,
     ) -> watch::Sender<Option<Duration>> {
+        let (group, exit) = process;
         let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1)).saturating_sub(age);
         let log = crate::logs::log_path(&self.logs_root, story, iteration);
-        let watch = Watch { timeout, liveness, log };
+        let job = job.map(|name| Job { name, daemon: Arc::clone(&self.daemon) });
+        let following = job.as_ref().map(|job| {
+            let (tx, story) = (self.tx.clone(), story.to_string());
+            let seen = move |job| {
+                let _ = tx.send(RunMsg::Job { story: story.clone(), iteration, job });
+            };
+            tokio::spawn(crate::slurm::follow(Arc::clone(&job.daemon), job.name.clone(), seen))
+        });
+        let watch = Watch { timeout, liveness, log, job };
         let (stop, stop_asked) = watch::channel(None::<Duration>);
         let tx = self.tx.clone();
         let story = story.to_string();
         tokio::spawn(async move {
             let ended = supervise(&story, iteration, &group, exit, watch, stop_asked).await;
+            if let Some(following) = following {
+                following.abort();
+            }
             let _ = tx.send(RunMsg::Exited { story, iteration, ended });
         });
         stop
@@ -119,12 +144,16 @@ async fn supervise(
     looks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let by = loop {
         tokio::select! {
-            reason = &mut exit => return Ended { exit: reason.unwrap_or(killed), by: None },
+            reason = &mut exit => {
+                let exit = reason.unwrap_or(killed);
+                let failed_by_runner = runner_failure(&watch, exit).await;
+                return Ended { exit, by: None, failed_by_runner };
+            }
             () = tokio::time::sleep_until(deadline) => break EndedBy::TimedOut,
             Ok(()) = stop_asked.changed() => {
                 let grace = stop_asked.borrow_and_update().unwrap_or_default();
-                let exit = worker::terminate(group, grace, &mut exit, kill_asked(stop_asked)).await;
-                return Ended { exit, by: Some(EndedBy::Stopped) };
+                let exit = terminate(&watch, group, grace, &mut exit, kill_asked(stop_asked)).await;
+                return Ended { exit, by: Some(EndedBy::Stopped), failed_by_runner: None };
             }
             now = looks.tick(), if watch.liveness.is_some() => {
                 match watch.liveness.as_mut().and_then(|l| l.look(now.into_std())) {
@@ -142,11 +171,33 @@ async fn supervise(
     };
     tracing::warn!(story_id = %story, iteration, "{why}: ending it");
     // The grace of a stop: an agent may still write what it was doing when SIGTERM came.
-    let exit = worker::terminate(group, DEFAULT_GRACE, &mut exit, kill_asked(stop_asked)).await;
+    let exit = terminate(&watch, group, DEFAULT_GRACE, &mut exit, kill_asked(stop_asked)).await;
     let grace = DEFAULT_GRACE.as_secs();
     let line = format!("\nsticler: {why}; ended it (SIGTERM, SIGKILL after {grace} s): {exit}\n");
     let _ = append_log(&watch.log, &line);
-    Ended { exit, by: Some(by) }
+    Ended { exit, by: Some(by), failed_by_runner: None }
+}
+
+/// Ends the process: its Slurm job through Slurm, else the local process group.
+async fn terminate(
+    watch: &Watch,
+    group: &Group,
+    grace: Duration,
+    exit: &mut oneshot::Receiver<ExitReason>,
+    kill_now: impl std::future::Future<Output = ()>,
+) -> ExitReason {
+    match &watch.job {
+        Some(job) => crate::slurm::terminate(&job.daemon, &job.name, group, grace, exit, kill_now).await,
+        None => worker::terminate(group, grace, exit, kill_now).await,
+    }
+}
+
+/// For a Slurm job that failed on its own: whether Slurm ended it (then said in the log too).
+async fn runner_failure(watch: &Watch, exit: ExitReason) -> Option<String> {
+    let job = watch.job.as_ref().filter(|_| exit != ExitReason::Exited(0))?;
+    let why = crate::slurm::failure(&job.daemon, &job.name).await?;
+    let _ = append_log(&watch.log, &format!("\nsticler: {why}\n"));
+    Some(why)
 }
 
 /// Completes when a kill (a stop with no grace) is asked: it cuts a grace that is running short.

@@ -94,27 +94,65 @@ pub fn land(
             "{branch_ref} moved to {now} during the merge of {commit}"
         ))));
     }
+    follow(main, (base, commit), story_dir, umask)
+}
+
+/// The project folder's files and index brought from `base` to `commit` (see `land`): a file
+/// changed since, by the user or a later merge, is left as it is.
+pub fn follow(main: &Repository, (base, commit): (Oid, Oid), story_dir: &Path, umask: u32) -> Result<(), GitError> {
+    let root = main.workdir().map(Path::to_path_buf).unwrap_or_default();
     let old = main.find_commit(base)?.tree()?;
     let new = main.find_commit(commit)?.tree()?;
     let changes = changes(main, &old, &new)?;
+    let mut written = Vec::with_capacity(changes.len());
     for change in &changes {
-        if change.path.starts_with(story_dir) || !user_edited(&root, change) {
+        let ours = change.path.starts_with(story_dir) || !user_edited(&root, change);
+        if ours {
             write_file(main, &root, change, umask)?;
         } else {
             tracing::warn!(path = %change.path.display(), "changed in the project folder since the merge began; left as it is");
         }
+        written.push(ours);
     }
     git::retry_locked(&root, || {
         let mut index = main.index()?;
         index.read(false)?;
-        for change in &changes {
-            if root.join(&change.path).exists() {
-                index.add_path(&change.path)?;
-            } else {
-                let _ = index.remove_path(&change.path);
+        for (change, ours) in changes.iter().zip(&written) {
+            let full = root.join(&change.path);
+            match change.new.filter(|_| *ours).and_then(|side| written_entry(&change.path, &full, side)) {
+                Some(entry) => index.add(&entry)?,
+                None if full.exists() => index.add_path(&change.path)?,
+                None => {
+                    let _ = index.remove_path(&change.path);
+                }
             }
         }
         index.write()
+    })
+}
+
+/// The index entry of a regular file the merge just wrote: its blob and mode, with the file's
+/// stat, so git sees it unchanged. (`add_path` would read and hash the file again, and stream
+/// the blob it already has through a temporary object file, one more file made and deleted
+/// per file of every merge.)
+fn written_entry(rel: &Path, full: &Path, (blob, mode): (Oid, i32)) -> Option<git2::IndexEntry> {
+    use std::os::unix::fs::MetadataExt;
+    let regular = [i32::from(git2::FileMode::Blob), i32::from(git2::FileMode::BlobExecutable)];
+    let meta = std::fs::symlink_metadata(full).ok().filter(|m| m.is_file() && regular.contains(&mode))?;
+    // The index keeps 32-bit stat fields: git truncates them the same way.
+    Some(git2::IndexEntry {
+        ctime: git2::IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
+        mtime: git2::IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
+        dev: meta.dev() as u32,
+        ino: meta.ino() as u32,
+        mode: mode as u32,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        file_size: meta.len() as u32,
+        id: blob,
+        flags: 0,
+        flags_extended: 0,
+        path: rel.as_os_str().as_bytes().to_vec(),
     })
 }
 
@@ -339,6 +377,26 @@ pub fn branch_head<'r>(main: &'r Repository, branch: &str) -> Result<Commit<'r>,
     Ok(main.find_branch(branch, git2::BranchType::Local)?.get().peel_to_commit()?)
 }
 
+/// The `[story]` commit the integration branch gained since the story's branch left it: the
+/// story's merge landed already, though nothing recorded it (a daemon killed in the middle of
+/// the merge, then its store lost). A story re-run after it was merged starts from a branch cut
+/// after that commit, which is then not counted.
+pub fn landed_since_fork(main: &Repository, branch: &str, story: &str) -> Result<Option<Oid>, GitError> {
+    let Ok(head) = branch_head(main, branch) else { return Ok(None) };
+    let integration = main.head()?.peel_to_commit()?.id();
+    let fork = main.merge_base(integration, head.id())?;
+    let mut walk = main.revwalk()?;
+    walk.push(integration)?;
+    walk.hide(fork)?;
+    for oid in walk {
+        let oid = oid?;
+        if git::subject_marks(&main.find_commit(oid)?, story) {
+            return Ok(Some(oid));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether the story's branch has a commit of its own (subject `[story]`) since it left
 /// `integration`.
 pub fn has_story_commit(main: &Repository, branch: &str, integration: Oid, story: &str) -> Result<bool, GitError> {
@@ -441,11 +499,32 @@ mod tests {
         assert_eq!(files, ["src/a.txt"], "another story's status.json stays as the integration branch has it");
         land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
         assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "a by the story\n");
+        // The index holds the landed file as it is on disk: git sees nothing to commit.
+        assert_eq!(repo.status_file(Path::new("src/a.txt")).unwrap(), git2::Status::CURRENT);
         // Landing again (a restart after a crash) changes nothing, and leaves a later edit alone.
         fs::write(dir.path().join("src/a.txt"), "the user's edit since\n").unwrap();
         land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
         assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "the user's edit since\n");
         assert_eq!(landed(&repo, &branch_ref, base, commit), Some(true));
+    }
+
+    #[test]
+    fn a_merge_landed_since_the_branch_forked_is_found_and_one_from_before_it_is_not() {
+        let (_dir, repo) = repo(&[("src/a.txt", "a\n")]);
+        let work = story_branch(&repo, &[("src/a.txt", "a by the story\n")]);
+        repo.branch("sticler/phase-1/US-P1-001", &repo.find_commit(work).unwrap(), false).unwrap();
+        let branch = "sticler/phase-1/US-P1-001";
+        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
+        let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", work, &doc(), Path::new(OWN)).unwrap()
+        else {
+            panic!("expected a merge")
+        };
+        land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), Some(commit));
+        // The story run again after its merge: a branch cut after it knows nothing landed yet.
+        let again = story_branch(&repo, &[("src/a.txt", "again\n")]);
+        repo.branch(branch, &repo.find_commit(again).unwrap(), true).unwrap();
+        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
     }
 
     #[test]

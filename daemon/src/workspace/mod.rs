@@ -107,27 +107,61 @@ impl Workspaces {
         Ok(root)
     }
 
+    /// Gives each of `stories` that has no worktree yet a slot, all moved (or made) at once on
+    /// threads of their own: slots are worktrees of their own, and a slot made for the first
+    /// time writes the whole tree. A story whose worktree could not be readied is let go:
+    /// `enter` tries again and reports why.
+    pub fn prepare(&mut self, stories: &[String]) {
+        let head = Repository::open(&self.main_root).and_then(|main| Ok(main.head()?.peel_to_commit()?.id()));
+        let Ok(base) = head else { return };
+        let mut jobs = Vec::new();
+        for story in stories {
+            if self.root(story).is_none() {
+                let index = self.free_slot();
+                self.slots[index].story = Some(story.clone());
+                self.slots[index].kept = false;
+                jobs.push((index, story.as_str()));
+            }
+        }
+        let (main_root, phase, slots) = (&self.main_root, self.phase, &self.slots);
+        let failed: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|&(index, story)| {
+                    scope.spawn(move || {
+                        let main = Repository::open(main_root)?;
+                        ready(&main, &slots[index], story, &branch_name(phase, story), base)
+                    })
+                })
+                .collect();
+            let results: Vec<bool> = handles.into_iter().map(|h| h.join().is_ok_and(|r| r.is_ok())).collect();
+            jobs.iter().zip(results).filter(|(_, ok)| !ok).map(|((index, _), _)| *index).collect()
+        });
+        for index in failed {
+            self.slots[index].story = None;
+        }
+    }
+
+    /// A free slot's index; a new slot when none is free.
+    fn free_slot(&mut self) -> usize {
+        if let Some(index) = self.slots.iter().position(|s| s.story.is_none()) {
+            return index;
+        }
+        // The first free number: slots adopted from an earlier run may leave gaps.
+        let taken = |n: usize| self.slots.iter().any(|s| s.name == format!("{}{n}", slot_prefix(self.phase)));
+        let number = (0..).find(|n| !taken(*n)).unwrap_or(self.slots.len());
+        let name = format!("{}{number}", slot_prefix(self.phase));
+        self.slots.push(Slot { path: self.dir.join(&name), name, story: None, kept: false });
+        self.slots.len() - 1
+    }
+
     /// A free slot (or a new one) put on the story's branch.
     fn assign(&mut self, story: &str) -> Result<PathBuf, GitError> {
         let main = Repository::open(&self.main_root)?;
         let base = main.head()?.peel_to_commit()?.id();
-        let index = match self.slots.iter().position(|s| s.story.is_none()) {
-            Some(index) => index,
-            None => {
-                // The first free number: slots adopted from an earlier run may leave gaps.
-                let taken = |n: usize| self.slots.iter().any(|s| s.name == format!("{}{n}", slot_prefix(self.phase)));
-                let number = (0..).find(|n| !taken(*n)).unwrap_or(self.slots.len());
-                let name = format!("{}{number}", slot_prefix(self.phase));
-                self.slots.push(Slot { path: self.dir.join(&name), name, story: None, kept: false });
-                self.slots.len() - 1
-            }
-        };
+        let index = self.free_slot();
         let slot = &mut self.slots[index];
-        let started = std::time::Instant::now();
-        let made = worktree::enter(&main, &slot.name, &slot.path, &branch_name(self.phase, story), base)?;
-        // The bench reads this line: how long a worktree takes to be ready, made or reused.
-        let how = if made { "made" } else { "reused" };
-        tracing::info!(story_id = %story, "worktree ready in {:.1} ms ({how})", started.elapsed().as_secs_f64() * 1e3);
+        ready(&main, slot, story, &branch_name(self.phase, story), base)?;
         slot.story = Some(story.to_string());
         slot.kept = false;
         Ok(slot.path.clone())
@@ -136,9 +170,14 @@ impl Workspaces {
     /// `story` leaves its worktree (it completed, failed or went back to pending): what it left
     /// uncommitted goes to its branch. `keep`: the worktree stays the story's, for inspection,
     /// until `retry` or the next start; otherwise the slot serves the next story.
-    /// `merged`: its work was just committed and merged, nothing is left to commit.
+    /// `merged`: its work was just committed and merged, nothing is left to commit, and the
+    /// slot stays on the story's branch until its next story (see `leaves_without_git`).
     pub fn leave(&mut self, story: &str, keep: bool, merged: bool) {
         let Some(slot) = self.slots.iter_mut().find(|s| s.story.as_deref() == Some(story)) else { return };
+        if Self::leaves_without_git(keep, merged) {
+            slot.story = None;
+            return;
+        }
         if !merged {
             if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}")) {
                 tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
@@ -152,6 +191,13 @@ impl Workspaces {
         if let Err(e) = worktree::detach(&slot.path) {
             tracing::warn!(story_id = %story, "cannot let go of the story's branch: {e}");
         }
+    }
+
+    /// Whether leaving touches no git state (and needs no git lock): a merged story's slot is
+    /// free at once. It is let go of its branch by the next `enter`, which detaches first, and
+    /// at the run's end its worktree goes before the branch.
+    pub fn leaves_without_git(keep: bool, merged: bool) -> bool {
+        merged && !keep
     }
 
     /// The run ended: worktrees go, except those kept for failed stories (`keep_failed`); the
@@ -203,6 +249,16 @@ impl Workspaces {
         let rel = path.strip_prefix(&self.main_root).ok()?;
         Some(self.root(story)?.join(rel))
     }
+}
+
+/// Puts `slot` on `story`'s branch (see `worktree::enter`), saying how long it took.
+fn ready(main: &Repository, slot: &Slot, story: &str, branch: &str, base: git2::Oid) -> Result<(), GitError> {
+    let started = std::time::Instant::now();
+    let made = worktree::enter(main, &slot.name, &slot.path, branch, base)?;
+    // The bench reads this line: how long a worktree takes to be ready, made or reused.
+    let how = if made { "made" } else { "reused" };
+    tracing::info!(story_id = %story, "worktree ready in {:.1} ms ({how})", started.elapsed().as_secs_f64() * 1e3);
+    Ok(())
 }
 
 fn slot_prefix(phase: u32) -> String {

@@ -9,7 +9,9 @@
 //! `chain` (50 stories in a chain, width 1: dispatch latency with an idle CPU), `status`
 //! (`status --json` on 1,000 stories vs `pueue status --json` on 1,000 tasks, idle RSS),
 //! `callgrind` (instructions of one status request), `start` (validate and start a
-//! 10,000-story phase), `all` (everything, then the budgets). Settings also come from
+//! 10,000-story phase), `slurm` (the chain under the Slurm runner against the local one and a
+//! plain srun loop, on a private single-node cluster; not part of `all`), `all` (everything
+//! else, then the budgets). Settings also come from
 //! `STICLER_BENCH_STORIES`, `_WIDTH`, `_REPS`, `_TOOLS` (e.g. `sticler,make`).
 //! pueue: `$STICLER_BENCH_PUEUE_DIR`, `$PATH`, or built once into `$TMPDIR/pueue-install`.
 
@@ -18,6 +20,7 @@ mod measure;
 mod micro;
 mod pueue;
 mod runners;
+mod slurm;
 mod workload;
 mod worktrees;
 
@@ -75,9 +78,12 @@ fn settings() -> Settings {
                     _ => usage("--commit takes auto or worker"),
                 }
             }
-            "all" | "dag" | "chain" | "status" | "callgrind" | "start" | "worktree" => s.section = arg,
+            "all" | "dag" | "chain" | "status" | "callgrind" | "start" | "worktree" | "slurm" => s.section = arg,
             other => usage(&format!("unknown argument {other:?}")),
         }
+    }
+    if s.section == "slurm" && tools.is_none() {
+        s.tools = vec![Tool::Floor, Tool::SrunLoop, Tool::Sticler, Tool::SticlerSlurm];
     }
     if let Some(list) = tools {
         s.tools = list
@@ -88,9 +94,17 @@ fn settings() -> Settings {
                 "pueue" => Tool::Pueue,
                 "sticler" | "worktree" => Tool::Sticler,
                 "shared" => Tool::SticlerShared,
+                "slurm" => Tool::SticlerSlurm,
+                "srun" => Tool::SrunLoop,
                 other => usage(&format!("unknown tool {other:?}")),
             })
             .collect();
+    }
+    if s.tools.iter().any(|t| matches!(t, Tool::SticlerSlurm | Tool::SrunLoop))
+        && sticler_tests::slurm::Cluster::shared().is_none()
+    {
+        println!("Slurm tools skipped: no cluster (above)\n");
+        s.tools.retain(|t| !matches!(t, Tool::SticlerSlurm | Tool::SrunLoop));
     }
     if s.tools.contains(&Tool::Pueue) || matches!(s.section.as_str(), "all" | "status") {
         match pueue::locate() {
@@ -101,7 +115,9 @@ fn settings() -> Settings {
             }
         }
     }
-    s.kernel_clock = exectrace::available();
+    // A Slurm job's processes are slurmstepd's, not the tracer's to follow: both Slurm rows and
+    // the local ones they are compared with take the worker's own records.
+    s.kernel_clock = s.section != "slurm" && exectrace::available();
     if !s.kernel_clock {
         println!(
             "perf cannot record sched tracepoints here (not installed, or perf_event_paranoid): dispatch \
@@ -113,8 +129,8 @@ fn settings() -> Settings {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "sticler-bench: {problem}\nusage: sticler-bench [all|dag|chain|status|callgrind|start|worktree] \
-         [--stories N] [--width W] [--reps R] [--tools floor,make,pueue,shared,sticler] [--iterations 1|3] \
+        "sticler-bench: {problem}\nusage: sticler-bench [all|dag|chain|status|callgrind|start|worktree|slurm] \
+         [--stories N] [--width W] [--reps R] [--tools floor,make,pueue,shared,sticler,slurm,srun] [--iterations 1|3] \
          [--commit auto|worker]"
     );
     std::process::exit(2);
@@ -242,6 +258,10 @@ fn main() {
     if matches!(section.as_str(), "all" | "chain") {
         println!("## Chain (one worker at a time: dispatch latency on an idle CPU)\n");
         chain = bench_workloads(&s, &[chain_workload()]);
+    }
+    if section == "slurm" {
+        println!("## Chain on Slurm (a private single-node cluster) against local (median of {} runs)\n", s.reps);
+        bench_workloads(&s, &[chain_workload()]);
     }
     let mut figures = Figures::default();
     if matches!(section.as_str(), "all" | "status") {

@@ -21,6 +21,10 @@ pub enum Tool {
     Sticler,
     /// sticler with `"workspace": "shared"` (every worker in the project folder).
     SticlerShared,
+    /// sticler with `"runner": {"kind": "slurm"}` on the bench's private cluster.
+    SticlerSlurm,
+    /// One `srun` per story, back to back: Slurm's own floor.
+    SrunLoop,
 }
 
 impl Tool {
@@ -31,6 +35,8 @@ impl Tool {
             Tool::Pueue => format!("pueue (parallel {width})"),
             Tool::Sticler => "sticler (worktree)".into(),
             Tool::SticlerShared => "sticler (shared)".into(),
+            Tool::SticlerSlurm => "sticler (slurm runner)".into(),
+            Tool::SrunLoop => "srun loop (Slurm floor)".into(),
         }
     }
 }
@@ -59,6 +65,8 @@ pub fn run(tool: Tool, w: &Workload, pueue_bin: Option<&Path>, kernel_clock: boo
         Tool::Make => make(w, &p),
         Tool::Floor => floor(w, &p),
         Tool::Pueue => pueue(w, &p, pueue_bin.expect("pueue located")),
+        Tool::SticlerSlurm => crate::slurm::sticler(cluster(), w, &p),
+        Tool::SrunLoop => crate::slurm::srun_loop(cluster(), w, &p),
     };
     // Back to back, a dependent waits for every story before it, not for its dependencies: the
     // floor has no dispatch latency to speak of.
@@ -67,6 +75,11 @@ pub fn run(tool: Tool, w: &Workload, pueue_bin: Option<&Path>, kernel_clock: boo
         sample.latencies = dispatch_latencies(&rec.path().join("events.log"), &graph, kernel.as_ref());
     }
     sample
+}
+
+/// The bench's Slurm cluster; the Slurm tools are only chosen when it exists.
+fn cluster() -> &'static sticler_tests::slurm::Cluster {
+    sticler_tests::slurm::Cluster::shared().expect("a Slurm cluster for the Slurm tools")
 }
 
 /// `sticlerctl start --wait` on a fresh daemon; the daemon's CPU delta over the run and its VmHWM.

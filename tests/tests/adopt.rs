@@ -363,7 +363,10 @@ fn kill_ends_an_adopted_worker_and_its_strays() {
     sticler_tests::state_dir::wait_start_recorded(&daemon, "US-P1-001", 1);
     daemon.signal_and_wait(Signal::SIGKILL);
     daemon.launch(&[]);
-    assert!(daemon.log_text().contains("adopted the running worker"), "{}", daemon.dump(p.path()));
+    // The resumed run's task adopts it just after the daemon serves.
+    poll(Duration::from_secs(20), "the worker adopted", || {
+        daemon.log_text().contains("adopted the running worker").then_some(())
+    });
     assert!(daemon.ctl(&["-C", &p.path_str(), "kill", "1"]).status.success());
     assert_eq!(daemon.ctl(&["-C", &p.path_str(), "wait", "1"]).status.code(), Some(5), "stopped");
     poll(Duration::from_secs(10), "the whole tree gone", || {

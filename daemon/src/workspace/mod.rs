@@ -40,8 +40,15 @@ struct Slot {
 impl Workspaces {
     /// The pool of `phase`: worktrees left by an earlier run (stopped, failed, or a daemon that
     /// died) have what their story left uncommitted committed to its branch, then serve again;
-    /// branches of stories completed since are deleted.
-    pub fn open(dir: PathBuf, main_root: &Path, phase: u32, completed: &dyn Fn(&str) -> bool) -> Workspaces {
+    /// branches of stories completed since are deleted. Worktrees in `busy` (story, root) have
+    /// an adopted worker at work: they stay that story's, untouched.
+    pub fn open(
+        dir: PathBuf,
+        main_root: &Path,
+        phase: u32,
+        completed: &dyn Fn(&str) -> bool,
+        busy: &[(String, PathBuf)],
+    ) -> Workspaces {
         let mut pool = Workspaces { main_root: main_root.to_path_buf(), dir, phase, slots: Vec::new() };
         let prefix = slot_prefix(phase);
         let mut names: Vec<String> = std::fs::read_dir(&pool.dir)
@@ -52,6 +59,11 @@ impl Workspaces {
         names.retain(|n| !n.ends_with(".creating"));
         for name in names {
             let path = pool.dir.join(&name);
+            if let Some((story, _)) = busy.iter().find(|(_, root)| *root == path) {
+                // Adopted: its worker runs on. `mirror` at the iteration's end sets `synced`.
+                pool.slots.push(Slot { name, path, story: Some(story.clone()), kept: false, synced: None });
+                continue;
+            }
             let marker = worktree::creating_marker(&path);
             if marker.exists() {
                 // Made by a daemon that died before its checkout ended: nothing worked there.
@@ -121,7 +133,15 @@ impl Workspaces {
         let rel = story_dir.strip_prefix(&self.main_root).unwrap_or(story_dir);
         let Some(slot) = self.slots.iter_mut().find(|s| s.story.as_deref() == Some(story)) else { return Ok(()) };
         let Some(bytes) = read_if_any(&slot.path.join(rel).join(STATUS_FILE))? else { return Ok(()) };
-        write_if_changed(&story_dir.join(STATUS_FILE), &bytes)?;
+        let project_copy = story_dir.join(STATUS_FILE);
+        if let Err(e) = write_if_changed(&project_copy, &bytes) {
+            if slot.synced.is_none() {
+                // A slot with no sync yet (an adopted worker's): the project's copy, stale now,
+                // is the one `enter` must not bring back.
+                slot.synced = read_if_any(&project_copy).ok().flatten().and_then(|old| blob_id(&old).ok());
+            }
+            return Err(e);
+        }
         slot.synced = blob_id(&bytes).ok();
         Ok(())
     }
@@ -346,7 +366,7 @@ mod tests {
         let sig = git2::Signature::now("t", "t@x").unwrap();
         repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[]).unwrap();
         let state = tempfile::tempdir().unwrap();
-        let pool = Workspaces::open(state.path().to_path_buf(), main.path(), 1, &|_| false);
+        let pool = Workspaces::open(state.path().to_path_buf(), main.path(), 1, &|_| false, &[]);
         (main, state, pool, story_dir)
     }
 

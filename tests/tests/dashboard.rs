@@ -1,6 +1,7 @@
 //! `sticlerctl dashboard`: who may use its port (token, Host, Origin), where it listens, the
 //! event stream resumed after a reconnect, the story detail, and the page itself in a real
-//! headless Chromium (skipped, saying why, when chromium or chromedriver is not installed).
+//! headless Chromium (skipped, saying why, when chromium or chromedriver is not installed), and
+//! in a real headless Firefox (over WebDriver BiDi, by `tests/browser/firefox_check.py`).
 
 use std::time::Duration;
 
@@ -328,4 +329,43 @@ async fn browser_test() {
     assert!(out.status.success(), "{}", describe(&out));
     poll(Duration::from_secs(20), "the run to end", || (!daemon.phase_status(p.path(), 1).running).then_some(()));
     browser.quit().await;
+}
+
+/// The same page in Firefox: the graph, the story panel's commit and diff, no console error, a
+/// drawn screenshot. Firefox is driven over its own WebDriver BiDi by a small Python script, as
+/// Debian has no geckodriver.
+#[test]
+fn the_page_works_in_a_real_firefox_too() {
+    if !sticler_tests::have_tool("firefox-esr", "firefox-esr")
+        || !sticler_tests::have_tool("/usr/bin/python3", "python3")
+    {
+        return;
+    }
+    let probe = std::process::Command::new("/usr/bin/python3").args(["-c", "import websockets"]).output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        println!("skipped: the Python websockets module is not installed (apt-get install python3-websockets)");
+        return;
+    }
+    let daemon = Daemon::start();
+    let p = small_phase();
+    let out = daemon.ctl(&["-C", &p.path_str(), "start", "1", "--wait"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let dash = Dashboard::start(&daemon, p.path());
+    let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-firefox.png");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/firefox_check.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([script, &dash.url, "3"])
+        .arg(&png)
+        .output()
+        .expect("run firefox_check.py");
+    assert!(out.status.success(), "{}", describe(&out));
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert_eq!(seen["ids"], json!(["US-P1-001", "US-P1-002", "US-P1-003"]), "{seen}");
+    let hash = story_of(&daemon.phase_status(p.path(), 1), "US-P1-001").commit_hash.clone();
+    assert_eq!(seen["commit"], json!(hash), "{seen}");
+    let diff = seen["diff"].as_str().unwrap_or("");
+    assert!(diff.contains("+++ b/phases/phase_1/stories/US-P1-001/status.json"), "{seen}");
+    assert_eq!(seen["console_errors"], json!([]), "{seen}");
+    let shot = std::fs::read(&png).expect("the screenshot");
+    assert!(shot.starts_with(b"\x89PNG\r\n\x1a\n") && shot.len() > 20_000, "a blank screenshot: {}", png.display());
 }

@@ -410,4 +410,36 @@ fn stop_is_heard_while_a_verify_command_runs() {
     sticler_tests::poll(std::time::Duration::from_secs(10), "no process left", || {
         daemon.marked_processes().is_empty().then_some(())
     });
+    // The claim was never verified: the next run must not commit it as it stands.
+    let status = p.status_json("US-P1-001");
+    assert_eq!(status["status"], "in_progress", "{status}");
+    assert!(status["failed_reasons"].to_string().contains("verify command was stopped"), "{status}");
+}
+
+/// A daemon killed while a story's verify command runs: the claim is not taken as verified (nor
+/// committed as it stands): it goes back to the worker, which claims again, and the verify
+/// command runs in full before the story completes.
+#[test]
+fn a_claim_whose_verify_a_crash_cut_short_is_verified_again() {
+    let mut daemon = Daemon::start();
+    let p = ProjectBuilder::shared();
+    let runs = tempfile::tempdir().expect("temp dir");
+    let (count, started) = (runs.path().join("verify-runs"), runs.path().join("verify-started"));
+    let verify = format!(
+        "echo run >> {count}; if [ $(wc -l < {count}) -eq 1 ]; then touch {started}; exec sleep 600; fi; echo verify-ok",
+        count = count.display(),
+        started = started.display()
+    );
+    p.config(json!({"verify": ["/bin/sh", "-c", verify]}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(json!({"commit": true}))]);
+    assert!(daemon.ctl(&["-C", &p.path_str(), "start", "1"]).status.success());
+    sticler_tests::poll(Duration::from_secs(30), "the first verify command", || started.exists().then_some(()));
+    daemon.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    daemon.launch(&[]);
+    let phase = daemon.wait_phase(p.path(), 1);
+    assert_eq!(phase.stories[0].state, StoryState::Completed, "{}", daemon.dump(p.path()));
+    let verified = std::fs::read_to_string(&count).expect("the verify runs");
+    assert_eq!(verified.lines().count(), 2, "verified again after the restart");
+    let reasons = p.status_json("US-P1-001")["failed_reasons"].to_string();
+    assert!(reasons.contains("verify command was cut short"), "{reasons}");
 }

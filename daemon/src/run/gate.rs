@@ -28,6 +28,11 @@ impl PhaseRun {
         // Not under the worker's token, whose stray sweep must not reach the verify command.
         let token = format!("{}-verify/", worker.group.token.trim_end_matches('/'));
         let spec = SpawnSpec { stdin: None, ..self.spawn_spec(story, &paths, worker.iteration, token, &verify) };
+        // Recorded, and flushed (see `record_story`), before the command starts: a daemon that
+        // dies while it runs knows the claim was never verified, and turns it back instead of
+        // committing it (`launch::turn_back_unverified`).
+        self.state.update(|s| s.sched.verifying(story));
+        self.record_story(story, None, None);
         match worker::spawn(&self.daemon.spawner, &self.daemon.logs, &spec) {
             Ok((group, exit)) => {
                 let stop = self.supervise(story, worker.iteration, (group.clone(), exit), None, None);
@@ -39,7 +44,6 @@ impl PhaseRun {
                     stop,
                 };
                 self.running.insert(story.to_string(), running);
-                self.state.update(|s| s.sched.verifying(story));
                 None
             }
             Err(e) => {
@@ -55,10 +59,12 @@ impl PhaseRun {
     pub(super) fn verified(&mut self, story: &str, verify: &Running, ended: &Ended) -> Verdict {
         // A verify command the timeout ended fails as "timed out", whatever SIGTERM made it exit.
         let exit = ended.shown();
+        let Some(paths) = self.work_paths(story) else { return Verdict::Stopped };
         if ended.stopped() && exit != ExitReason::Exited(0) {
+            // Unverified, the claim must not be taken as it stands by the next run.
+            reopen(story, &paths, "the verify command was stopped before it ended; claim completed again to run it");
             return Verdict::Stopped;
         }
-        let Some(paths) = self.work_paths(story) else { return Verdict::Stopped };
         if exit == ExitReason::Exited(0) {
             // Accepted: the caller goes on to the commit (or the merge).
             return Verdict::Completed;

@@ -44,12 +44,17 @@ impl PhaseRun {
         super::merging::recover_merges(&daemon, &run_key, &project.root);
         let mut inits = Vec::new();
         let mut stories = BTreeMap::new();
+        let unverified = if start.recovered { unverified_claims(&daemon, &run_key) } else { Vec::new() };
         for story in &files.stories {
             let Ok(doc) = &story.status else { continue };
             let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
             let (deps, unmet_external, failed_external) =
                 split_dependencies(&daemon, &project, files.number, doc.dependencies());
-            let disk = settle_completed(&daemon, &project, story, doc, &paths, &config, &start);
+            let disk = if unverified.iter().any(|id| id == story.id.as_str()) {
+                turn_back_unverified(story, doc, &paths)
+            } else {
+                settle_completed(&daemon, &project, story, doc, &paths, &config, &start)
+            };
             inits.push(StoryInit {
                 id: story.id.to_string(),
                 deps,
@@ -179,6 +184,29 @@ fn has_branch(project: &Project, story: &StoryFiles) -> bool {
     let branch = crate::workspace::branch_name(story.id.phase, story.id.as_str());
     let found = repo.find_branch(&branch, git2::BranchType::Local).is_ok();
     found
+}
+
+/// The stories whose claim of completion was under verification when the last daemon died:
+/// their verify command never told, so the claim is not accepted as it stands.
+fn unverified_claims(daemon: &Daemon, run_key: &str) -> Vec<String> {
+    let records = daemon.bus.store().stories(run_key).unwrap_or_default();
+    records.into_iter().filter(|(_, r)| r.state == sticler_proto::StoryState::Verifying).map(|(s, _)| s).collect()
+}
+
+/// A claim whose verify command a dead daemon never saw end goes back to `in_progress`, with
+/// the reason: its next iteration claims again and the verify command runs in full. Nothing
+/// unverified is committed or counted completed.
+fn turn_back_unverified(story: &StoryFiles, doc: &JsonDoc, paths: &StoryPaths) -> DiskStatus {
+    let disk = doc.disk_status();
+    if disk != DiskStatus::Completed {
+        return disk;
+    }
+    let reason = "the verify command was cut short when sticlerd stopped; claim completed again to run it";
+    tracing::warn!(story_id = %story.id, "{reason}");
+    if let Err(e) = status_edits::reopen(&paths.status, reason) {
+        tracing::warn!(story_id = %story.id, "cannot reopen the story in status.json: {e}");
+    }
+    DiskStatus::InProgress
 }
 
 /// A recovered run continues each story's counts from the last daemon's records. Returns the

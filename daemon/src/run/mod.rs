@@ -319,7 +319,7 @@ impl PhaseRun {
     }
 
     /// Stores the story's state and counts, and its worker while one runs.
-    fn record_story(&self, story: &str, worker: Option<(i32, &std::path::Path)>, last_exit: Option<String>) {
+    pub(super) fn record_story(&self, story: &str, worker: Option<(i32, &std::path::Path)>, last_exit: Option<String>) {
         let (state, (iterations, infra_streak)) = {
             let state = self.state.read();
             (state.sched.state(story).unwrap_or(StoryState::Pending), state.sched.counts(story))
@@ -335,7 +335,11 @@ impl PhaseRun {
         };
         // A failure streak is flushed before the next iteration starts, so that a daemon that
         // keeps dying cannot reset it; progress is written lazily (see Store::put_story).
-        let flush = worker.is_none() && infra_streak > 0;
+        // So is a claim under verification and its end (a daemon that dies meanwhile must
+        // know the claim was not verified: `launch::settle_completed` turns it back).
+        let verified = self.config.verify.is_some()
+            && matches!(state, StoryState::Verifying | StoryState::Merging | StoryState::Completed);
+        let flush = (worker.is_none() && infra_streak > 0) || verified;
         if let Err(e) = self.daemon.bus.store().put_story(&self.run_key, story, &record, flush) {
             tracing::warn!(story_id = %story, "cannot record the story in the store: {e}");
         }

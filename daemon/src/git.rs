@@ -15,11 +15,14 @@ pub enum GitError {
     Git(#[from] git2::Error),
     #[error("commit_hash {hash:?} recorded for {story} {why}")]
     BogusHash { story: String, hash: String, why: String },
-    #[error("the index of {0} stayed locked (index.lock) for {1:?}; another git process is busy")]
+    #[error(
+        "a git lock of {0} (index.lock, HEAD.lock or a branch's) stayed held for {1:?}; another git process is busy"
+    )]
     Locked(String, Duration),
 }
 
-/// How long a worker's own `index.lock` is waited out; it is never deleted.
+/// How long a lock of a live git (a worker's own `index.lock`, a `git gc`'s `HEAD.lock`) is
+/// waited out; it is never deleted.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// A file that vanished between git's directory scan and its stat (a worker's temp file of an
@@ -29,7 +32,8 @@ fn transient(e: &git2::Error) -> bool {
     matches!(e.class(), git2::ErrorClass::Os | git2::ErrorClass::Filesystem)
 }
 
-/// Retries `op` while git reports a locked index or a transient file race, for a bounded time.
+/// Retries `op` while git reports a held lock (index, HEAD, a ref) or a transient file race, for
+/// a bounded time.
 pub fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) -> Result<T, GitError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {

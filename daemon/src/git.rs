@@ -485,6 +485,20 @@ pub fn clear_stale_locks(root: &Path) -> usize {
             }
         }
     }
+    remove_unheld(locks)
+}
+
+/// Removes the lock files directly in `dir` (a worktree's git folder: its HEAD.lock, index.lock)
+/// that no process has open. Only for locks that outlived a wait for their holder: a git killed
+/// mid-write leaves its lock behind for good.
+pub fn clear_stale_locks_in(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let locks = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "lock"));
+    remove_unheld(locks.filter(|p| p.is_file()).collect())
+}
+
+/// Removes those of `locks` that no process has open. Returns how many went.
+fn remove_unheld(locks: Vec<std::path::PathBuf>) -> usize {
     if locks.is_empty() {
         return 0;
     }

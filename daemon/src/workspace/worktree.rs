@@ -32,9 +32,9 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
             // Off any branch while its files change: a daemon killed mid-checkout must not leave
             // the next story's files looking like changes of the last story's branch. HEAD.lock
             // may be a live git's (a `git gc`'s `reflog expire --all` in any worktree locks every
-            // worktree's HEAD in turn): it is waited out, never taken away.
+            // worktree's HEAD in turn): see `retry_worktree_locked`.
             if let Ok(current) = tree.head().and_then(|h| h.peel_to_commit()) {
-                git::retry_locked(path, || tree.set_head_detached(current.id()))?;
+                retry_worktree_locked(&tree, || tree.set_head_detached(current.id()))?;
             }
             // The target first, against the tree checked out now (the baseline), then HEAD:
             // what `git checkout` does, so only the files that differ are written.
@@ -56,7 +56,7 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
                 force.force().remove_untracked(true);
                 tree.checkout_tree(target.as_object(), Some(&mut force))?;
             }
-            git::retry_locked(path, || tree.set_head(&refname))?;
+            retry_worktree_locked(&tree, || tree.set_head(&refname))?;
             return Ok(false);
         }
     }
@@ -117,7 +117,8 @@ pub fn commit_leftovers(path: &Path, message: &str) -> Result<Option<Oid>, GitEr
     let sig = git::signature(&tree_repo)?;
     let others: Vec<Commit<'_>> = merging.iter().filter_map(|oid| tree_repo.find_commit(*oid).ok()).collect();
     let parents: Vec<&Commit<'_>> = head.iter().chain(others.iter()).collect();
-    let oid = git::retry_locked(path, || tree_repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents))?;
+    let oid =
+        retry_worktree_locked(&tree_repo, || tree_repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents))?;
     tree_repo.cleanup_state()?;
     Ok(Some(oid))
 }
@@ -134,7 +135,22 @@ pub fn creating_marker(path: &Path) -> std::path::PathBuf {
 pub fn detach(path: &Path) -> Result<(), GitError> {
     let tree_repo = Repository::open(path)?;
     let head = tree_repo.head()?.peel_to_commit()?.id();
-    git::retry_locked(path, || tree_repo.set_head_detached(head))
+    retry_worktree_locked(&tree_repo, || tree_repo.set_head_detached(head))
+}
+
+/// Runs `op` (a move or commit of the worktree's HEAD). A live git's lock (HEAD.lock,
+/// index.lock) is waited out; one still in the worktree's git folder after the wait that no
+/// process has open is a killed git's (a worker's `git commit` or `git gc` killed with its
+/// iteration) and would fail every next story of the slot: it goes, and `op` runs once more.
+fn retry_worktree_locked<T>(
+    tree_repo: &Repository,
+    mut op: impl FnMut() -> Result<T, git2::Error>,
+) -> Result<T, GitError> {
+    let admin = tree_repo.path();
+    match git::retry_locked(admin, &mut op) {
+        Err(GitError::Locked(..)) if git::clear_stale_locks_in(admin) > 0 => Ok(op()?),
+        other => other,
+    }
 }
 
 /// Conflicts a merge left in the index are settled as the worktree's files are now (the agent's
@@ -252,5 +268,29 @@ mod tests {
         detach(&slot).unwrap();
         assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
         assert!(Repository::open(&slot).unwrap().head_detached().unwrap());
+    }
+
+    /// A git killed while it held the slot's HEAD.lock left it: after the wait it goes (no
+    /// process has it open), and the slot serves its next story.
+    #[test]
+    fn a_head_lock_left_by_a_killed_git_goes_after_the_wait() {
+        let (_dir, repo, slot, base) = repo_with_slot();
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        std::fs::write(&lock, b"").unwrap();
+        assert!(!enter(&repo, "slot", &slot, "sticler/b", base).unwrap(), "reused");
+        assert!(!lock.exists());
+        let head = Repository::open(&slot).unwrap().head().unwrap().name().unwrap().to_string();
+        assert_eq!(head, "refs/heads/sticler/b");
+    }
+
+    /// A lock a live process has open is never taken away, however long it is held.
+    #[test]
+    fn a_head_lock_a_live_process_has_open_is_never_deleted() {
+        let (_dir, repo, slot, _) = repo_with_slot();
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        let _held = std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).unwrap();
+        assert!(matches!(detach(&slot), Err(GitError::Locked(..))));
+        assert!(lock.exists());
+        assert!(!Repository::open(&slot).unwrap().head_detached().unwrap(), "still on its branch");
     }
 }

@@ -185,6 +185,20 @@ fn a_workers_git_starts_no_automatic_gc_and_keeps_the_configured_settings() {
     }
 }
 
+/// A git killed mid-write (a worker's `git gc` swept with its iteration) leaves its worktree's
+/// HEAD.lock behind, held by no one: sticler waits for a holder, then clears it and commits,
+/// merges and moves the slot on, where it used to fail the story on it at every try.
+#[test]
+fn a_head_lock_a_killed_git_left_in_the_worktree_does_not_fail_the_story() {
+    let daemon = Daemon::start();
+    let script = "[ \"$STICLER_STORY_ID\" = US-P1-001 ] && : > \"$(git rev-parse --git-dir)/HEAD.lock\"; exec \"$0\"";
+    let p = project(script, 1);
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &["US-P1-001"])]);
+    run(&daemon, &p);
+    assert_eq!(files_of(p.path(), "US-P1-001").len(), 1, "its status.json");
+    assert_no_leftovers(&daemon, &p);
+}
+
 #[test]
 fn a_users_uncommitted_edit_is_never_overwritten_the_merge_waits_and_says_why() {
     let daemon = Daemon::start();

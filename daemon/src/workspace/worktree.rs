@@ -51,10 +51,12 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
                 safe.path(path.as_path());
             }
             safe.disable_pathspec_match(true);
-            if !changed.is_empty() && tree.checkout_tree(target.as_object(), Some(&mut safe)).is_err() {
+            let mut safely =
+                || retry_worktree_locked(&tree, || tree.checkout_tree(target.as_object(), Some(&mut safe)));
+            if !changed.is_empty() && safely().is_err() {
                 let mut force = CheckoutBuilder::new();
                 force.force().remove_untracked(true);
-                tree.checkout_tree(target.as_object(), Some(&mut force))?;
+                retry_worktree_locked(&tree, || tree.checkout_tree(target.as_object(), Some(&mut force)))?;
             }
             retry_worktree_locked(&tree, || tree.set_head(&refname))?;
             return Ok(false);
@@ -107,7 +109,7 @@ pub fn commit_leftovers(path: &Path, message: &str) -> Result<Option<Oid>, GitEr
         true
     });
     settle_conflicts(&tree_repo, path)?;
-    let tree_id = git::stage_all(&tree_repo, path)?;
+    let tree_id = clearing_stale_locks(&tree_repo, || git::stage_all(&tree_repo, path))?;
     let head = git::head_commit(&tree_repo);
     let unchanged = head.as_ref().is_some_and(|h| h.tree_id() == tree_id);
     if unchanged && merging.is_empty() {
@@ -138,17 +140,22 @@ pub fn detach(path: &Path) -> Result<(), GitError> {
     retry_worktree_locked(&tree_repo, || tree_repo.set_head_detached(head))
 }
 
-/// Runs `op` (a move or commit of the worktree's HEAD). A live git's lock (HEAD.lock,
-/// index.lock) is waited out; one still in the worktree's git folder after the wait that no
-/// process has open is a killed git's (a worker's `git commit` or `git gc` killed with its
-/// iteration) and would fail every next story of the slot: it goes, and `op` runs once more.
+/// Runs `op` (git2 work on the worktree's HEAD, index or files), waiting out a live git's lock
+/// (HEAD.lock, index.lock); see `clearing_stale_locks` for one that outlives the wait.
 fn retry_worktree_locked<T>(
     tree_repo: &Repository,
     mut op: impl FnMut() -> Result<T, git2::Error>,
 ) -> Result<T, GitError> {
-    let admin = tree_repo.path();
-    match git::retry_locked(admin, &mut op) {
-        Err(GitError::Locked(..)) if git::clear_stale_locks_in(admin) > 0 => Ok(op()?),
+    clearing_stale_locks(tree_repo, || git::retry_locked(tree_repo.path(), &mut op))
+}
+
+/// Runs `op`, which waits out live locks itself. A lock still in the worktree's git folder
+/// after that wait that no process has open is a killed git's (a worker's `git commit` or
+/// `git gc` killed with its iteration) and would fail every next story of the slot: it goes,
+/// and `op` runs once more.
+fn clearing_stale_locks<T>(tree_repo: &Repository, mut op: impl FnMut() -> Result<T, GitError>) -> Result<T, GitError> {
+    match op() {
+        Err(GitError::Locked(..)) if git::clear_stale_locks_in(tree_repo.path()) > 0 => op(),
         other => other,
     }
 }
@@ -270,15 +277,17 @@ mod tests {
         assert!(Repository::open(&slot).unwrap().head_detached().unwrap());
     }
 
-    /// A git killed while it held the slot's HEAD.lock left it: after the wait it goes (no
-    /// process has it open), and the slot serves its next story.
+    /// A git killed while it held the slot's HEAD.lock and index.lock left them: after the wait
+    /// they go (no process has them open), and the slot serves its next story.
     #[test]
-    fn a_head_lock_left_by_a_killed_git_goes_after_the_wait() {
+    fn locks_left_by_a_killed_git_go_after_the_wait() {
         let (_dir, repo, slot, base) = repo_with_slot();
-        let lock = repo.path().join("worktrees/slot/HEAD.lock");
-        std::fs::write(&lock, b"").unwrap();
+        let locks = ["HEAD.lock", "index.lock"].map(|name| repo.path().join("worktrees/slot").join(name));
+        for lock in &locks {
+            std::fs::write(lock, b"").unwrap();
+        }
         assert!(!enter(&repo, "slot", &slot, "sticler/b", base).unwrap(), "reused");
-        assert!(!lock.exists());
+        assert!(locks.iter().all(|lock| !lock.exists()));
         let head = Repository::open(&slot).unwrap().head().unwrap().name().unwrap().to_string();
         assert_eq!(head, "refs/heads/sticler/b");
     }

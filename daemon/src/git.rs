@@ -33,7 +33,9 @@ fn transient(e: &git2::Error) -> bool {
 }
 
 /// Retries `op` while git reports a held lock (index, HEAD, a ref) or a transient file race, for
-/// a bounded time.
+/// a bounded time. A lock that outlived the whole wait, that no process has open, is a killed
+/// git's (a worker's `git gc` swept with its iteration's strays): it would fail every next try
+/// for good, so it goes and `op` is tried again.
 pub fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) -> Result<T, GitError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
@@ -47,11 +49,35 @@ pub fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Erro
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) if e.code() == ErrorCode::Locked => {
-                return Err(GitError::Locked(root.display().to_string(), LOCK_WAIT));
+                if !remove_abandoned_lock(&e) {
+                    return Err(GitError::Locked(root.display().to_string(), LOCK_WAIT));
+                }
             }
             other => return other.map_err(GitError::from),
         }
     }
+}
+
+/// Removes the lock file libgit2 could not take ("failed to lock file '<path>' for writing")
+/// when it is older than the wait for its holder and no process has it open. Returns whether
+/// it went. A live git holds its lock open until the moment it renames it into place, and a
+/// lock made during the wait is younger than it: neither is ever touched.
+fn remove_abandoned_lock(e: &git2::Error) -> bool {
+    let message = e.message();
+    let Some(path) = message.split_once('\'').and_then(|(_, rest)| rest.split_once("' for writing")) else {
+        return false;
+    };
+    let lock = Path::new(path.0);
+    let age = std::fs::metadata(lock).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+    if lock.extension().is_none_or(|ext| ext != "lock") || age.is_none_or(|age| age < LOCK_WAIT) {
+        return false;
+    }
+    let held = std::fs::canonicalize(lock).is_ok_and(|p| crate::worker::open_files().contains(&p));
+    if held || std::fs::remove_file(lock).is_err() {
+        return false;
+    }
+    tracing::warn!(path = %lock.display(), "removed a git lock that outlived the wait and that no process holds");
+    true
 }
 
 /// The repository's user.name/user.email, else `sticler <sticler@localhost>`.
@@ -486,15 +512,6 @@ pub fn clear_stale_locks(root: &Path) -> usize {
         }
     }
     remove_unheld(locks)
-}
-
-/// Removes the lock files directly in `dir` (a worktree's git folder: its HEAD.lock, index.lock)
-/// that no process has open. Only for locks that outlived a wait for their holder: a git killed
-/// mid-write leaves its lock behind for good.
-pub fn clear_stale_locks_in(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let locks = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "lock"));
-    remove_unheld(locks.filter(|p| p.is_file()).collect())
 }
 
 /// Removes those of `locks` that no process has open. Returns how many went.

@@ -32,9 +32,9 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
             // Off any branch while its files change: a daemon killed mid-checkout must not leave
             // the next story's files looking like changes of the last story's branch. HEAD.lock
             // may be a live git's (a `git gc`'s `reflog expire --all` in any worktree locks every
-            // worktree's HEAD in turn): see `retry_worktree_locked`.
+            // worktree's HEAD in turn): see `git::retry_locked`.
             if let Ok(current) = tree.head().and_then(|h| h.peel_to_commit()) {
-                retry_worktree_locked(&tree, || tree.set_head_detached(current.id()))?;
+                git::retry_locked(path, || tree.set_head_detached(current.id()))?;
             }
             // The target first, against the tree checked out now (the baseline), then HEAD:
             // what `git checkout` does, so only the files that differ are written.
@@ -51,14 +51,12 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
                 safe.path(path.as_path());
             }
             safe.disable_pathspec_match(true);
-            let mut safely =
-                || retry_worktree_locked(&tree, || tree.checkout_tree(target.as_object(), Some(&mut safe)));
-            if !changed.is_empty() && safely().is_err() {
+            if !changed.is_empty() && tree.checkout_tree(target.as_object(), Some(&mut safe)).is_err() {
                 let mut force = CheckoutBuilder::new();
                 force.force().remove_untracked(true);
-                retry_worktree_locked(&tree, || tree.checkout_tree(target.as_object(), Some(&mut force)))?;
+                tree.checkout_tree(target.as_object(), Some(&mut force))?;
             }
-            retry_worktree_locked(&tree, || tree.set_head(&refname))?;
+            git::retry_locked(path, || tree.set_head(&refname))?;
             return Ok(false);
         }
     }
@@ -109,7 +107,7 @@ pub fn commit_leftovers(path: &Path, message: &str) -> Result<Option<Oid>, GitEr
         true
     });
     settle_conflicts(&tree_repo, path)?;
-    let tree_id = clearing_stale_locks(&tree_repo, || git::stage_all(&tree_repo, path))?;
+    let tree_id = git::stage_all(&tree_repo, path)?;
     let head = git::head_commit(&tree_repo);
     let unchanged = head.as_ref().is_some_and(|h| h.tree_id() == tree_id);
     if unchanged && merging.is_empty() {
@@ -119,8 +117,7 @@ pub fn commit_leftovers(path: &Path, message: &str) -> Result<Option<Oid>, GitEr
     let sig = git::signature(&tree_repo)?;
     let others: Vec<Commit<'_>> = merging.iter().filter_map(|oid| tree_repo.find_commit(*oid).ok()).collect();
     let parents: Vec<&Commit<'_>> = head.iter().chain(others.iter()).collect();
-    let oid =
-        retry_worktree_locked(&tree_repo, || tree_repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents))?;
+    let oid = git::retry_locked(path, || tree_repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents))?;
     tree_repo.cleanup_state()?;
     Ok(Some(oid))
 }
@@ -137,27 +134,7 @@ pub fn creating_marker(path: &Path) -> std::path::PathBuf {
 pub fn detach(path: &Path) -> Result<(), GitError> {
     let tree_repo = Repository::open(path)?;
     let head = tree_repo.head()?.peel_to_commit()?.id();
-    retry_worktree_locked(&tree_repo, || tree_repo.set_head_detached(head))
-}
-
-/// Runs `op` (git2 work on the worktree's HEAD, index or files), waiting out a live git's lock
-/// (HEAD.lock, index.lock); see `clearing_stale_locks` for one that outlives the wait.
-fn retry_worktree_locked<T>(
-    tree_repo: &Repository,
-    mut op: impl FnMut() -> Result<T, git2::Error>,
-) -> Result<T, GitError> {
-    clearing_stale_locks(tree_repo, || git::retry_locked(tree_repo.path(), &mut op))
-}
-
-/// Runs `op`, which waits out live locks itself. A lock still in the worktree's git folder
-/// after that wait that no process has open is a killed git's (a worker's `git commit` or
-/// `git gc` killed with its iteration) and would fail every next story of the slot: it goes,
-/// and `op` runs once more.
-fn clearing_stale_locks<T>(tree_repo: &Repository, mut op: impl FnMut() -> Result<T, GitError>) -> Result<T, GitError> {
-    match op() {
-        Err(GitError::Locked(..)) if git::clear_stale_locks_in(tree_repo.path()) > 0 => op(),
-        other => other,
-    }
+    git::retry_locked(path, || tree_repo.set_head_detached(head))
 }
 
 /// Conflicts a merge left in the index are settled as the worktree's files are now (the agent's
@@ -277,17 +254,15 @@ mod tests {
         assert!(Repository::open(&slot).unwrap().head_detached().unwrap());
     }
 
-    /// A git killed while it held the slot's HEAD.lock and index.lock left them: after the wait
-    /// they go (no process has them open), and the slot serves its next story.
+    /// A git killed while it held the slot's HEAD.lock left it: after the wait it goes (no
+    /// process has it open), and the slot serves its next story.
     #[test]
     fn locks_left_by_a_killed_git_go_after_the_wait() {
         let (_dir, repo, slot, base) = repo_with_slot();
-        let locks = ["HEAD.lock", "index.lock"].map(|name| repo.path().join("worktrees/slot").join(name));
-        for lock in &locks {
-            std::fs::write(lock, b"").unwrap();
-        }
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        std::fs::write(&lock, b"").unwrap();
         assert!(!enter(&repo, "slot", &slot, "sticler/b", base).unwrap(), "reused");
-        assert!(locks.iter().all(|lock| !lock.exists()));
+        assert!(!lock.exists());
         let head = Repository::open(&slot).unwrap().head().unwrap().name().unwrap().to_string();
         assert_eq!(head, "refs/heads/sticler/b");
     }
@@ -301,5 +276,25 @@ mod tests {
         assert!(matches!(detach(&slot), Err(GitError::Locked(..))));
         assert!(lock.exists());
         assert!(!Repository::open(&slot).unwrap().head_detached().unwrap(), "still on its branch");
+    }
+
+    /// A lock no process has open but made during the wait (a live git between its write and
+    /// its rename, as far as anyone can tell) is younger than the wait: it stays too.
+    #[test]
+    fn a_head_lock_younger_than_the_wait_is_never_deleted() {
+        let (_dir, repo, slot, _) = repo_with_slot();
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        std::fs::write(&lock, b"").unwrap();
+        // Made again halfway through the wait, as a new holder would.
+        let renew = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(5));
+                std::fs::write(&lock, b"").unwrap();
+            })
+        };
+        assert!(matches!(detach(&slot), Err(GitError::Locked(..))));
+        renew.join().unwrap();
+        assert!(lock.exists());
     }
 }

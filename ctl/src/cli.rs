@@ -163,8 +163,19 @@ pub enum Command {
     )]
     Presets,
     /// Ask the daemon to stop (workers are stopped gracefully; runs resume on restart)
-    #[command(after_help = "Example:\n  sticlerctl shutdown")]
-    Shutdown,
+    #[command(
+        after_help = "Examples:\n  sticlerctl shutdown\n  sticlerctl shutdown --keep-workers   # a planned restart: the next sticlerd adopts the workers"
+    )]
+    Shutdown {
+        /// Leave the workers running; the next sticlerd adopts them and judges them at their end
+        #[arg(long)]
+        keep_workers: bool,
+    },
+    /// Re-execute sticlerd from its binary on disk, under the same pid, workers kept running
+    #[command(
+        after_help = "After installing a new sticlerd binary over the old one:\n  sticlerctl upgrade\n\nThe daemon flushes its state and re-executes itself in place: its workers stay its children,\nthe socket keeps its path, `watch` and `logs -f` reconnect and resume where they were."
+    )]
+    Upgrade,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(
         after_help = "Examples:\n  sticlerctl completions bash > ~/.local/share/bash-completion/completions/sticlerctl\n  sticlerctl completions zsh > ~/.zfunc/_sticlerctl     # with fpath+=~/.zfunc in ~/.zshrc\n  sticlerctl completions fish > ~/.config/fish/completions/sticlerctl.fish"

@@ -19,6 +19,9 @@ pub enum ClientError {
     Refused(ErrorReply),
     /// The connection broke or the daemon sent nonsense: exit 1.
     Protocol(String),
+    /// The daemon closed the connection (it stopped, restarted or re-executed itself): exit 1,
+    /// unless the command connects again (`watch`, `logs -f`).
+    Closed,
 }
 
 impl std::fmt::Display for ClientError {
@@ -30,6 +33,9 @@ impl std::fmt::Display for ClientError {
                 socket.display()
             ),
             ClientError::Refused(e) => f.write_str(&e.message),
+            ClientError::Closed => f.write_str(
+                "sticlerd closed the connection: it stopped or restarted (`sticlerctl ping` says whether it is back)",
+            ),
             ClientError::Protocol(why) => write!(
                 f,
                 "talking to sticlerd failed: {why}.\nCheck that it still runs (`sticlerctl ping`) and that both are the same version (`sticlerctl version`); its log says more."
@@ -40,7 +46,11 @@ impl std::fmt::Display for ClientError {
 
 impl From<CodecError> for ClientError {
     fn from(e: CodecError) -> Self {
-        ClientError::Protocol(e.to_string())
+        match e {
+            CodecError::Closed => ClientError::Closed,
+            CodecError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ClientError::Closed,
+            e => ClientError::Protocol(e.to_string()),
+        }
     }
 }
 
@@ -150,6 +160,8 @@ pub struct DaemonVersion {
     pub daemon_version: String,
     pub protocol_version: u32,
     pub pid: u32,
+    /// When the daemon image started serving (Unix ms).
+    pub started_ms: u64,
 }
 
 reply!(Pong, "Pong", Response::Pong => Pong);
@@ -158,7 +170,7 @@ reply!(Done, "Done", Response::Done { message } => Done(message));
 reply!(
     DaemonVersion,
     "Version",
-    Response::Version { daemon_version, protocol_version, pid } => DaemonVersion { daemon_version, protocol_version, pid }
+    Response::Version { daemon_version, protocol_version, pid, started_ms } => DaemonVersion { daemon_version, protocol_version, pid, started_ms }
 );
 reply!(StatusReport, "Status", Response::Status(report) => report);
 reply!(Vec<StatusReport>, "StatusAll", Response::StatusAll(reports) => reports);

@@ -6,6 +6,7 @@ mod client;
 mod cmd;
 mod dashboard;
 mod progress;
+mod reconnect;
 mod render;
 mod table;
 
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
 fn exit_code(e: &ClientError) -> u8 {
     match e {
         ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
-        ClientError::Refused(_) | ClientError::Protocol(_) => EXIT_FAILED,
+        ClientError::Refused(_) | ClientError::Protocol(_) | ClientError::Closed => EXIT_FAILED,
     }
 }
 
@@ -77,6 +78,7 @@ fn report(e: &ClientError, json: bool) {
         ClientError::Refused(r) => (serde_json::json!(r.kind), r.message.clone()),
         ClientError::Unreachable { .. } => (serde_json::json!("unreachable"), e.to_string()),
         ClientError::Protocol(_) => (serde_json::json!("protocol"), e.to_string()),
+        ClientError::Closed => (serde_json::json!("closed"), e.to_string()),
     };
     println!("{}", serde_json::json!({"error": {"kind": kind, "message": message}}));
 }

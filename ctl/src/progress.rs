@@ -190,7 +190,7 @@ impl LiveView {
 /// Follows a watch stream with the live view. With `until_end`, returns the outcome of the
 /// first run that ends (for `start --wait`); otherwise runs until the stream breaks.
 pub fn follow(
-    watcher: Client,
+    watcher: crate::reconnect::Watch,
     socket: &Path,
     start: Option<(String, u32)>,
     until_end: bool,

@@ -19,6 +19,18 @@ use crate::slots::Slots;
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
+/// What the daemon does with its workers when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ending {
+    /// Stops them (SIGTERM, grace, SIGKILL); the runs resume at the next start.
+    #[default]
+    StopWorkers,
+    /// Leaves them running for the next daemon to adopt (`shutdown --keep-workers`).
+    KeepWorkers,
+    /// Leaves them running and re-executes its binary in place (`upgrade`).
+    Upgrade,
+}
+
 pub type RunKey = (PathBuf, u32);
 
 pub struct Daemon {
@@ -42,6 +54,10 @@ pub struct Daemon {
     /// that run blocked on them is no longer shown blocked. Cleared when the phase starts again.
     retried_after_end: Mutex<HashMap<RunKey, HashSet<String>>>,
     pub shutdown: watch::Sender<bool>,
+    /// How the shutdown ends the workers (see `end`).
+    ending: Mutex<Ending>,
+    /// When this daemon image started (Unix ms), for `version`.
+    pub started_ms: u64,
     /// Parsed status.json files, reused while unchanged.
     pub listings: Listings,
     /// All git work of one project is serialised: its workers share one working tree.
@@ -86,9 +102,22 @@ impl Daemon {
             finished: Mutex::new(HashMap::new()),
             retried_after_end: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
+            ending: Mutex::new(Ending::default()),
+            started_ms: crate::events::now_ms(),
             listings: Listings::default(),
             git_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Shuts the daemon down, ending its workers as `how` says.
+    pub fn end(&self, how: Ending) {
+        *lock(&self.ending) = how;
+        self.shutdown.send_replace(true);
+    }
+
+    /// How the shutdown ends the workers.
+    pub fn ending(&self) -> Ending {
+        *lock(&self.ending)
     }
 
     /// The project's log folder under the state dir.

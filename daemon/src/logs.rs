@@ -38,6 +38,12 @@ pub fn log_path(logs_root: &Path, story: &str, iteration: u32) -> PathBuf {
     logs_root.join(story).join(format!("{iteration}.log"))
 }
 
+/// status.json as it was when the iteration started, kept beside its log: a daemon that adopts
+/// the iteration's worker after a crash judges its progress against it.
+pub fn start_status_path(logs_root: &Path, story: &str, iteration: u32) -> PathBuf {
+    logs_root.join(story).join(format!("{iteration}.start.json"))
+}
+
 /// Iteration numbers that have a log, ascending.
 pub fn logged_iterations(logs_root: &Path, story: &str) -> Vec<u32> {
     let Ok(entries) = fs::read_dir(logs_root.join(story)) else { return Vec::new() };

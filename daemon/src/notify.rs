@@ -16,6 +16,10 @@ use crate::daemon::Daemon;
 pub struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC` as systemd gave them, handed to the next image of an
+    /// upgrade in place.
+    path: String,
+    watchdog_usec: Option<u64>,
     /// Half of `WATCHDOG_USEC`, as sd_watchdog_enabled(3) recommends; None when no watchdog.
     pub watchdog: Option<Duration>,
     /// Set once STOPPING=1 is sent; held while sending STATUS so that no update of the
@@ -47,8 +51,31 @@ impl Notifier {
         let Some(path) = path else { return Ok(None) };
         let addr = address(&path)?;
         let socket = UnixDatagram::unbound().map_err(|source| NotifyError::Io { path: path.clone(), source })?;
-        let watchdog = watchdog_usec.filter(|u| *u > 0 && for_us).map(|u| Duration::from_micros(u / 2));
-        Ok(Some(Notifier { socket, addr, watchdog, stopping: Mutex::new(false) }))
+        let watchdog_usec = watchdog_usec.filter(|u| *u > 0 && for_us);
+        let watchdog = watchdog_usec.map(|u| Duration::from_micros(u / 2));
+        Ok(Some(Notifier { socket, addr, path, watchdog_usec, watchdog, stopping: Mutex::new(false) }))
+    }
+
+    /// `RELOADING=1` (with the monotonic time systemd wants along) before an upgrade in place;
+    /// the new image's `READY=1` ends the reload. Later `status` calls are ignored.
+    pub fn reloading(&self) {
+        let mut stopping = crate::lock::lock(&self.stopping);
+        *stopping = true;
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the time into the timespec it is given, nothing else.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000;
+        self.send(&format!("RELOADING=1\nMONOTONIC_USEC={now}\nSTATUS=upgrading in place: workers keep running"));
+    }
+
+    /// The variables that let the next image of an upgrade in place notify systemd as this one.
+    pub fn handover_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("NOTIFY_SOCKET".to_string(), self.path.clone())];
+        if let Some(usec) = self.watchdog_usec {
+            env.push(("WATCHDOG_USEC".into(), usec.to_string()));
+            env.push(("WATCHDOG_PID".into(), std::process::id().to_string()));
+        }
+        env
     }
 
     /// `STATUS=text`, unless the daemon is stopping.
@@ -172,6 +199,8 @@ mod tests {
         let notifier = Notifier {
             socket: UnixDatagram::unbound().unwrap(),
             addr: address(&format!("@{name}")).unwrap(),
+            path: format!("@{name}"),
+            watchdog_usec: None,
             watchdog: None,
             stopping: Mutex::new(false),
         };
@@ -179,5 +208,37 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    /// An upgrade in place says RELOADING=1 with the monotonic time systemd asks for, silences
+    /// later status lines, and hands the next image the same socket.
+    #[test]
+    fn an_upgrade_says_reloading_and_hands_over_the_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("sticler-notify-reload-{}", std::process::id());
+        let listener = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+        let notifier = Notifier {
+            socket: UnixDatagram::unbound().unwrap(),
+            addr: address(&format!("@{name}")).unwrap(),
+            path: format!("@{name}"),
+            watchdog_usec: Some(30_000_000),
+            watchdog: Some(Duration::from_secs(15)),
+            stopping: Mutex::new(false),
+        };
+        notifier.reloading();
+        notifier.status("2 runs");
+        listener.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"));
+        let usec: u64 = lines.next().and_then(|l| l.strip_prefix("MONOTONIC_USEC=")).unwrap().parse().unwrap();
+        assert!(usec > 0);
+        assert!(listener.recv(&mut buf).is_err(), "no status after RELOADING=1");
+        let env = notifier.handover_env();
+        assert!(env.contains(&("NOTIFY_SOCKET".into(), format!("@{name}"))));
+        assert!(env.contains(&("WATCHDOG_USEC".into(), "30000000".into())));
+        assert!(env.contains(&("WATCHDOG_PID".into(), std::process::id().to_string())));
     }
 }

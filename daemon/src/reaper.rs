@@ -2,9 +2,14 @@
 //! orphan (double forks, daemonised helpers) are re-parented to it; this thread reaps every
 //! child, hands the exit of a worker to whoever spawned it, and silently reaps the strays so
 //! no zombie is ever left.
+//!
+//! After an upgrade in place the workers of the old image are this process's children: the
+//! reaper starts on hold (it reaps nothing) until recovery has claimed them, so that none of
+//! their exits is taken for a stray's.
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -17,13 +22,16 @@ use tokio::sync::oneshot;
 #[derive(Default)]
 pub struct Reaper {
     waiters: Mutex<HashMap<i32, oneshot::Sender<ExitReason>>>,
+    /// Nothing is reaped while set (see `release`).
+    held: AtomicBool,
 }
 
 impl Reaper {
-    /// Becomes a subreaper and starts the reaping thread.
-    pub fn start() -> io::Result<Arc<Reaper>> {
+    /// Becomes a subreaper and starts the reaping thread; `held`: it reaps nothing until
+    /// `release` (the children of an upgraded image are claimed first).
+    pub fn start(held: bool) -> io::Result<Arc<Reaper>> {
         nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
-        let reaper = Arc::new(Reaper::default());
+        let reaper = Arc::new(Reaper { waiters: Mutex::default(), held: AtomicBool::new(held) });
         let mut signals = Signals::new([SIGCHLD])?;
         let thread_reaper = Arc::clone(&reaper);
         std::thread::Builder::new().name("reaper".into()).spawn(move || {
@@ -53,7 +61,25 @@ impl Reaper {
         Ok((pid, rx))
     }
 
+    /// A receiver for the exit of `pid`, a child this process already has (a worker started
+    /// before an upgrade in place).
+    pub fn claim(&self, pid: i32) -> oneshot::Receiver<ExitReason> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(pid, tx);
+        rx
+    }
+
+    /// Lifts the hold of `start`: reaps what exited meanwhile, then every child as it exits.
+    pub fn release(&self) {
+        if self.held.swap(false, Ordering::SeqCst) {
+            self.reap_all();
+        }
+    }
+
     fn reap_all(&self) {
+        if self.held.load(Ordering::SeqCst) {
+            return;
+        }
         let mut waiters = self.lock();
         loop {
             let reason = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {

@@ -1,7 +1,8 @@
 //! Crash recovery: the runs that were active when the last daemon ended (crash or shutdown)
-//! start again. Their leftover processes are killed first (by recorded pid and start time, and
-//! by their token, so a recycled pid is never touched) and their Slurm jobs cancelled (found
-//! by name), then each run resumes from the files on disk, with its stories' counts continued
+//! start again. The workers still running a resumed run's stories are adopted (see `adopt`);
+//! every other leftover process is killed first (by recorded pid and start time, and by its
+//! token, so a recycled pid is never touched) and the run's Slurm jobs cancelled (found by
+//! name), then each run resumes from the files on disk, with its stories' counts continued
 //! from their typed records in the store.
 
 use std::path::Path;
@@ -27,66 +28,92 @@ pub async fn recover(daemon: &Arc<Daemon>) {
     };
     tracing::info!("{} run(s) to resume", records.len());
     for record in records {
-        kill_leftovers(daemon, &record).await;
-        cancel_jobs(daemon, &record);
         let key = run_key(Path::new(&record.project), record.phase);
         // The daemon may have died after the run ended on disk but before the record went.
         let config = Project::open(Path::new(&record.project))
             .and_then(|p| JsonDoc::read(&p.phase_dir(record.phase).join(crate::phase::PHASE_CONFIG)));
-        if config.as_ref().map_or(true, |doc| doc.str_field("status") != "in_progress") {
+        let resumable = config.as_ref().is_ok_and(|doc| doc.str_field("status") == "in_progress");
+        // A Slurm job's srun is not adopted: the job is cancelled and runs again.
+        let on_slurm = uses_slurm(&record);
+        let adopt = if resumable && !on_slurm { crate::adopt::find(daemon, &record) } else { Vec::new() };
+        kill_leftovers(daemon, &record, &adopt).await;
+        if on_slurm {
+            cancel_jobs(daemon, &record);
+        }
+        if !resumable {
             tracing::info!(project = %record.project, phase = record.phase, "the run had ended; not resuming it");
             let _ = daemon.bus.store().remove_run(&key);
             continue;
         }
+        let adopted: Vec<(i32, u64, crate::worker::Group)> =
+            adopt.iter().map(|a| (a.group.pid, a.start_time, a.group.clone())).collect();
         let phase = PhaseRef { project: record.project.clone(), phase: record.phase };
-        let resumed =
-            tokio::task::block_in_place(|| crate::handler::start::launch(daemon, &phase, Some(record.started_unix)));
+        let resumed = tokio::task::block_in_place(|| {
+            crate::handler::start::launch(daemon, &phase, Some(record.started_unix), adopt)
+        });
         match resumed {
-            Ok(_) => tracing::info!(project = %record.project, phase = record.phase, "resumed the run"),
+            Ok(_) => {
+                tracing::info!(project = %record.project, phase = record.phase, adopted = adopted.len(), "resumed the run")
+            }
             Err(e) => {
                 tracing::error!(project = %record.project, phase = record.phase, "cannot resume the run: {}", e.message);
+                // Nobody supervises them now: the workers it would have adopted go too.
+                for (pid, start_time, group) in adopted {
+                    crate::worker::kill_recorded(pid, start_time);
+                    group.sweep_strays();
+                }
                 let _ = daemon.bus.store().remove_run(&key);
             }
         }
     }
 }
 
-/// Kills the run's last workers: by their recorded pid when it still is them, and every
-/// process carrying the run's token prefix.
-async fn kill_leftovers(daemon: &Daemon, record: &RunRecord) {
+/// Kills the run's last workers but the `adopted`: by their recorded pid when it still is
+/// them, and every process carrying the run's token prefix.
+async fn kill_leftovers(daemon: &Daemon, record: &RunRecord, adopted: &[crate::adopt::Adoptee]) {
     let key = run_key(Path::new(&record.project), record.phase);
     for (story, worker) in daemon.bus.store().stories(&key).unwrap_or_default() {
         tracing::info!(story_id = %story, state = worker.state.as_str(), "recorded when the last daemon ended");
         if let (Some(pid), Some(start_time)) = (worker.pid, worker.start_time) {
-            let ended = crate::missed::worker_ended(pid, start_time);
-            if !crate::worker::kill_recorded(pid, start_time) {
-                tracing::info!(story_id = %story, pid, "recorded worker is gone (or its pid was reused); not touched");
+            if adopted.iter().any(|a| a.group.pid == pid) {
+                continue;
             }
-            if ended {
+            if crate::missed::worker_ended(pid, start_time) {
+                tracing::info!(story_id = %story, pid, "recorded worker is gone (or its pid was reused); not touched");
                 crate::missed::ended_while_down(daemon, record, &story, &worker);
+            } else if crate::worker::kill_recorded(pid, start_time) {
+                // Alive and provably ours, yet not adoptable (a verify command, a story that
+                // cannot run): its iteration starts again.
+                tracing::warn!(story_id = %story, pid, "killed the recorded worker: not adoptable");
             }
         }
     }
     let prefix = format!("{}/", record.nonce);
+    let spared: Vec<String> = adopted.iter().map(|a| a.group.token.clone()).collect();
     let deadline = Instant::now() + KILL_WAIT;
-    while crate::worker::signal_everywhere(std::slice::from_ref(&prefix), nix::sys::signal::Signal::SIGKILL) > 0
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let kill = nix::sys::signal::Signal::SIGKILL;
+    let mut left = crate::worker::signal_everywhere(std::slice::from_ref(&prefix), &spared, kill);
+    if left > 0 {
+        // Descendants of the workers killed above, or a worker whose record was lost.
+        tracing::warn!("killed {left} leftover process(es) of the run carrying its token");
     }
+    while left > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = crate::worker::signal_everywhere(std::slice::from_ref(&prefix), &spared, kill);
+    }
+}
+
+/// Whether the run's project runs its iterations as Slurm jobs.
+fn uses_slurm(record: &RunRecord) -> bool {
+    crate::project::OrchestratorConfig::load(Path::new(&record.project))
+        .is_ok_and(|config| matches!(config.runner, crate::project::RunnerConfig::Slurm(_)))
 }
 
 /// Cancels the run's Slurm jobs (`"runner": {"kind": "slurm"}`): their sruns died with the last
 /// daemon, the jobs did not. Found by name in the queue, like the local workers by token; by
 /// the phase's story folders, since the store may not have recorded a story yet.
 fn cancel_jobs(daemon: &Daemon, record: &RunRecord) {
-    let root = Path::new(&record.project);
-    let Ok(project) = Project::open(root) else { return };
-    let slurm = crate::project::OrchestratorConfig::load(&project.root)
-        .is_ok_and(|config| matches!(config.runner, crate::project::RunnerConfig::Slurm(_)));
-    if !slurm {
-        return;
-    }
+    let Ok(project) = Project::open(Path::new(&record.project)) else { return };
     let folders = std::fs::read_dir(project.phase_dir(record.phase).join("stories"));
     let stories: Vec<String> =
         folders.into_iter().flatten().filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();

@@ -50,6 +50,20 @@ pub fn bind(path: &Path) -> Result<Listener, BindError> {
     Ok(listener)
 }
 
+/// The listening socket an upgraded image inherited (see `upgrade`), bound already.
+pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Listener> {
+    let inner = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)?;
+    Ok(Listener::from(inner))
+}
+
+/// A duplicate of the listener's descriptor (close-on-exec until an upgrade clears it).
+pub fn listener_fd(listener: &Listener) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    match listener {
+        Listener::UdSocket(inner) => inner.as_fd().try_clone_to_owned(),
+    }
+}
+
 pub async fn serve(listener: Listener, daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {

@@ -45,6 +45,7 @@ type Reply = io::Result<(i32, oneshot::Receiver<ExitReason>)>;
 /// The spawning thread's handle.
 pub struct Spawner {
     requests: mpsc::Sender<(Launch, mpsc::SyncSender<Reply>)>,
+    reaper: Arc<Reaper>,
 }
 
 /// How the spawning thread starts processes.
@@ -75,13 +76,19 @@ impl Spawner {
     /// Starts the spawning thread; processes it starts get `umask`.
     pub fn start(reaper: Arc<Reaper>, umask: Mode) -> io::Result<Spawner> {
         let (requests, rx) = mpsc::channel::<(Launch, mpsc::SyncSender<Reply>)>();
+        let thread_reaper = Arc::clone(&reaper);
         std::thread::Builder::new().name("spawner".into()).spawn(move || {
             let method = own_umask(umask);
             for (launch, reply) in rx {
-                let _ = reply.send(reaper.spawn_with(|| start(&launch, method)));
+                let _ = reply.send(thread_reaper.spawn_with(|| start(&launch, method)));
             }
         })?;
-        Ok(Spawner { requests })
+        Ok(Spawner { requests, reaper })
+    }
+
+    /// The reaper that reaps what this spawner starts.
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
     }
 
     /// Starts `launch` and returns its pid (also its session and process group id) and its

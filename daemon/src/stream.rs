@@ -123,6 +123,7 @@ pub async fn wait(daemon: &Arc<Daemon>, conn: &mut Connection, phase: &PhaseRef)
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     if daemon.run(&project.root, phase.phase).is_none() {
+                        outlive_shutdown(daemon).await;
                         break ended_outcome(daemon, &project, phase.phase)?;
                     }
                 }
@@ -279,10 +280,20 @@ async fn follow_logs(
                 let running = daemon.run(&project.root, phase.phase).is_some();
                 seen_running |= running;
                 if seen_running && !running {
+                    outlive_shutdown(daemon).await;
                     return cursor.catch_up(conn).await;
                 }
             }
         }
+    }
+}
+
+/// A run that is gone because the daemon is shutting down has not ended: it goes on with the
+/// next daemon (or image, after an upgrade), and the stream must not say it ended. Never
+/// returns then: the connection closes with the daemon and the client connects again.
+async fn outlive_shutdown(daemon: &Daemon) {
+    if *daemon.shutdown.borrow() {
+        std::future::pending::<()>().await;
     }
 }
 

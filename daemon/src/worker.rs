@@ -43,25 +43,28 @@ pub struct SpawnSpec {
 pub struct Group {
     pub pid: i32,
     pub token: String,
+    /// Adopted from a daemon that died: its descendants are not in this daemon's tree, so they
+    /// are looked for among every process.
+    pub foreign: bool,
 }
 
 impl Group {
     /// SIGKILL to what is left in the group once its leader exited.
     pub fn kill_group(&self) {
-        signal_story(Some(self.pid), &[], Signal::SIGKILL);
+        signal_story(Some(self.pid), &[], Signal::SIGKILL, false);
     }
 
     /// SIGKILL to the descendants that escaped into a session of their own (a /proc scan: the
     /// run does it off the way of the next dispatch).
     pub fn sweep_strays(&self) {
-        kill_descendants_with(std::slice::from_ref(&self.token));
+        signal_story(None, std::slice::from_ref(&self.token), Signal::SIGKILL, self.foreign);
     }
 }
 
 /// SIGKILL to every process of this daemon's tree whose token starts with one of `tokens` (a
 /// run's prefix at its end: nothing of the run may outlive it).
 pub fn kill_descendants_with(tokens: &[String]) {
-    signal_story(None, tokens, Signal::SIGKILL);
+    signal_story(None, tokens, Signal::SIGKILL, false);
 }
 
 /// The one way sticler ends a process: SIGTERM to its group and its strays, `grace` for it to
@@ -77,14 +80,14 @@ pub async fn terminate(
     let killed = ExitReason::Signalled(Signal::SIGKILL as i32);
     let tokens = std::slice::from_ref(&group.token);
     if !grace.is_zero() {
-        signal_story(Some(group.pid), tokens, Signal::SIGTERM);
+        signal_story(Some(group.pid), tokens, Signal::SIGTERM, group.foreign);
         tokio::select! {
             reason = &mut *exit => return reason.unwrap_or(killed),
             () = tokio::time::sleep(grace) => {}
             () = kill_now => {}
         }
     }
-    signal_story(Some(group.pid), tokens, Signal::SIGKILL);
+    signal_story(Some(group.pid), tokens, Signal::SIGKILL, group.foreign);
     exit.await.unwrap_or(killed)
 }
 
@@ -111,7 +114,7 @@ pub fn spawn(
     };
     let spawned = spawner.spawn(launch);
     logs.refill();
-    spawned.map(|(pid, exit)| (Group { pid, token: spec.token.clone() }, exit))
+    spawned.map(|(pid, exit)| (Group { pid, token: spec.token.clone(), foreign: false }, exit))
 }
 
 /// Opens the file given to the worker on stdin (spec.md). Only a regular file: a symlink could
@@ -131,11 +134,12 @@ fn open_stdin(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// Signals a worker's whole process group and every process of this daemon's tree carrying one
-/// of `tokens`. Returns how many processes still carry one of the tokens (before this signal
-/// lands). Every descendant of a worker stays in that tree: the daemon is a child subreaper, so a
-/// process that double-forks out of its group is reparented to the daemon.
-fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usize {
+/// Signals a worker's whole process group and every process of this daemon's tree (of the
+/// machine when `everywhere`: an adopted worker's) carrying one of `tokens`. Returns how many
+/// processes still carry one of the tokens (before this signal lands). Every descendant of a
+/// worker this daemon started stays in that tree: the daemon is a child subreaper, so a process
+/// that double-forks out of its group is reparented to the daemon.
+fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal, everywhere: bool) -> usize {
     // Never 0 or 1: killpg(0) would be the daemon's own group.
     if let Some(pgid) = pgid.filter(|p| *p > 1) {
         let _ = killpg(Pid::from_raw(pgid), signal);
@@ -143,7 +147,7 @@ fn signal_story(pgid: Option<i32>, tokens: &[String], signal: Signal) -> usize {
     if tokens.is_empty() {
         return 0;
     }
-    let candidates = descendants().unwrap_or_else(all_pids);
+    let candidates = if everywhere { all_pids() } else { descendants().unwrap_or_else(all_pids) };
     signal_marked(candidates, tokens, signal)
 }
 
@@ -154,6 +158,36 @@ pub fn start_time(pid: i32) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Field `n` (counted from 3, the state) of /proc/<pid>/stat, as a number.
+fn stat_field(pid: i32, n: usize) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// The parent of process `pid`.
+pub fn parent(pid: i32) -> Option<i32> {
+    stat_field(pid, 4).and_then(|p| i32::try_from(p).ok())
+}
+
+/// How long ago a process started at `start_time` (clock ticks since boot).
+pub fn age(start_time: u64) -> Option<Duration> {
+    let uptime = fs::read_to_string("/proc/uptime").ok()?;
+    let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let started = start_time as f64 / if ticks > 0 { ticks as f64 } else { 100.0 };
+    Some(Duration::from_secs_f64((uptime - started).max(0.0)))
+}
+
+/// Variable `name` of process `pid`'s environment (as it was at its exec).
+pub fn environ_var(pid: i32, name: &str) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// SIGKILL to the process group led by `pid`, only when `pid` still is the process that started
@@ -168,10 +202,12 @@ pub fn kill_recorded(pid: i32, start_time: u64) -> bool {
     true
 }
 
-/// Signals every process on the machine carrying one of `tokens`: the workers of an earlier
-/// daemon, which were reparented elsewhere when it died.
-pub fn signal_everywhere(tokens: &[String], signal: Signal) -> usize {
-    signal_marked(all_pids(), tokens, signal)
+/// Signals every process on the machine carrying one of `tokens` but none of `spared`: the
+/// workers of an earlier daemon (reparented elsewhere when it died), except those adopted.
+pub fn signal_everywhere(tokens: &[String], spared: &[String], signal: Signal) -> usize {
+    let spared = processes_with_tokens(all_pids(), spared);
+    let candidates = all_pids().into_iter().filter(|pid| !spared.contains(pid)).collect();
+    signal_marked(candidates, tokens, signal)
 }
 
 /// SIGKILLs every sticler worker (any daemon's: it carries a token) of phase `phase` of the

@@ -247,7 +247,7 @@ mod tests {
         ];
         let responses = vec![
             Response::Pong,
-            Response::Version { daemon_version: "1".into(), protocol_version: 1, pid: 1 },
+            Response::Version { daemon_version: "1".into(), protocol_version: 1, pid: 1, started_ms: 1 },
             Response::Status(StatusReport { project: "/p".into(), phases: vec![view.clone()] }),
             Response::Validated(ValidationReport { project: "/p".into(), phase: 1, stories: 2, problems: vec![] }),
             Response::Started(Box::new(view.clone())),

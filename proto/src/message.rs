@@ -114,6 +114,11 @@ pub enum Request {
         phase: PhaseRef,
         story: String,
     },
+    /// Shut down leaving the workers running: the next daemon adopts them (a planned restart).
+    ShutdownKeepWorkers,
+    /// Flush the state and re-execute the daemon's binary from disk under the same pid; the
+    /// workers stay its children. Answered by `Done` before the re-execution.
+    Upgrade,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +129,10 @@ pub enum Response {
         daemon_version: String,
         protocol_version: u32,
         pid: u32,
+        /// When this daemon image started serving (Unix ms): an upgrade in place keeps the pid
+        /// and changes this.
+        #[serde(default)]
+        started_ms: u64,
     },
     Status(StatusReport),
     Validated(ValidationReport),
@@ -208,6 +217,9 @@ pub enum ExitReason {
     AfterResult,
     /// Ended by sticler after `idle_timeout_secs` with no output and no change to status.json.
     Stalled,
+    /// A process adopted from a daemon that died: no longer a child of the daemon, so its exit
+    /// code cannot be known; it is judged on status.json alone.
+    Unknown,
 }
 
 impl ExitReason {
@@ -230,6 +242,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Stopped => f.write_str("stopped"),
             ExitReason::AfterResult => f.write_str("ended after its result"),
             ExitReason::Stalled => f.write_str("stalled"),
+            ExitReason::Unknown => f.write_str("exit code unknown (adopted)"),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod dashboard;
 pub mod raw;
 pub mod slurm;
+pub mod state_dir;
 
 use std::fs;
 use std::path::{Path, PathBuf};

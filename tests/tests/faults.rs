@@ -116,8 +116,19 @@ fn iteration_of_first(daemon: &Daemon, p: &ProjectBuilder) -> u64 {
 
 #[test]
 fn a_full_disk_stops_the_run_safely_and_the_phase_finishes_once_there_is_room() {
+    full_disk(ProjectBuilder::shared());
+}
+
+/// The same in worktree mode: the worker writes status.json in its worktree (under the daemon's
+/// state dir, with room to spare); its copy into the full project folder fails, and that fails
+/// the iteration as the worker's own write does in shared mode.
+#[test]
+fn a_full_disk_in_worktree_mode_stops_the_run_safely_and_the_phase_finishes_once_there_is_room() {
+    full_disk(ProjectBuilder::new());
+}
+
+fn full_disk(p: ProjectBuilder) {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::shared();
     let Some(fs_guard) = Tmpfs::mount(p.path(), "8m") else { return };
     start_slow_phase(&daemon, &p);
 
@@ -135,8 +146,17 @@ fn a_full_disk_stops_the_run_safely_and_the_phase_finishes_once_there_is_room() 
 
 #[test]
 fn a_read_only_project_stops_the_run_safely_and_the_phase_finishes_once_writable() {
+    read_only_project(ProjectBuilder::shared());
+}
+
+/// The same in worktree mode: the worktree stays writable, the project folder does not.
+#[test]
+fn a_read_only_project_in_worktree_mode_stops_the_run_safely_and_the_phase_finishes_once_writable() {
+    read_only_project(ProjectBuilder::new());
+}
+
+fn read_only_project(p: ProjectBuilder) {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::shared();
     let Some(fs_guard) = Tmpfs::mount(p.path(), "16m") else { return };
     start_slow_phase(&daemon, &p);
     fs_guard.remount("ro");

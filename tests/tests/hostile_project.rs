@@ -165,8 +165,19 @@ fn a_50_mb_status_json_is_refused_without_being_read() {
 
 #[test]
 fn a_worker_that_grows_status_json_to_50_mb_fails_its_story_with_bounded_memory() {
+    worker_grows_status_json(ProjectBuilder::shared());
+}
+
+/// The same in worktree mode, where the worker grows the status.json of its worktree: neither
+/// its copy into the project folder (refused above the limit) nor the commit of what the failed
+/// story left in its worktree may read it whole.
+#[test]
+fn a_worker_that_grows_status_json_to_50_mb_in_worktree_mode_fails_its_story_with_bounded_memory() {
+    worker_grows_status_json(ProjectBuilder::new());
+}
+
+fn worker_grows_status_json(p: ProjectBuilder) {
     let daemon = Daemon::start();
-    let p = ProjectBuilder::shared();
     // Appending whitespace keeps the document valid JSON, 50 MB more each iteration.
     let grow = "head -c 52428800 /dev/zero | tr '\\0' ' ' >> \"$STICLER_STATUS_FILE\"";
     p.config(json!({"retry_limit": 2, "max_iterations_per_task": 5, "worker": {"command": grow}}));

@@ -84,8 +84,7 @@ pub fn run(into: Option<PathBuf>) -> CmdResult {
     let mut client = connect_with_deadline(&socket, &mut daemon, &log_path)?;
     println!("sticler demo: private daemon pid {} on {}", daemon.child.id(), socket.display());
     let phase = PhaseRef { project: project.display().to_string(), phase: 1 };
-    let mut watcher = Client::connect(&socket)?;
-    watcher.send(Request::Watch { project: Some(phase.project.clone()), phase: Some(1), since: None })?;
+    let mut watcher = crate::reconnect::Watch::start(&socket, Some(phase.project.clone()), Some(1), None)?;
     watcher.next()?;
     let _: Box<PhaseView> = client.call_expect(Request::Start { phase: phase.clone(), force: false })?;
     let code = follow_until_end(&mut watcher, false)?;

@@ -32,8 +32,8 @@ pub fn run(ctx: &Context, phase: &str, force: bool, wait: bool) -> CmdResult {
 /// `start --wait`: progress bars at a terminal, else the events as `watch` prints them.
 fn start_and_follow(ctx: &Context, mut client: Client, phase: PhaseRef, force: bool) -> CmdResult {
     // Watch first, so no event of the new run is missed.
-    let mut watcher = ctx.connect()?;
-    watcher.send(Request::Watch { project: Some(phase.project.clone()), phase: Some(phase.phase), since: None })?;
+    let mut watcher =
+        crate::reconnect::Watch::start(&ctx.socket, Some(phase.project.clone()), Some(phase.phase), None)?;
     watcher.next()?;
     let _: Box<PhaseView> = client.call_expect(Request::Start { phase: phase.clone(), force })?;
     if !ctx.json {

@@ -1,12 +1,23 @@
-//! `wait`: block until a phase's run ends; the exit code says how it ended.
+//! `wait`: block until a phase's run ends (across restarts of the daemon); the exit code says
+//! how it ended.
 
 use sticler_proto::{Request, RunOutcome};
 
 use super::{print_json, Context};
+use crate::client::ClientError;
 use crate::CmdResult;
 
 pub fn run(ctx: &Context, phase: &str) -> CmdResult {
-    let outcome: RunOutcome = ctx.connect()?.call_expect(Request::Wait(ctx.phase_ref(phase)?))?;
+    let request = Request::Wait(ctx.phase_ref(phase)?);
+    let mut client = ctx.connect()?;
+    // A restart or an upgrade in place of the daemon closes the connection: wait on with the
+    // next daemon, which resumes the run.
+    let outcome: RunOutcome = loop {
+        match client.call_expect(request.clone()) {
+            Err(ClientError::Closed) => client = crate::reconnect::reconnect(&ctx.socket)?,
+            other => break other?,
+        }
+    };
     if ctx.json {
         print_json(&serde_json::json!({"outcome": outcome}));
     } else {

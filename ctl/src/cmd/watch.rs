@@ -7,7 +7,8 @@ use std::io::IsTerminal;
 use sticler_proto::{Event, EventKind, Request, Response, ServerMessage, StatusReport};
 
 use super::{phase_number, wait, Context};
-use crate::client::{Client, ClientError};
+use crate::client::ClientError;
+use crate::reconnect::Watch;
 use crate::{progress, render, CmdResult};
 
 pub fn run(ctx: &Context, phase: Option<&str>, since: Option<u64>) -> CmdResult {
@@ -16,17 +17,17 @@ pub fn run(ctx: &Context, phase: Option<&str>, since: Option<u64>) -> CmdResult 
         // Without a phase, all projects' events unless -C names one.
         None => (ctx.dir.map(|_| ctx.project()).transpose()?, None),
     };
-    let mut client = ctx.connect()?;
     if let (Some(project), Some(phase)) = (&project, phase) {
         idle_line(ctx, project, phase)?;
     }
-    client.send(Request::Watch { project: project.clone(), phase, since })?;
+    // Goes on across a restart of the daemon, from the last event shown.
+    let mut stream = Watch::start(&ctx.socket, project.clone(), phase, since)?;
     if !ctx.json && std::io::stdout().is_terminal() {
-        progress::follow(client, &ctx.socket, project.zip(phase), false)?;
+        progress::follow(stream, &ctx.socket, project.zip(phase), false)?;
         return Ok(0);
     }
     loop {
-        match client.next()? {
+        match stream.next()? {
             ServerMessage::Event(event) => print_event(&event, ctx.json),
             ServerMessage::Response(Response::WatchStarted { .. }) => {}
             other => return Err(ClientError::Protocol(format!("unexpected {other:?}")).into()),
@@ -59,7 +60,7 @@ fn print_event(event: &Event, json: bool) {
 }
 
 /// Prints events of a watch until the run ends; returns the `wait` exit code.
-pub fn follow_until_end(watcher: &mut Client, json: bool) -> CmdResult {
+pub fn follow_until_end(watcher: &mut Watch, json: bool) -> CmdResult {
     loop {
         match watcher.next()? {
             ServerMessage::Event(event) => {

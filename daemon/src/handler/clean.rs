@@ -31,7 +31,7 @@ pub fn clean(daemon: &Daemon, phase: &PhaseRef) -> Result<Response, ErrorReply> 
     let dir = daemon.state_dir.join("worktrees").join(crate::logs::project_key(&project.root));
     let lock = daemon.git_lock(&project.root);
     let _git = crate::lock::lock(&lock);
-    let mut pool = Workspaces::open(dir, &project.root, phase.phase, &|_| false);
+    let mut pool = Workspaces::open(dir, &project.root, phase.phase, &|_| false, &[]);
     let (worktrees, branches) = pool.clean(&ended);
     Ok(Response::Done {
         message: format!("phase {}: removed {worktrees} worktree(s) and {branches} story branch(es)", phase.phase),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sticler_proto::{ErrorKind, ErrorReply, Request, Response, PROTOCOL_VERSION, VERSION};
 
-use crate::daemon::{error, Daemon, DEFAULT_GRACE};
+use crate::daemon::{error, Daemon, Ending, DEFAULT_GRACE};
 
 mod clean;
 mod resume;
@@ -24,6 +24,7 @@ pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, 
             daemon_version: VERSION.into(),
             protocol_version: PROTOCOL_VERSION,
             pid: std::process::id(),
+            started_ms: daemon.started_ms,
         }),
         Request::Status { project, phase, story } => status::status(daemon, &project, phase, story.as_deref()),
         Request::Validate(phase) => validate::validate(daemon, &phase),
@@ -37,9 +38,14 @@ pub async fn handle(daemon: &Arc<Daemon>, request: Request) -> Result<Response, 
         Request::Kill(phase) => stop::stop(daemon, &phase, Duration::ZERO, true),
         Request::Retry { phase, stories, all_failed } => retry::retry(daemon, &phase, stories, all_failed).await,
         Request::Shutdown => {
-            daemon.shutdown.send_replace(true);
+            daemon.end(Ending::StopWorkers);
             Ok(Response::ShuttingDown)
         }
+        Request::ShutdownKeepWorkers => {
+            daemon.end(Ending::KeepWorkers);
+            Ok(Response::ShuttingDown)
+        }
+        Request::Upgrade => crate::upgrade::request(daemon),
         Request::Resume(phase) => resume::resume(daemon, &phase),
         Request::Clean(phase) => tokio::task::block_in_place(|| clean::clean(daemon, &phase)),
         Request::RetryCompleted { phase, stories } => {

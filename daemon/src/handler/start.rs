@@ -40,12 +40,18 @@ pub fn start(daemon: &Arc<Daemon>, phase: &PhaseRef, force: bool) -> Result<Resp
             ));
         }
     }
-    launch(daemon, phase, None)
+    launch(daemon, phase, None, Vec::new())
 }
 
 /// Starts a validated phase: git prepared, phase_config `in_progress`, run recorded and
-/// launched. `resume_since` is set when a restarted daemon recovers a run.
-pub fn launch(daemon: &Arc<Daemon>, phase: &PhaseRef, resume_since: Option<i64>) -> Result<Response, ErrorReply> {
+/// launched. `resume_since` is set when a restarted daemon recovers a run, `adopt` holds the
+/// workers of the last daemon it takes over.
+pub fn launch(
+    daemon: &Arc<Daemon>,
+    phase: &PhaseRef,
+    resume_since: Option<i64>,
+    adopt: Vec<crate::adopt::Adoptee>,
+) -> Result<Response, ErrorReply> {
     let project = Project::open(Path::new(&phase.project))?;
     let key = (project.root.clone(), phase.phase);
     let _starting = daemon.reserve(&key)?;
@@ -71,7 +77,7 @@ pub fn launch(daemon: &Arc<Daemon>, phase: &PhaseRef, resume_since: Option<i64>)
     }
     doc.write()?;
     let files = PhaseFiles::load(&project, phase.phase, &daemon.listings)?;
-    let start = record_run(daemon, &project, phase.phase, resume_since)?;
+    let start = RunStart { adopt, ..record_run(daemon, &project, phase.phase, resume_since)? };
     let handle = PhaseRun::launch(Arc::clone(daemon), project.clone(), &files, config, start);
     daemon.run_started(key, handle);
     Ok(Response::Started(Box::new(crate::views::phase_view(daemon, &project, &files))))
@@ -130,6 +136,7 @@ fn record_run(
         // A recovered run's HEAD at its start is not kept: its time bound alone applies.
         head: if resume_since.is_none() { crate::git::head(&project.root) } else { None },
         recovered: resume_since.is_some(),
+        adopt: Vec::new(),
     };
     let record = RunRecord {
         project: project.root.display().to_string(),

@@ -81,6 +81,7 @@ impl PhaseRun {
                 }
                 self.record_story(story, Some((pid, &spec.log)), None);
                 self.emit(EventKind::IterationStarted { story: story.to_string(), iteration, pid: pid as u32 });
+                self.keep_for_adoption(story, iteration);
                 None
             }
             Err(e) => {
@@ -88,6 +89,23 @@ impl PhaseRun {
                 Some(self.not_started(story, why, Some((iteration, &spec.log))))
             }
         }
+    }
+
+    /// Off the dispatch path: the worker's record and its start event made durable (a daemon
+    /// killed now still finds and adopts the worker, and announced it once), and status.json
+    /// as the iteration found it kept, to judge the adopted worker's progress against.
+    fn keep_for_adoption(&mut self, story: &str, iteration: u32) {
+        let daemon = std::sync::Arc::clone(&self.daemon);
+        let before = self.running.get(story).map(|run| run.before.clone()).unwrap_or_default();
+        let path = crate::logs::start_status_path(&self.logs_root, story, iteration);
+        self.later.push(Box::new(move || {
+            if let Err(e) = daemon.bus.store().flush() {
+                tracing::warn!("cannot flush the store: {e}");
+            }
+            if let Err(e) = crate::project::write_replacing(&path, &before) {
+                tracing::debug!("cannot keep status.json of the iteration's start: {e}");
+            }
+        }));
     }
 
     /// Stories dispatched together (worktree mode): their worktrees are readied side by side
@@ -193,9 +211,14 @@ impl PhaseRun {
     }
 
     /// The end of an iteration, judged: status.json mirrored out of the worktree, the event,
-    /// the scheduler's decision carried out.
+    /// the scheduler's decision carried out. A story that goes on while its project folder
+    /// cannot take its status.json (full, read-only) has an infrastructure failure, as its
+    /// worker's own write would be in shared mode.
     pub(super) fn finish_iteration(&mut self, story: String, iteration: u32, ended: Ended, verdict: Verdict) {
-        self.mirror_status(&story);
+        let verdict = match (self.mirror_status(&story), verdict) {
+            (Err(why), Verdict::Progress | Verdict::NoChange) => Verdict::Infra(why),
+            (_, verdict) => verdict,
+        };
         self.emit(EventKind::IterationEnded {
             story: story.clone(),
             iteration,
@@ -218,7 +241,7 @@ impl PhaseRun {
     }
 
     /// What a worker's output shows while it runs, for its supervisor.
-    fn liveness(&self, log: &std::path::Path, status: &std::path::Path) -> Liveness {
+    pub(super) fn liveness(&self, log: &std::path::Path, status: &std::path::Path) -> Liveness {
         let worker = &self.config.worker;
         Liveness::new(
             log.to_path_buf(),

@@ -27,6 +27,8 @@ pub struct RunStart {
     /// HEAD when a fresh run started (unknown for a recovered one).
     pub head: Option<git2::Oid>,
     pub recovered: bool,
+    /// Workers of the last daemon still running this run's stories: adopted, not started again.
+    pub adopt: Vec<crate::adopt::Adoptee>,
 }
 
 impl PhaseRun {
@@ -74,7 +76,8 @@ impl PhaseRun {
             let dir = daemon.state_dir.join("worktrees").join(crate::logs::project_key(&project.root));
             let state = state.read();
             let done = |story: &str| state.sched.state(story) == Some(sticler_proto::StoryState::Completed);
-            crate::workspace::Workspaces::open(dir, &project.root, files.number, &done)
+            let busy: Vec<_> = start.adopt.iter().map(|a| (a.story.clone(), a.root.clone())).collect();
+            crate::workspace::Workspaces::open(dir, &project.root, files.number, &done, &busy)
         });
         let run = PhaseRun {
             run_key,
@@ -103,7 +106,7 @@ impl PhaseRun {
             completed_unseen,
         };
         let span = tracing::info_span!("run", project = %run.project_name, phase = run.phase);
-        tokio::spawn(tracing::Instrument::instrument(run.drive(rx), span));
+        tokio::spawn(tracing::Instrument::instrument(run.drive(rx, start.adopt), span));
         handle
     }
 }
@@ -112,7 +115,7 @@ impl PhaseRun {
 /// daemon died (or the run was stopped) between the worker's claim and the commit step, or the
 /// story was completed outside sticler. Its commit step happens now. A resumed run counts
 /// commits since its first start, so it happens exactly once; a new run accepts any `[story]`
-/// commit of the history.
+/// commit of the history. A story whose worker is adopted is in progress until that worker ends.
 fn settle_completed(
     daemon: &Daemon,
     project: &Project,
@@ -122,6 +125,10 @@ fn settle_completed(
     config: &OrchestratorConfig,
     start: &RunStart,
 ) -> DiskStatus {
+    // An adopted worker owns its status.json until it exits: it is judged then.
+    if start.adopt.iter().any(|a| a.story == story.id.as_str()) {
+        return DiskStatus::InProgress;
+    }
     let disk = doc.disk_status();
     if disk != DiskStatus::Completed || !doc.commit_hash().is_empty() {
         return disk;

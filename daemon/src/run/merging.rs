@@ -240,16 +240,18 @@ impl PhaseRun {
         self.schedule();
     }
 
-    /// The story's status.json, as its worker left it in the worktree, into the project folder.
-    pub(super) fn mirror_status(&self, story: &str) {
-        let (Some(work), Some(main)) = (self.work_paths(story), self.stories.get(story)) else { return };
+    /// The story's status.json, as its worker left it in the worktree, into the project folder;
+    /// why it could not be.
+    pub(super) fn mirror_status(&mut self, story: &str) -> Result<(), String> {
+        let (Some(workspaces), Some(main)) = (self.workspaces.as_mut(), self.stories.get(story)) else { return Ok(()) };
         // A story folder gone from the project (the project removed) is never made again.
-        if work.status == main.status || !main.dir.is_dir() {
-            return;
+        if !main.dir.is_dir() {
+            return Ok(());
         }
-        if let Err(e) = workspace::copy_if_changed(&work.status, &main.status) {
+        workspaces.mirror(story, &main.dir).map_err(|e| {
             tracing::warn!(story_id = %story, "cannot copy status.json into the project folder: {e}");
-        }
+            format!("cannot copy status.json into the project folder: {e}")
+        })
     }
 
     /// The story leaves its worktree (see `Workspaces::leave`).

@@ -1,10 +1,10 @@
 //! One active run of one phase: an actor task that receives what happened (a process ended, a
 //! stop, a retry, a slot freed, a usage-limit wait changed), feeds it to the phase's scheduler
 //! and carries out the actions it answers. The pieces live in submodules: `launch` (how a run
-//! begins), `iteration` (a process started, supervised and judged), `gate` (verify and commit
-//! of a claim of completion), `agent` (usage limits, cost), `close` (the run's end), `command`
-//! (a process's command line), `status_edits` (sticler's writes to status.json), `state` (what
-//! status reads).
+//! begins), `adopt` (a dead daemon's workers taken over), `iteration` (a process started,
+//! supervised and judged), `gate` (verify and commit of a claim of completion), `agent` (usage
+//! limits, cost), `close` (the run's end), `command` (a process's command line),
+//! `status_edits` (sticler's writes to status.json), `state` (what status reads).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ use crate::git;
 use crate::project::{OrchestratorConfig, Project};
 use crate::scheduler::Action;
 
+mod adopt;
 mod agent;
 mod close;
 mod command;
@@ -63,6 +64,10 @@ pub enum RunMsg {
     Interrupt {
         grace: Duration,
     },
+    /// The daemon is going away leaving the workers running (`shutdown --keep-workers`,
+    /// `upgrade`): the run's task ends at once, its record kept for the next daemon to resume
+    /// the run and adopt them.
+    Detach,
     Retry {
         stories: Vec<String>,
         reply: oneshot::Sender<Vec<String>>,
@@ -154,12 +159,15 @@ impl PhaseRun {
         self.daemon.bus.emit(&self.project_name, self.phase, kind);
     }
 
-    async fn drive(mut self, mut rx: mpsc::UnboundedReceiver<RunMsg>) {
+    async fn drive(mut self, mut rx: mpsc::UnboundedReceiver<RunMsg>, adopt: Vec<crate::adopt::Adoptee>) {
         self.emit(EventKind::RunStarted { stories: self.stories.len() as u32 });
         for story in std::mem::take(&mut self.completed_unseen) {
             // Recorded completed too: a second restart does not announce it again.
             self.record_story(&story, None, None);
             self.emit(EventKind::StoryCompleted { story });
+        }
+        for adoptee in adopt {
+            self.adopt(adoptee);
         }
         let mut slots = self.daemon.slots.subscribe();
         let mut pauses = self.daemon.pauses.subscribe();
@@ -168,9 +176,14 @@ impl PhaseRun {
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.agent_start();
         self.schedule();
+        self.start_later_work();
         while self.state.read().sched.ended().is_none() {
             tokio::select! {
                 msg = rx.recv() => match msg {
+                    Some(RunMsg::Detach) => {
+                        self.interrupted = true;
+                        break;
+                    }
                     Some(msg) => self.handle(msg),
                     None => break,
                 },
@@ -211,6 +224,8 @@ impl PhaseRun {
                 self.interrupted = true;
                 self.stop(grace);
             }
+            // Taken in `drive`, which ends the task.
+            RunMsg::Detach => {}
             RunMsg::Retry { stories, reply } => {
                 let retried: Vec<String> =
                     self.state.update(|s| stories.into_iter().filter(|story| s.sched.retry(story)).collect());

@@ -88,8 +88,22 @@ impl PhaseRun {
         liveness: Option<Liveness>,
         job: Option<String>,
     ) -> watch::Sender<Option<Duration>> {
+        self.supervise_since(story, iteration, process, liveness, job, Duration::ZERO)
+    }
+
+    /// `supervise` for a process that has been running for `age` already (an adopted worker):
+    /// the iteration timeout counts from its start.
+    pub(super) fn supervise_since(
+        &self,
+        story: &str,
+        iteration: u32,
+        process: (Group, oneshot::Receiver<ExitReason>),
+        liveness: Option<Liveness>,
+        job: Option<String>,
+        age: Duration,
+    ) -> watch::Sender<Option<Duration>> {
         let (group, exit) = process;
-        let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1));
+        let timeout = Duration::from_secs(self.config.worker.iteration_timeout_secs.max(1)).saturating_sub(age);
         let log = crate::logs::log_path(&self.logs_root, story, iteration);
         let job = job.map(|name| Job { name, daemon: Arc::clone(&self.daemon) });
         let following = job.as_ref().map(|job| {

@@ -296,6 +296,16 @@ impl Scheduler {
             && node.deps.iter().all(|d| self.nodes.get(d).map(|n| n.state) == Some(StoryState::Completed))
     }
 
+    /// A pending story whose iteration a daemon that ended left running is adopted: it runs,
+    /// holding a slot, without a start of its own. False when the story cannot run.
+    pub fn adopt(&mut self, story: &str) -> bool {
+        let Some(node) = self.nodes.get_mut(story).filter(|n| n.state == StoryState::Pending) else { return false };
+        node.state = StoryState::Running;
+        node.runs += 1;
+        self.running += 1;
+        true
+    }
+
     /// An iteration of `story` was spawned.
     pub fn iteration_started(&mut self, story: &str) {
         if let Some(node) = self.nodes.get_mut(story) {

@@ -395,3 +395,18 @@ fn a_failure_blocks_its_dependents_in_the_same_step() {
     assert_eq!(s.state("b"), Some(StoryState::Blocked));
     assert!(s.schedule(10).iter().all(|a| !matches!(a, Action::Blocked { .. })), "blocked once, not twice");
 }
+
+/// An adopted story runs without a `Start`, counts against the limit, and its end counts one
+/// iteration like any other.
+#[test]
+fn an_adopted_story_runs_without_a_start_and_counts_once() {
+    let mut s = Scheduler::new(vec![story("a", &[]), story("b", &[]), story("c", &["a"])], limits(1));
+    assert!(s.adopt("b"));
+    assert!(!s.adopt("b"), "a running story is not adopted twice");
+    assert!(!s.adopt("x"), "no such story");
+    assert_eq!(s.state("b"), Some(StoryState::Running));
+    assert!(starts(&s.schedule(8)).is_empty(), "the adopted story holds the phase's only slot");
+    let actions = end(&mut s, "b", Verdict::Completed, 8);
+    assert_eq!(s.iterations("b"), 1);
+    assert_eq!(starts(&actions), ["a"]);
+}

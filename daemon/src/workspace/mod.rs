@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use git2::Repository;
 
 use crate::git::GitError;
+use crate::phase::{SPEC_FILE, STATUS_FILE};
+use crate::project::ProjectError;
 
 pub mod merge;
 pub mod worktree;
@@ -28,13 +30,25 @@ struct Slot {
     /// The story working here, or kept here for inspection (failed).
     story: Option<String>,
     kept: bool,
+    /// The status.json both copies (the worktree's and the project folder's) held when sticler
+    /// last made them the same, by its git blob id. The project's copy still that one means
+    /// nothing new came from there: the worktree's is the worker's latest, even when copying it
+    /// out failed.
+    synced: Option<git2::Oid>,
 }
 
 impl Workspaces {
     /// The pool of `phase`: worktrees left by an earlier run (stopped, failed, or a daemon that
     /// died) have what their story left uncommitted committed to its branch, then serve again;
-    /// branches of stories completed since are deleted.
-    pub fn open(dir: PathBuf, main_root: &Path, phase: u32, completed: &dyn Fn(&str) -> bool) -> Workspaces {
+    /// branches of stories completed since are deleted. Worktrees in `busy` (story, root) have
+    /// an adopted worker at work: they stay that story's, untouched.
+    pub fn open(
+        dir: PathBuf,
+        main_root: &Path,
+        phase: u32,
+        completed: &dyn Fn(&str) -> bool,
+        busy: &[(String, PathBuf)],
+    ) -> Workspaces {
         let mut pool = Workspaces { main_root: main_root.to_path_buf(), dir, phase, slots: Vec::new() };
         let prefix = slot_prefix(phase);
         let mut names: Vec<String> = std::fs::read_dir(&pool.dir)
@@ -45,6 +59,11 @@ impl Workspaces {
         names.retain(|n| !n.ends_with(".creating"));
         for name in names {
             let path = pool.dir.join(&name);
+            if let Some((story, _)) = busy.iter().find(|(_, root)| *root == path) {
+                // Adopted: its worker runs on. `mirror` at the iteration's end sets `synced`.
+                pool.slots.push(Slot { name, path, story: Some(story.clone()), kept: false, synced: None });
+                continue;
+            }
             let marker = worktree::creating_marker(&path);
             if marker.exists() {
                 // Made by a daemon that died before its checkout ended: nothing worked there.
@@ -63,7 +82,7 @@ impl Workspaces {
                 }
                 continue;
             }
-            pool.slots.push(Slot { name, path, story: None, kept: false });
+            pool.slots.push(Slot { name, path, story: None, kept: false, synced: None });
         }
         if let Ok(main) = Repository::open(main_root) {
             for branch in worktree::story_branches(&main, phase) {
@@ -82,18 +101,49 @@ impl Workspaces {
     }
 
     /// Gives `story` a worktree for its iterations: its own (still assigned), or a free slot put
-    /// on the story's branch (made at the integration branch's head). The story's status.json
-    /// and spec.md are copied in from the project folder, which sticler keeps up to date.
+    /// on the story's branch (made at the integration branch's head). spec.md is copied in from
+    /// the project folder; so is status.json when it changed there since the last sync (see
+    /// `Slot::synced`: sticler's own edits, a retry, the user's), never a copy older than the
+    /// worker's.
     pub fn enter(&mut self, story: &str, story_dir: &Path) -> Result<PathBuf, GitError> {
-        let root = match self.root(story) {
-            Some(root) => root.to_path_buf(),
+        let index = match self.slots.iter().position(|s| s.story.as_deref() == Some(story)) {
+            Some(index) => index,
             None => self.assign(story)?,
         };
         let rel = story_dir.strip_prefix(&self.main_root).unwrap_or(story_dir);
-        for file in [crate::phase::STATUS_FILE, crate::phase::SPEC_FILE] {
-            copy_if_changed(&story_dir.join(file), &root.join(rel).join(file))?;
+        let slot = &mut self.slots[index];
+        let work_dir = slot.path.join(rel);
+        copy_if_changed(&story_dir.join(SPEC_FILE), &work_dir.join(SPEC_FILE)).map_err(file_error)?;
+        let Some(bytes) = read_if_any(&story_dir.join(STATUS_FILE)).map_err(file_error)? else {
+            return Ok(slot.path.clone());
+        };
+        let id = blob_id(&bytes)?;
+        if slot.synced != Some(id) {
+            write_if_changed(&work_dir.join(STATUS_FILE), &bytes).map_err(file_error)?;
+            slot.synced = Some(id);
         }
-        Ok(root)
+        Ok(slot.path.clone())
+    }
+
+    /// `story`'s status.json, as its worker left it in its worktree, copied into `story_dir` in
+    /// the project folder (where `status`, `retry` and the phase commit read it). On an error
+    /// (the project folder full or read-only) the copy there stays as it was, and the next
+    /// `enter` leaves the worktree's alone.
+    pub fn mirror(&mut self, story: &str, story_dir: &Path) -> Result<(), ProjectError> {
+        let rel = story_dir.strip_prefix(&self.main_root).unwrap_or(story_dir);
+        let Some(slot) = self.slots.iter_mut().find(|s| s.story.as_deref() == Some(story)) else { return Ok(()) };
+        let Some(bytes) = read_if_any(&slot.path.join(rel).join(STATUS_FILE))? else { return Ok(()) };
+        let project_copy = story_dir.join(STATUS_FILE);
+        if let Err(e) = write_if_changed(&project_copy, &bytes) {
+            if slot.synced.is_none() {
+                // A slot with no sync yet (an adopted worker's): the project's copy, stale now,
+                // is the one `enter` must not bring back.
+                slot.synced = read_if_any(&project_copy).ok().flatten().and_then(|old| blob_id(&old).ok());
+            }
+            return Err(e);
+        }
+        slot.synced = blob_id(&bytes).ok();
+        Ok(())
     }
 
     /// Gives each of `stories` that has no worktree yet a slot, all moved (or made) at once on
@@ -109,6 +159,7 @@ impl Workspaces {
                 let index = self.free_slot();
                 self.slots[index].story = Some(story.clone());
                 self.slots[index].kept = false;
+                self.slots[index].synced = None;
                 jobs.push((index, story.as_str()));
             }
         }
@@ -140,12 +191,12 @@ impl Workspaces {
         let taken = |n: usize| self.slots.iter().any(|s| s.name == format!("{}{n}", slot_prefix(self.phase)));
         let number = (0..).find(|n| !taken(*n)).unwrap_or(self.slots.len());
         let name = format!("{}{number}", slot_prefix(self.phase));
-        self.slots.push(Slot { path: self.dir.join(&name), name, story: None, kept: false });
+        self.slots.push(Slot { path: self.dir.join(&name), name, story: None, kept: false, synced: None });
         self.slots.len() - 1
     }
 
-    /// A free slot (or a new one) put on the story's branch.
-    fn assign(&mut self, story: &str) -> Result<PathBuf, GitError> {
+    /// A free slot (or a new one) put on the story's branch; its index.
+    fn assign(&mut self, story: &str) -> Result<usize, GitError> {
         let main = Repository::open(&self.main_root)?;
         let base = main.head()?.peel_to_commit()?.id();
         let index = self.free_slot();
@@ -153,7 +204,8 @@ impl Workspaces {
         ready(&main, slot, story, &branch_name(self.phase, story), base)?;
         slot.story = Some(story.to_string());
         slot.kept = false;
-        Ok(slot.path.clone())
+        slot.synced = None;
+        Ok(index)
     }
 
     /// `story` leaves its worktree (it completed, failed or went back to pending): what it left
@@ -254,23 +306,96 @@ fn slot_prefix(phase: u32) -> String {
     format!("sticler-p{phase}-")
 }
 
-/// Copies `from` over `to` when they differ (atomically; a missing `from` copies nothing). Only
-/// a regular file within the size limit is read: a FIFO or a symlink a worker left there must
-/// neither block the run nor lead outside the project.
-pub fn copy_if_changed(from: &Path, to: &Path) -> Result<(), GitError> {
-    let bytes = match crate::project::read_limited(from) {
-        Ok(bytes) => bytes,
-        Err(crate::project::ProjectError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(())
-        }
-        Err(e) => return Err(GitError::Git(git2::Error::from_str(&e.to_string()))),
-    };
+/// Copies `from` over `to` when they differ (atomically; a missing `from` copies nothing).
+fn copy_if_changed(from: &Path, to: &Path) -> Result<(), ProjectError> {
+    match read_if_any(from)? {
+        Some(bytes) => write_if_changed(to, &bytes),
+        None => Ok(()),
+    }
+}
+
+/// The file at `path`, `None` when there is none. Only a regular file within the size limit is
+/// read: a FIFO or a symlink a worker left there must neither block the run nor lead outside
+/// the project.
+fn read_if_any(path: &Path) -> Result<Option<Vec<u8>>, ProjectError> {
+    match crate::project::read_limited(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(ProjectError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` over `to` (atomically) unless it holds them already.
+fn write_if_changed(to: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
     if std::fs::read(to).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
     if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| GitError::Git(git2::Error::from_str(&format!("{}: {e}", dir.display()))))?;
+        std::fs::create_dir_all(dir).map_err(|e| ProjectError::io(dir, e))?;
     }
-    crate::project::write_replacing(to, &bytes).map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))
+    crate::project::write_replacing(to, bytes)
+}
+
+/// A file's content named by its git blob id: equal ids, equal contents, without keeping them.
+fn blob_id(bytes: &[u8]) -> Result<git2::Oid, GitError> {
+    Ok(git2::Oid::hash_object(git2::ObjectType::Blob, bytes)?)
+}
+
+/// A file error on the way into a worktree, told as the worktree's failure.
+fn file_error(e: ProjectError) -> GitError {
+    GitError::Git(git2::Error::from_str(&e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    const STORY: &str = "US-P1-001";
+
+    /// A project (a git repository) with one story, its pool of worktrees, and the story's folder.
+    fn project() -> (tempfile::TempDir, tempfile::TempDir, Workspaces, PathBuf) {
+        let main = tempfile::tempdir().unwrap();
+        let story_dir = main.path().join("phases/phase_1/stories").join(STORY);
+        fs::create_dir_all(&story_dir).unwrap();
+        fs::write(story_dir.join(STATUS_FILE), r#"{"status": "in_progress", "iteration": 0}"#).unwrap();
+        fs::write(story_dir.join(SPEC_FILE), "the spec").unwrap();
+        let repo = Repository::init(main.path()).unwrap();
+        let tree = repo.find_tree(crate::git::stage_all(&repo, main.path()).unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[]).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let pool = Workspaces::open(state.path().to_path_buf(), main.path(), 1, &|_| false, &[]);
+        (main, state, pool, story_dir)
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn entering_again_keeps_the_workers_status_json_and_takes_what_changed_in_the_project() {
+        let (main, _state, mut pool, story_dir) = project();
+        let rel = story_dir.strip_prefix(main.path()).unwrap().join(STATUS_FILE);
+        let root = pool.enter(STORY, &story_dir).unwrap();
+        let work_status = root.join(&rel);
+        assert_eq!(read(&work_status), read(&story_dir.join(STATUS_FILE)));
+
+        // The worker's progress, never copied out (the project folder was full, say): the
+        // project's older copy must not come back over it.
+        let progress = r#"{"status": "in_progress", "iteration": 1}"#;
+        fs::write(&work_status, progress).unwrap();
+        assert_eq!(pool.enter(STORY, &story_dir).unwrap(), root);
+        assert_eq!(read(&work_status), progress);
+
+        pool.mirror(STORY, &story_dir).unwrap();
+        assert_eq!(read(&story_dir.join(STATUS_FILE)), progress);
+
+        // Changed in the project folder since (a retry, sticler's note, the user): taken in.
+        let reset = r#"{"status": "pending", "iteration": 1}"#;
+        fs::write(story_dir.join(STATUS_FILE), reset).unwrap();
+        pool.enter(STORY, &story_dir).unwrap();
+        assert_eq!(read(&work_status), reset);
+    }
 }

@@ -108,6 +108,7 @@ pub struct Script {
     pub pids_file: Option<String>,
     pub record_dir: Option<String>,
     pub commit: bool,
+    pub status_after_commit_ms: Option<u64>,
     pub agent_output: Option<String>,
     pub cost_usd: f64,
     pub error_text: String,
@@ -119,7 +120,7 @@ pub struct Script {
 type Parsed<T> = std::result::Result<T, String>;
 
 impl Script {
-    const FIELDS: [&'static str; 14] = [
+    const FIELDS: [&'static str; 15] = [
         "mode",
         "complete_after",
         "crash_first",
@@ -128,6 +129,7 @@ impl Script {
         "pids_file",
         "record_dir",
         "commit",
+        "status_after_commit_ms",
         "agent_output",
         "cost_usd",
         "error_text",
@@ -160,6 +162,7 @@ impl Script {
                 Some(Value::Bool(commit)) => *commit,
                 Some(_) => return Err("field `script.commit` is not a boolean".to_string()),
             },
+            status_after_commit_ms: script_u64(object, "status_after_commit_ms")?,
             agent_output: script_string(object, "agent_output")?,
             cost_usd: match object.get("cost_usd") {
                 None | Some(Value::Null) => 0.1,

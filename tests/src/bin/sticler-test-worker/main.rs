@@ -23,6 +23,9 @@
 //! - `commit` (bool): on completion the worker commits its story folder and `files` itself with the
 //!   git CLI (subject `[<story id>] <title>`), as agents do when sticler's `auto_commit` is off.
 //!   Commits of workers running side by side are serialised by a flock in the git folder.
+//! - `status_after_commit_ms` (u64): with `commit`, the completing iteration commits first, then
+//!   waits this long, then writes status.json (an agent killed in between has committed work
+//!   that status.json does not show).
 //! - `agent_output`: also print what a coding agent prints, so sticler's agent parsing can be
 //!   tested: `claude` (Claude Code stream-json events ending with a successful `result` that
 //!   reports `cost_usd`, default 0.1, and token counts), `claude_error` (the same with an error

@@ -70,6 +70,13 @@ fn progress(inv: &Invocation, script: &Script, story_id: &str, status: &mut Valu
         }
         append(&path, &line)?;
     }
+    let status_late = report.completed && script.commit && script.status_after_commit_ms.is_some();
+    if status_late {
+        commit_story(inv, script, story_id, status)?;
+        let wait = script.status_after_commit_ms.unwrap_or_default();
+        say!("Writing status.json in {wait} ms");
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+    }
     files::write_status(&inv.status_file, status)?;
 
     say!("Working on: {}", report.worked_on);
@@ -83,7 +90,7 @@ fn progress(inv: &Invocation, script: &Script, story_id: &str, status: &mut Valu
             say!("  - {file}");
         }
     }
-    if report.completed && script.commit {
+    if report.completed && script.commit && !status_late {
         commit_story(inv, script, story_id, status)?;
     }
     if report.completed {

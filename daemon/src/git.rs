@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use git2::{Commit, ErrorCode, IndexAddOption, Oid, Repository, Signature};
+use git2::{Commit, IndexAddOption, Oid, Repository, Signature};
 
+pub use crate::git_locks::{clear_stale_locks, retry_locked};
 use crate::project::{JsonDoc, StatusFields};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,39 +16,10 @@ pub enum GitError {
     Git(#[from] git2::Error),
     #[error("commit_hash {hash:?} recorded for {story} {why}")]
     BogusHash { story: String, hash: String, why: String },
-    #[error("the index of {0} stayed locked (index.lock) for {1:?}; another git process is busy")]
+    #[error(
+        "a git lock of {0} (index.lock, HEAD.lock or a branch's) stayed held for {1:?}; another git process is busy"
+    )]
     Locked(String, Duration),
-}
-
-/// How long a worker's own `index.lock` is waited out; it is never deleted.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
-
-/// A file that vanished between git's directory scan and its stat (a worker's temp file of an
-/// atomic write, renamed away), or changed while git read it (a log another worker appends to).
-/// Running workers share the tree, so scanning again is the answer.
-fn transient(e: &git2::Error) -> bool {
-    matches!(e.class(), git2::ErrorClass::Os | git2::ErrorClass::Filesystem)
-}
-
-/// Retries `op` while git reports a locked index or a transient file race, for a bounded time.
-pub fn retry_locked<T>(root: &Path, mut op: impl FnMut() -> Result<T, git2::Error>) -> Result<T, GitError> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match op() {
-            Err(e) if transient(&e) && std::time::Instant::now() < deadline => {
-                // The racing file settles within a write: a short pause, not a spin that keeps
-                // the project's git lock (and a core) busy.
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) if e.code() == ErrorCode::Locked && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) if e.code() == ErrorCode::Locked => {
-                return Err(GitError::Locked(root.display().to_string(), LOCK_WAIT));
-            }
-            other => return other.map_err(GitError::from),
-        }
-    }
 }
 
 /// The repository's user.name/user.email, else `sticler <sticler@localhost>`.
@@ -457,43 +429,6 @@ pub fn commit_phase(
     let parent = head_commit(&repo);
     let parents: Vec<&Commit<'_>> = parent.iter().collect();
     retry_locked(root, || repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &parents))
-}
-
-/// Removes git lock files (`index.lock`, `HEAD.lock`, `refs/**.lock`, …) that no process has
-/// open: a daemon killed in the middle of a commit leaves them behind. A lock that some
-/// process holds (a worker's own git at work) is left alone. Returns how many were removed.
-pub fn clear_stale_locks(root: &Path) -> usize {
-    let git_dir = root.join(".git");
-    let mut locks = Vec::new();
-    let mut dirs = vec![git_dir.clone(), git_dir.join("refs")];
-    // Each story worktree's own git folder (its index and HEAD) lives under .git/worktrees/.
-    let worktrees = std::fs::read_dir(git_dir.join("worktrees")).into_iter().flatten().flatten();
-    dirs.extend(worktrees.map(|e| e.path()).filter(|p| p.is_dir()));
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if is_dir && path.starts_with(git_dir.join("refs")) {
-                dirs.push(path);
-            } else if !is_dir && path.extension().is_some_and(|e| e == "lock") {
-                locks.push(path);
-            }
-        }
-    }
-    if locks.is_empty() {
-        return 0;
-    }
-    let open = crate::worker::open_files();
-    let mut removed = 0;
-    for lock in locks {
-        let held = std::fs::canonicalize(&lock).is_ok_and(|p| open.contains(&p));
-        if !held && std::fs::remove_file(&lock).is_ok() {
-            tracing::warn!(path = %lock.display(), "removed a stale git lock that no process holds");
-            removed += 1;
-        }
-    }
-    removed
 }
 
 /// The current branch's name when `origin` exists (None: nothing to push to).

@@ -6,6 +6,7 @@ mod connection;
 mod daemon;
 mod events;
 mod git;
+mod git_locks;
 mod git_show;
 mod handler;
 mod ledger;

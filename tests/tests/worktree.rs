@@ -159,6 +159,46 @@ fn a_worker_that_commits_itself_in_its_worktree_gets_one_commit() {
     assert_no_leftovers(&daemon, &p);
 }
 
+/// A worker's `git commit` would start `git gc --auto` detached, out of its process group, whose
+/// `reflog expire --all` locks the HEAD of every worktree, the ones sticler is moving included:
+/// the project asks for gc at every commit, yet the workers' git runs none, and git settings the
+/// config gives the workers stay theirs.
+#[test]
+fn a_workers_git_starts_no_automatic_gc_and_keeps_the_configured_settings() {
+    let daemon = Daemon::start();
+    let seen = tempfile::tempdir().unwrap();
+    let p = ProjectBuilder::new();
+    git(p.path(), &["init", "-q"]);
+    git(p.path(), &["config", "gc.auto", "1"]);
+    git(p.path(), &["config", "maintenance.auto", "true"]);
+    let script = "printf '%s %s %s\\n' \"$(git config gc.auto)\" \"$(git config maintenance.auto)\" \
+                  \"$(git config sticler.test)\" > \"$SEEN/$STICLER_STORY_ID\"; exec \"$0\"";
+    let worker = bin("sticler-test-worker").display().to_string();
+    let env = json!({"SEEN": seen.path(), "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "sticler.test",
+                     "GIT_CONFIG_VALUE_0": "kept"});
+    p.config(json!({"max_parallel_workers": 2, "worker": {"command": ["/bin/sh", "-c", script, worker], "env": env}}));
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &[])]);
+    run(&daemon, &p);
+    for id in ["US-P1-001", "US-P1-002"] {
+        let line = std::fs::read_to_string(seen.path().join(id)).unwrap();
+        assert_eq!(line, "0 false kept\n", "{id}'s worker saw gc.auto, maintenance.auto, sticler.test");
+    }
+}
+
+/// A git killed mid-write (a worker's `git gc` swept with its iteration) leaves its worktree's
+/// HEAD.lock behind, held by no one: sticler waits for a holder, then clears it and commits,
+/// merges and moves the slot on, where it used to fail the story on it at every try.
+#[test]
+fn a_head_lock_a_killed_git_left_in_the_worktree_does_not_fail_the_story() {
+    let daemon = Daemon::start();
+    let script = "[ \"$STICLER_STORY_ID\" = US-P1-001 ] && : > \"$(git rev-parse --git-dir)/HEAD.lock\"; exec \"$0\"";
+    let p = project(script, 1);
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &["US-P1-001"])]);
+    run(&daemon, &p);
+    assert_eq!(files_of(p.path(), "US-P1-001").len(), 1, "its status.json");
+    assert_no_leftovers(&daemon, &p);
+}
+
 #[test]
 fn a_users_uncommitted_edit_is_never_overwritten_the_merge_waits_and_says_why() {
     let daemon = Daemon::start();

@@ -14,6 +14,12 @@ use crate::worker::SpawnSpec;
 /// gets them only when the config's `worker.env` sets them.
 pub const PARENT_AGENT_VARS: &[&str] = &["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT"];
 
+/// Git settings every iteration's process runs with: no automatic `git gc` or `git maintenance`.
+/// A worker's `git commit` would otherwise start one detached, in a session of its own: out of
+/// the iteration's process group, it outlives the iteration, and its `reflog expire --all` takes
+/// every worktree's HEAD.lock and every branch's lock in turn while sticler moves them.
+const WORKER_GIT_CONFIG: [(&str, &str); 2] = [("gc.auto", "0"), ("maintenance.auto", "false")];
+
 /// Where a story's files are.
 #[derive(Clone)]
 pub struct StoryPaths {
@@ -71,6 +77,7 @@ impl PhaseRun {
             self.config.worker.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(vars.iter().map(|(k, v)| (format!("STICLER_{}", env_name(k)), v.clone())));
         env.push(("STICLER_MAIN_DIR".into(), self.project.root.display().to_string()));
+        git_config_env(&mut env, std::env::var("GIT_CONFIG_COUNT").ok());
         if let Some(files) = self.conflicts.get(story) {
             // The merge that conflicted: the agent resolves these (newline-separated paths).
             env.push(("STICLER_MERGE_CONFLICTS".into(), files.join("\n")));
@@ -92,6 +99,19 @@ impl PhaseRun {
     }
 }
 
+/// Adds `WORKER_GIT_CONFIG` to `env` as git's `GIT_CONFIG_KEY_<n>`/`GIT_CONFIG_VALUE_<n>`
+/// pairs, after those the config's `worker.env` (in `env`) or else the daemon's environment
+/// (`inherited` count) already set, which stay as they are.
+fn git_config_env(env: &mut Vec<(String, String)>, inherited: Option<String>) {
+    let configured = env.iter().position(|(k, _)| k == "GIT_CONFIG_COUNT").map(|i| env.remove(i).1);
+    let first: usize = configured.or(inherited).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    for (n, (key, value)) in (first..).zip(WORKER_GIT_CONFIG) {
+        env.push((format!("GIT_CONFIG_KEY_{n}"), key.to_string()));
+        env.push((format!("GIT_CONFIG_VALUE_{n}"), value.to_string()));
+    }
+    env.push(("GIT_CONFIG_COUNT".into(), (first + WORKER_GIT_CONFIG.len()).to_string()));
+}
+
 fn env_name(placeholder: &str) -> String {
     match placeholder {
         "spec" => "SPEC_FILE".into(),
@@ -107,4 +127,34 @@ pub fn append_log(path: &Path, text: &str) -> std::io::Result<()> {
         fs::create_dir_all(dir)?;
     }
     fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn worker_git_config_comes_after_the_pairs_already_set() {
+        let mut env = vec![("GIT_CONFIG_COUNT".to_string(), "1".to_string())];
+        git_config_env(&mut env, Some("5".into()));
+        assert_eq!(env.iter().filter(|(k, _)| k == "GIT_CONFIG_COUNT").count(), 1, "{env:?}");
+        assert_eq!(value(&env, "GIT_CONFIG_COUNT"), Some("3"));
+        assert_eq!(value(&env, "GIT_CONFIG_KEY_1"), Some("gc.auto"));
+        assert_eq!(value(&env, "GIT_CONFIG_VALUE_2"), Some("false"));
+
+        let mut env = Vec::new();
+        git_config_env(&mut env, Some("2".into()));
+        assert_eq!(value(&env, "GIT_CONFIG_KEY_2"), Some("gc.auto"));
+        assert_eq!(value(&env, "GIT_CONFIG_COUNT"), Some("4"));
+
+        let mut env = Vec::new();
+        git_config_env(&mut env, None);
+        assert_eq!(value(&env, "GIT_CONFIG_KEY_0"), Some("gc.auto"));
+        assert_eq!(value(&env, "GIT_CONFIG_KEY_1"), Some("maintenance.auto"));
+        assert_eq!(value(&env, "GIT_CONFIG_COUNT"), Some("2"));
+    }
 }

@@ -30,9 +30,11 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
         if tree.is_worktree() {
             tree.cleanup_state()?;
             // Off any branch while its files change: a daemon killed mid-checkout must not leave
-            // the next story's files looking like changes of the last story's branch.
+            // the next story's files looking like changes of the last story's branch. HEAD.lock
+            // may be a live git's (a `git gc`'s `reflog expire --all` in any worktree locks every
+            // worktree's HEAD in turn): see `git::retry_locked`.
             if let Ok(current) = tree.head().and_then(|h| h.peel_to_commit()) {
-                tree.set_head_detached(current.id())?;
+                git::retry_locked(path, || tree.set_head_detached(current.id()))?;
             }
             // The target first, against the tree checked out now (the baseline), then HEAD:
             // what `git checkout` does, so only the files that differ are written.
@@ -54,7 +56,7 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
                 force.force().remove_untracked(true);
                 tree.checkout_tree(target.as_object(), Some(&mut force))?;
             }
-            tree.set_head(&refname)?;
+            git::retry_locked(path, || tree.set_head(&refname))?;
             return Ok(false);
         }
     }
@@ -132,8 +134,7 @@ pub fn creating_marker(path: &Path) -> std::path::PathBuf {
 pub fn detach(path: &Path) -> Result<(), GitError> {
     let tree_repo = Repository::open(path)?;
     let head = tree_repo.head()?.peel_to_commit()?.id();
-    tree_repo.set_head_detached(head)?;
-    Ok(())
+    git::retry_locked(path, || tree_repo.set_head_detached(head))
 }
 
 /// Conflicts a merge left in the index are settled as the worktree's files are now (the agent's
@@ -205,4 +206,95 @@ pub fn story_branches(main: &Repository, phase: u32) -> Vec<String> {
 
 fn io_error(path: &Path, e: std::io::Error) -> GitError {
     GitError::Git(git2::Error::from_str(&format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A repository with one commit, and the worktree `slot` made from it on `sticler/a`.
+    fn repo_with_slot() -> (tempfile::TempDir, Repository, std::path::PathBuf, Oid) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("project")).unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        let tree = repo.find_tree(repo.index().unwrap().write_tree().unwrap()).unwrap();
+        let base = repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+        drop(tree);
+        let slot = dir.path().join("slot");
+        assert!(enter(&repo, "slot", &slot, "sticler/a", base).unwrap(), "made");
+        (dir, repo, slot, base)
+    }
+
+    /// Takes the slot's HEAD.lock as a live git does (a `git gc`'s `reflog expire --all` of
+    /// another worktree), and lets it go after `held`. Returns whether the holder found its lock
+    /// still there to let go of: never deleted by someone else.
+    fn hold_head_lock(repo: &Repository, held: Duration) -> std::thread::JoinHandle<bool> {
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(held);
+            std::fs::remove_file(&lock).is_ok()
+        })
+    }
+
+    #[test]
+    fn a_slot_moves_on_once_a_live_gits_head_lock_is_let_go() {
+        let (_dir, repo, slot, base) = repo_with_slot();
+        let holder = hold_head_lock(&repo, Duration::from_millis(300));
+        assert!(!enter(&repo, "slot", &slot, "sticler/b", base).unwrap(), "reused");
+        assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
+        let head = Repository::open(&slot).unwrap().head().unwrap().name().unwrap().to_string();
+        assert_eq!(head, "refs/heads/sticler/b");
+
+        let holder = hold_head_lock(&repo, Duration::from_millis(300));
+        detach(&slot).unwrap();
+        assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
+        assert!(Repository::open(&slot).unwrap().head_detached().unwrap());
+    }
+
+    /// A git killed while it held the slot's HEAD.lock left it: after the wait it goes (no
+    /// process has it open), and the slot serves its next story.
+    #[test]
+    fn locks_left_by_a_killed_git_go_after_the_wait() {
+        let (_dir, repo, slot, base) = repo_with_slot();
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        std::fs::write(&lock, b"").unwrap();
+        assert!(!enter(&repo, "slot", &slot, "sticler/b", base).unwrap(), "reused");
+        assert!(!lock.exists());
+        let head = Repository::open(&slot).unwrap().head().unwrap().name().unwrap().to_string();
+        assert_eq!(head, "refs/heads/sticler/b");
+    }
+
+    /// A lock a live process has open is never taken away, however long it is held.
+    #[test]
+    fn a_head_lock_a_live_process_has_open_is_never_deleted() {
+        let (_dir, repo, slot, _) = repo_with_slot();
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        let _held = std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).unwrap();
+        assert!(matches!(detach(&slot), Err(GitError::Locked(..))));
+        assert!(lock.exists());
+        assert!(!Repository::open(&slot).unwrap().head_detached().unwrap(), "still on its branch");
+    }
+
+    /// A lock no process has open but made during the wait (a live git between its write and
+    /// its rename, as far as anyone can tell) is younger than the wait: it stays too.
+    #[test]
+    fn a_head_lock_younger_than_the_wait_is_never_deleted() {
+        let (_dir, repo, slot, _) = repo_with_slot();
+        let lock = repo.path().join("worktrees/slot/HEAD.lock");
+        std::fs::write(&lock, b"").unwrap();
+        // Made again halfway through the wait, as a new holder would.
+        let renew = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(5));
+                std::fs::write(&lock, b"").unwrap();
+            })
+        };
+        assert!(matches!(detach(&slot), Err(GitError::Locked(..))));
+        renew.join().unwrap();
+        assert!(lock.exists());
+    }
 }

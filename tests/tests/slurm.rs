@@ -131,6 +131,17 @@ fn stop_leaves_no_job_in_the_queue_and_status_shows_each_running_job() {
     assert!(phase.stories.iter().all(|s| s.job.is_none()), "no job shown once stopped: {:?}", phase.stories);
 }
 
+/// The project's jobs once none is queued, as the completion log has them (waited for: Slurm
+/// writes a job's record a moment after it leaves the queue).
+fn ended_jobs(cluster: &Cluster, p: &ProjectBuilder) -> Vec<sticler_tests::slurm::FinishedJob> {
+    let prefix = job_prefix(p.path());
+    cluster.wait_queue_empty(&prefix);
+    poll(Duration::from_secs(10), "the job in the completion log", || {
+        let finished = cluster.finished(&prefix);
+        (!finished.is_empty()).then_some(finished)
+    })
+}
+
 #[test]
 fn a_job_that_ignores_sigterm_is_cancelled_after_the_grace() {
     let Some(cluster) = Cluster::shared() else { return };
@@ -153,12 +164,7 @@ fn a_job_that_ignores_sigterm_is_cancelled_after_the_grace() {
     poll(Duration::from_secs(10), "the job's processes to be gone", || {
         pids.iter().all(|pid| !process_alive(*pid)).then_some(())
     });
-    let prefix = job_prefix(p.path());
-    cluster.wait_queue_empty(&prefix);
-    let finished = poll(Duration::from_secs(10), "the job in the completion log", || {
-        let finished = cluster.finished(&prefix);
-        (!finished.is_empty()).then_some(finished)
-    });
+    let finished = ended_jobs(cluster, &p);
     assert_eq!(finished.len(), 1, "{finished:?}");
     assert_eq!(finished[0].state, "CANCELLED", "SIGTERM did not end it: Slurm cancelled it");
 }
@@ -244,12 +250,7 @@ fn an_iteration_timeout_ends_the_job_through_slurm_within_its_time_limit() {
     let phase = daemon.phase_status(p.path(), 1);
     let reasons = story_of(&phase, "US-P1-001").failed_reasons.join("\n");
     assert!(reasons.contains("iteration timed out after 1 s"), "sticler's own timeout, not Slurm's: {reasons}");
-    let prefix = job_prefix(p.path());
-    cluster.wait_queue_empty(&prefix);
-    let finished = poll(Duration::from_secs(10), "the job in the completion log", || {
-        let finished = cluster.finished(&prefix);
-        (!finished.is_empty()).then_some(finished)
-    });
+    let finished = ended_jobs(cluster, &p);
     assert_eq!(finished.len(), 1, "{finished:?}");
     // The job asked for the timeout plus the stop grace, rounded up (one minute), and sticler's
     // SIGTERM ended it long before Slurm's limit.

@@ -44,13 +44,16 @@ impl PhaseRun {
         super::merging::recover_merges(&daemon, &run_key, &project.root);
         let mut inits = Vec::new();
         let mut stories = BTreeMap::new();
-        let unverified = if start.recovered { unverified_claims(&daemon, &run_key) } else { Vec::new() };
+        // The last daemon's records of this run, read once: its verify commands cut short, and
+        // the counts a recovered run continues.
+        let records = if start.recovered { last_records(&daemon, &run_key) } else { Vec::new() };
+        let unverified = unverified_claims(&records);
         for story in &files.stories {
             let Ok(doc) = &story.status else { continue };
             let paths = StoryPaths { dir: story.dir.clone(), status: story.status_path(), spec: story.spec_path() };
             let (deps, unmet_external, failed_external) =
                 split_dependencies(&daemon, &project, files.number, doc.dependencies());
-            let disk = if unverified.iter().any(|id| id == story.id.as_str()) {
+            let disk = if unverified.contains(&story.id.as_str()) {
                 turn_back_unverified(story, doc, &paths)
             } else {
                 settle_completed(&daemon, &project, story, doc, &paths, &config, &start)
@@ -71,7 +74,7 @@ impl PhaseRun {
             retry_limit: config.retry_limit.max(1),
         };
         let mut sched = Scheduler::new(inits, limits);
-        let completed_unseen = if start.recovered { restore_counts(&daemon, &run_key, &mut sched) } else { Vec::new() };
+        let completed_unseen = if start.recovered { restore_counts(&records, &mut sched) } else { Vec::new() };
         let follows_others = sched.follows_other_phases();
         let (state, view) = SharedState::new(RunState::new(sched, config.max_cost_usd_per_phase));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -186,11 +189,19 @@ fn has_branch(project: &Project, story: &StoryFiles) -> bool {
     found
 }
 
+/// The story records the last daemon left for this run (none when they cannot be read: the
+/// counts then start over).
+fn last_records(daemon: &Daemon, run_key: &str) -> Vec<(String, crate::store::StoryRecord)> {
+    daemon.bus.store().stories(run_key).unwrap_or_else(|e| {
+        tracing::warn!("cannot read the story records; counts start over: {e}");
+        Vec::new()
+    })
+}
+
 /// The stories whose claim of completion was under verification when the last daemon died:
 /// their verify command never told, so the claim is not accepted as it stands.
-fn unverified_claims(daemon: &Daemon, run_key: &str) -> Vec<String> {
-    let records = daemon.bus.store().stories(run_key).unwrap_or_default();
-    records.into_iter().filter(|(_, r)| r.state == sticler_proto::StoryState::Verifying).map(|(s, _)| s).collect()
+fn unverified_claims(records: &[(String, crate::store::StoryRecord)]) -> Vec<&str> {
+    records.iter().filter(|(_, r)| r.state == sticler_proto::StoryState::Verifying).map(|(s, _)| s.as_str()).collect()
 }
 
 /// A claim whose verify command a dead daemon never saw end goes back to `in_progress`, with
@@ -211,22 +222,14 @@ fn turn_back_unverified(story: &StoryFiles, doc: &JsonDoc, paths: &StoryPaths) -
 
 /// A recovered run continues each story's counts from the last daemon's records. Returns the
 /// stories completed now that the last daemon had not seen complete (see `missed`).
-fn restore_counts(daemon: &Daemon, run_key: &str, sched: &mut Scheduler) -> Vec<String> {
-    match daemon.bus.store().stories(run_key) {
-        Ok(records) => {
-            for (story, record) in &records {
-                tracing::info!(story_id = %story, state = record.state.as_str(), iterations = record.iterations, infra_streak = record.infra_streak, "counts continued from the last daemon");
-                sched.restore_counts(story, record.iterations, record.infra_streak);
-            }
-            let completed: Vec<&str> =
-                sched.stories().filter(|s| sched.state(s) == Some(sticler_proto::StoryState::Completed)).collect();
-            crate::missed::completed_unseen(&records, completed.into_iter())
-        }
-        Err(e) => {
-            tracing::warn!("cannot read the story records; counts start over: {e}");
-            Vec::new()
-        }
+fn restore_counts(records: &[(String, crate::store::StoryRecord)], sched: &mut Scheduler) -> Vec<String> {
+    for (story, record) in records {
+        tracing::info!(story_id = %story, state = record.state.as_str(), iterations = record.iterations, infra_streak = record.infra_streak, "counts continued from the last daemon");
+        sched.restore_counts(story, record.iterations, record.infra_streak);
     }
+    let completed: Vec<&str> =
+        sched.stories().filter(|s| sched.state(s) == Some(sticler_proto::StoryState::Completed)).collect();
+    crate::missed::completed_unseen(records, completed.into_iter())
 }
 
 /// Splits dependencies into those inside this phase, those in other phases not completed yet

@@ -62,14 +62,21 @@ fn it_listens_on_127_0_0_1_only_and_ctrl_c_ends_it() {
     let daemon = Daemon::start();
     let p = small_phase();
     let dash = Dashboard::start(&daemon, p.path());
-    // /proc/net/tcp{,6}: local address (hex IPv4 in host byte order : hex port), state 0A = LISTEN.
+    // The dashboard's own sockets (its fds, by inode: another test's chromedriver may listen on
+    // the same port number, on another socket). /proc/net/tcp{,6}: local address (hex IPv4 in
+    // host byte order : hex port), state 0A = LISTEN, inode in the tenth column.
+    let own: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", dash.pid()))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| Some(target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_string()))
+        .collect();
     let port = format!(":{:04X}", dash.port);
     let mut listening = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() > 3 && fields[1].ends_with(&port) && fields[3] == "0A" {
+            if fields.len() > 9 && fields[3] == "0A" && own.iter().any(|inode| inode == fields[9]) {
                 listening.push(fields[1].to_string());
             }
         }

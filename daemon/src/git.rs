@@ -8,6 +8,7 @@ use std::time::Duration;
 use git2::{Commit, IndexAddOption, Oid, Repository, Signature};
 
 pub use crate::git_locks::{clear_stale_locks, retry_locked};
+pub use crate::git_stage::{file_mode, stage_all, stage_folder};
 use crate::project::{JsonDoc, StatusFields};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,45 +48,6 @@ pub struct Since {
     pub head: Option<Oid>,
 }
 
-/// Stages every change of the working tree (new, modified, deleted), honouring .gitignore,
-/// with one scan of the tree (`git add -A`).
-pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
-    use std::os::unix::ffi::OsStrExt;
-    retry_locked(root, || {
-        repo.index()?.read(false)?;
-        let mut options = git2::StatusOptions::new();
-        options
-            .show(git2::StatusShow::Workdir)
-            .include_untracked(true)
-            .recurse_untracked_dirs(true)
-            .include_ignored(false)
-            .exclude_submodules(true);
-        let statuses = repo.statuses(Some(&mut options))?;
-        let mut index = repo.index()?;
-        if statuses.is_empty() {
-            // Nothing to stage (a worker that committed its own work): the index file stays
-            // as it is, not written again through a lock file.
-            return index.write_tree();
-        }
-        for entry in statuses.iter() {
-            let path = Path::new(std::ffi::OsStr::from_bytes(entry.path_bytes()));
-            let status = entry.status();
-            if status.contains(git2::Status::WT_DELETED) {
-                index.remove_path(path)?;
-            } else if status.intersects(
-                git2::Status::WT_NEW
-                    | git2::Status::WT_MODIFIED
-                    | git2::Status::WT_TYPECHANGE
-                    | git2::Status::WT_RENAMED,
-            ) {
-                index.add_path(path)?;
-            }
-        }
-        index.write()?;
-        index.write_tree()
-    })
-}
-
 /// sticler's own temporary files (`.status.json.sticler-<pid>-<n>.tmp`, renamed away within a
 /// write) are never staged, by sticler's commits or by a worker's `git add -A`: they are listed
 /// in the repository's own `info/exclude`, which git reads and nobody commits.
@@ -106,12 +68,26 @@ fn exclude_temp_files(repo: &Repository) {
     }
 }
 
-/// Process-wide git2 settings, once at start-up. libgit2 by default checks that every object a
-/// new tree refers to exists; sticler's trees come straight from an index it just wrote, and
-/// that check was most of the cost of a commit (a lookup per file of the tree).
+/// Process-wide git2 settings, once at start-up, before any thread uses git. libgit2 by default
+/// checks that every object a new tree refers to exists; sticler's trees come straight from an
+/// index it just wrote, and that check was most of the cost of a commit (a lookup per file of
+/// the tree). Trees and commits are kept in the repositories' caches whatever their size (4 KiB
+/// by default): the folder of a phase's stories is a tree of ~40 bytes per story, read again by
+/// every merge and every move of a worktree.
 pub fn configure() {
     git2::opts::strict_object_creation(false);
+    for kind in [git2::ObjectType::Tree, git2::ObjectType::Commit] {
+        // SAFETY: libgit2's global options are not synchronised; this runs once, before any
+        // thread of the daemon touches git.
+        if let Err(e) = unsafe { git2::opts::set_cache_object_limit(kind, CACHED_OBJECT_LIMIT) } {
+            tracing::warn!("cannot raise git's object cache limit: {e}");
+        }
+    }
 }
+
+/// The largest tree or commit kept in a repository's object cache (1 MiB: ~25,000 stories in
+/// one folder).
+const CACHED_OBJECT_LIMIT: usize = 1 << 20;
 
 /// Makes sure `root` is a repository with at least one commit ("Initial commit - project
 /// setup", everything added). Returns the initial commit when one was made.
@@ -191,9 +167,7 @@ impl StoryCommits {
 /// its file changed.
 #[derive(Default)]
 pub struct ProjectGit {
-    /// The repository and the device and inode of its `.git`: a repository removed and made
-    /// again is opened again.
-    open: Option<(Repository, (u64, u64))>,
+    open: OpenRepo,
     commits: StoryCommits,
 }
 
@@ -204,23 +178,36 @@ impl ProjectGit {
     }
 }
 
-/// The open repository of `root`, opened again when `.git` is not the one it was.
-fn reopen<'a>(
-    open: &'a mut Option<(Repository, (u64, u64))>,
-    commits: &mut StoryCommits,
-    root: &Path,
-) -> Result<&'a Repository, GitError> {
-    use std::os::unix::fs::MetadataExt;
-    let identity = std::fs::metadata(root.join(".git")).map(|m| (m.dev(), m.ino())).ok();
-    let reuse = matches!((&*open, identity), (Some((_, was)), Some(now)) if *was == now);
-    if !reuse {
+/// A repository kept open, with its object cache (trees and commits read once), and the device
+/// and inode of its `.git` (a folder, or a worktree's file): a repository removed and made again
+/// is opened again.
+#[derive(Default)]
+pub struct OpenRepo(Option<(Repository, (u64, u64))>);
+
+impl OpenRepo {
+    /// The open repository of `root`, and whether it was opened just now.
+    pub fn get(&mut self, root: &Path) -> Result<(&mut Repository, bool), GitError> {
+        use std::os::unix::fs::MetadataExt;
+        let identity = std::fs::metadata(root.join(".git")).map(|m| (m.dev(), m.ino())).ok();
+        let reuse = matches!((&self.0, identity), (Some((_, was)), Some(now)) if *was == now);
+        if !reuse {
+            self.0 = None;
+            self.0 = Some((Repository::open(root)?, identity.unwrap_or_default()));
+        }
+        match &mut self.0 {
+            Some((repo, _)) => Ok((repo, !reuse)),
+            None => Err(GitError::Git(git2::Error::from_str("repository not open"))),
+        }
+    }
+}
+
+/// The open repository of `root`; the story commits learnt are forgotten when it is opened anew.
+fn reopen<'a>(open: &'a mut OpenRepo, commits: &mut StoryCommits, root: &Path) -> Result<&'a Repository, GitError> {
+    let (repo, fresh) = open.get(root)?;
+    if fresh {
         *commits = StoryCommits::default();
-        *open = Some((Repository::open(root)?, identity.unwrap_or_default()));
     }
-    match open {
-        Some((repo, _)) => Ok(repo),
-        None => Err(GitError::Git(git2::Error::from_str("repository not open"))),
-    }
+    Ok(repo)
 }
 
 /// The commit of `story`: the recorded `commit_hash` (which must exist and carry the story's
@@ -389,19 +376,6 @@ pub fn story_message(story: &str, doc: &JsonDoc, changed: &[String]) -> String {
         "[{story}] {title}\n\n## What was implemented\n{}\n\n## Files changed\n{changed}\n\n## Acceptance criteria met\n{met}\n",
         implemented.join("\n")
     )
-}
-
-/// Stages every change below `dir` (relative to the project), and nothing else.
-fn stage_folder(repo: &Repository, root: &Path, dir: &Path) -> Result<Oid, GitError> {
-    let spec = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
-    retry_locked(root, || {
-        let mut index = repo.index()?;
-        index.read(false)?;
-        index.add_all([spec.as_str()], IndexAddOption::DEFAULT, None)?;
-        index.update_all([spec.as_str()], None)?;
-        index.write()?;
-        index.write_tree()
-    })
 }
 
 /// `[Phase N] <title> complete`, listing the stories, over every remaining change (`scope`:

@@ -8,6 +8,7 @@ mod events;
 mod git;
 mod git_locks;
 mod git_show;
+mod git_stage;
 mod handler;
 mod ledger;
 mod logging;

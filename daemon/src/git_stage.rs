@@ -1,0 +1,220 @@
+//! Staging what changed (`git add -A`, or one folder) and the tree it makes: the tree is built
+//! from HEAD's with only the changed paths written anew, where the index's own `write_tree`
+//! would read every tree of the project back afterwards to rebuild its cache.
+
+use std::path::{Path, PathBuf};
+
+use git2::{IndexAddOption, Oid, Repository};
+
+use crate::git::{retry_locked, GitError};
+
+/// Stages every change of the working tree (new, modified, deleted), honouring .gitignore,
+/// with one scan of the tree (`git add -A`), and returns the index's tree. That tree is made as
+/// HEAD's with the paths that differ from it written anew: the index's own `write_tree` reads
+/// every tree of the project back afterwards (to rebuild its cache), which cost more than the
+/// rest of a commit.
+pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
+    use std::os::unix::ffi::OsStrExt;
+    retry_locked(root, || {
+        let mut index = repo.index()?;
+        index.read(false)?;
+        let head = repo.head().and_then(|h| h.peel_to_tree()).ok();
+        let mut options = git2::StatusOptions::new();
+        // Against HEAD too: what was staged and not committed (a worker's `git add`) counts.
+        let show = if head.is_some() { git2::StatusShow::IndexAndWorkdir } else { git2::StatusShow::Workdir };
+        options
+            .show(show)
+            .include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false)
+            .exclude_submodules(true);
+        let statuses = repo.statuses(Some(&mut options))?;
+        let mut touched = Vec::with_capacity(statuses.len());
+        let mut staged = false;
+        for entry in statuses.iter() {
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(entry.path_bytes()));
+            let status = entry.status();
+            if status.contains(git2::Status::WT_DELETED) {
+                index.remove_path(&path)?;
+                staged = true;
+            } else if status.intersects(
+                git2::Status::WT_NEW
+                    | git2::Status::WT_MODIFIED
+                    | git2::Status::WT_TYPECHANGE
+                    | git2::Status::WT_RENAMED,
+            ) {
+                index.add_path(&path)?;
+                staged = true;
+            }
+            touched.push(path);
+        }
+        // Nothing staged (a worker that committed its own work): the index file stays as it
+        // is, not written again through a lock file.
+        if staged {
+            index.write()?;
+        }
+        match head {
+            // A file replaced by a folder of the same name (or the other way round) is beyond
+            // an update of HEAD's tree: the index writes it whole.
+            Some(tree) if !index.has_conflicts() => {
+                updated_tree(repo, &index, &tree, &touched).or_else(|_| index.write_tree())
+            }
+            _ => index.write_tree(),
+        }
+    })
+}
+
+/// `tree` with each of `paths` as `index` has it (absent from the index: removed).
+fn updated_tree(
+    repo: &Repository,
+    index: &git2::Index,
+    tree: &git2::Tree<'_>,
+    paths: &[PathBuf],
+) -> Result<Oid, git2::Error> {
+    if paths.is_empty() {
+        return Ok(tree.id());
+    }
+    let mut update = git2::build::TreeUpdateBuilder::new();
+    for path in paths {
+        match index.get_path(path, 0) {
+            Some(entry) => update.upsert(path.as_path(), entry.id, file_mode(entry.mode)?),
+            None => update.remove(path.as_path()),
+        };
+    }
+    update.create_updated(repo, tree)
+}
+
+/// The tree entry mode of an index entry's `mode`.
+pub fn file_mode(mode: u32) -> Result<git2::FileMode, git2::Error> {
+    use git2::FileMode;
+    [FileMode::Blob, FileMode::BlobExecutable, FileMode::Link, FileMode::Commit, FileMode::BlobGroupWritable]
+        .into_iter()
+        .find(|m| u32::from(*m) == mode)
+        .ok_or_else(|| git2::Error::from_str(&format!("an index entry of unknown mode {mode:o}")))
+}
+
+/// Stages every change below `dir` (relative to the project), and nothing else.
+pub fn stage_folder(repo: &Repository, root: &Path, dir: &Path) -> Result<Oid, GitError> {
+    let spec = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
+    retry_locked(root, || {
+        let mut index = repo.index()?;
+        index.read(false)?;
+        index.add_all([spec.as_str()], IndexAddOption::DEFAULT, None)?;
+        index.update_all([spec.as_str()], None)?;
+        index.write()?;
+        index.write_tree()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// A repository with `files` committed.
+    fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        for (path, text) in files {
+            let full = dir.path().join(path);
+            fs::create_dir_all(full.parent().unwrap()).unwrap();
+            fs::write(full, text).unwrap();
+        }
+        let tree = repo.find_tree(stage_all(&repo, dir.path()).unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[]).unwrap();
+        drop(tree);
+        (dir, repo)
+    }
+
+    /// Every file of `tree` with its content.
+    fn files(repo: &Repository, tree: Oid) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        repo.find_tree(tree)
+            .unwrap()
+            .walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+                if let Ok(blob) = entry.to_object(repo).and_then(|o| o.peel_to_blob()) {
+                    let text = String::from_utf8_lossy(blob.content()).into_owned();
+                    out.push((format!("{dir}{}", entry.name().unwrap_or_default()), text));
+                }
+                git2::TreeWalkResult::Ok
+            })
+            .unwrap();
+        out
+    }
+
+    /// The tree the index's own writer makes of the same index: the tree `stage_all` builds
+    /// from HEAD's must be that very tree.
+    fn written_whole(repo: &Repository) -> Oid {
+        let mut index = repo.index().unwrap();
+        index.read(true).unwrap();
+        index.write_tree_to(repo).unwrap()
+    }
+
+    #[test]
+    fn every_change_is_staged_and_the_tree_is_the_indexs() {
+        let (dir, repo) = repo(&[("a.txt", "a\n"), ("b.txt", "b\n"), ("src/c.txt", "c\n"), ("x", "a file\n")]);
+        let root = dir.path();
+        fs::write(root.join("a.txt"), "a changed\n").unwrap();
+        fs::remove_file(root.join("b.txt")).unwrap();
+        fs::create_dir_all(root.join("new/deep")).unwrap();
+        fs::write(root.join("new/deep/d.txt"), "d\n").unwrap();
+        fs::write(root.join(".gitignore"), "ignored.log\n").unwrap();
+        fs::write(root.join("ignored.log"), "never staged\n").unwrap();
+        // Staged by a worker's `git add` and left uncommitted, the file as it is since.
+        fs::write(root.join("src/c.txt"), "c staged\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("src/c.txt")).unwrap();
+        index.write().unwrap();
+
+        let tree = stage_all(&repo, root).unwrap();
+        let expected: Vec<(String, String)> = [
+            (".gitignore", "ignored.log\n"),
+            ("a.txt", "a changed\n"),
+            ("new/deep/d.txt", "d\n"),
+            ("src/c.txt", "c staged\n"),
+            ("x", "a file\n"),
+        ]
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
+        assert_eq!(files(&repo, tree), expected);
+        assert_eq!(tree, written_whole(&repo));
+    }
+
+    #[test]
+    fn nothing_changed_is_heads_tree() {
+        let (dir, repo) = repo(&[("a.txt", "a\n")]);
+        let head = repo.head().unwrap().peel_to_tree().unwrap().id();
+        assert_eq!(stage_all(&repo, dir.path()).unwrap(), head);
+    }
+
+    /// A file made a folder of the same name is beyond an update of HEAD's tree: the whole
+    /// index is written instead, with the same result.
+    #[test]
+    fn a_file_replaced_by_a_folder_of_its_name_is_staged_too() {
+        let (dir, repo) = repo(&[("x", "a file\n"), ("keep.txt", "k\n")]);
+        fs::remove_file(dir.path().join("x")).unwrap();
+        fs::create_dir_all(dir.path().join("x")).unwrap();
+        fs::write(dir.path().join("x/inside.txt"), "now a folder\n").unwrap();
+        let tree = stage_all(&repo, dir.path()).unwrap();
+        let names: Vec<String> = files(&repo, tree).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(names, ["keep.txt", "x/inside.txt"]);
+        assert_eq!(tree, written_whole(&repo));
+    }
+
+    #[test]
+    fn an_executable_and_a_symlink_keep_their_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, repo) = repo(&[("a.txt", "a\n")]);
+        fs::write(dir.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(dir.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("a.txt", dir.path().join("link")).unwrap();
+        let tree = repo.find_tree(stage_all(&repo, dir.path()).unwrap()).unwrap();
+        let mode = |name: &str| tree.get_name(name).unwrap().filemode();
+        assert_eq!(mode("run.sh"), i32::from(git2::FileMode::BlobExecutable));
+        assert_eq!(mode("link"), i32::from(git2::FileMode::Link));
+        assert_eq!(tree.id(), written_whole(&repo));
+    }
+}

@@ -4,7 +4,7 @@
 //! for the user retried; and the story's status.json mirrored into the project folder, where
 //! `status`, `retry` and the phase commit read it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use git2::Repository;
@@ -21,8 +21,9 @@ use crate::workspace::{self, merge, worktree};
 /// Everything one merge needs, owned: it runs on a blocking thread while the run goes on.
 pub(super) struct MergeJob {
     story: String,
-    /// The story's worktree, and the project folder.
+    /// The story's worktree and its open repository, and the project folder.
     root: PathBuf,
+    tree_git: workspace::SlotGit,
     main_root: PathBuf,
     /// The story's status.json in its worktree, and its folder relative to the project.
     work_status: PathBuf,
@@ -106,7 +107,8 @@ impl MergeJob {
                 return Ok(Some(Verdict::Rejected(why)));
             }
         }
-        worktree::commit_leftovers(&self.root, &format!("[{story}] {}", doc.title()))?;
+        let mut open = crate::lock::lock(&self.tree_git);
+        worktree::commit_leftovers(&mut open, &self.root, &format!("[{story}] {}", doc.title()))?;
         Ok(None)
     }
 
@@ -128,7 +130,9 @@ impl MergeJob {
             }
             merge::Plan::Waits(why) => Ok((Verdict::MergeWaits(why), None)),
             merge::Plan::Conflict(files) => {
-                let mut conflicted = merge::hand_back(&self.root, base, &self.story_dir)?;
+                let mut open = crate::lock::lock(&self.tree_git);
+                let (tree_repo, _) = open.get(&self.root)?;
+                let mut conflicted = merge::hand_back(tree_repo, &self.root, base, &self.story_dir)?;
                 if conflicted.is_empty() {
                     conflicted = files;
                 }
@@ -146,13 +150,15 @@ impl PhaseRun {
             return Err(Verdict::Stopped);
         };
         // Never the project folder: its changes are the user's and the other stories' mirrors.
-        let Some(root) = self.workspaces.as_ref().and_then(|w| w.root(story)).map(Path::to_path_buf) else {
+        let Some((root, tree_git)) = self.workspaces.as_ref().and_then(|w| w.worktree(story)) else {
             return Err(Verdict::Infra("the story has no worktree to merge from".into()));
         };
+        let root = root.to_path_buf();
         let main_root = self.project.root.clone();
         Ok(MergeJob {
             story: story.to_string(),
             root,
+            tree_git,
             story_dir: main_paths.dir.strip_prefix(&main_root).unwrap_or(&main_paths.dir).to_path_buf(),
             main_root,
             work_status: paths.status,

@@ -38,13 +38,14 @@ pub fn plan(
     let branch_ref = head.name().unwrap_or("HEAD").to_string();
     let ours = head.peel_to_commit()?;
     let theirs = main.find_commit(story_head)?;
-    let mut index = main.merge_commits(&ours, &theirs, None)?;
-    take_own_folder(&mut index, story_dir)?;
-    if index.has_conflicts() {
-        return Ok(Plan::Conflict(conflicted_paths(&index)?));
-    }
-    keep_other_stories(main, &mut index, &ours.tree()?, story_dir)?;
-    let tree = main.find_tree(index.write_tree_to(main)?)?;
+    let tree = match disjoint_merge(main, &ours, &theirs, story_dir)? {
+        Some(tree) => tree,
+        None => match three_way_merge(main, &ours, &theirs, story_dir)? {
+            Ok(tree) => tree,
+            Err(conflicts) => return Ok(Plan::Conflict(conflicts)),
+        },
+    };
+    let tree = main.find_tree(tree)?;
     let changes = changes(main, &ours.tree()?, &tree)?;
     let marked: Vec<String> = changes
         .iter()
@@ -71,6 +72,69 @@ pub fn plan(
     let sig = git::signature(main)?;
     let commit = main.commit(None, &sig, &sig, &message, &tree, &[&ours])?;
     Ok(Plan::Merge { branch_ref, base: ours.id(), commit })
+}
+
+/// The merged tree of every file of both sides (the story's folder taken from the story, the
+/// other stories' as the integration branch has them), or the conflicting paths.
+fn three_way_merge(
+    main: &Repository,
+    ours: &Commit<'_>,
+    theirs: &Commit<'_>,
+    story_dir: &Path,
+) -> Result<Result<Oid, Vec<String>>, GitError> {
+    let mut index = main.merge_commits(ours, theirs, None)?;
+    take_own_folder(&mut index, story_dir)?;
+    if index.has_conflicts() {
+        return Ok(Err(conflicted_paths(&index)?));
+    }
+    keep_other_stories(main, &mut index, &ours.tree()?, story_dir)?;
+    Ok(Ok(index.write_tree_to(main)?))
+}
+
+/// The merged tree when the story's changes and the integration branch's since the story's
+/// branch left it touch different files (stories of a phase mostly do): the integration
+/// branch's tree with the story's changes written in, the same tree the 3-way merge of every
+/// file would give (what the story did to `phases/` outside its own folder left out, as
+/// `keep_other_stories` does), made without it. `None` when the two touch a same path (or a
+/// file and a folder of one name): the 3-way merge decides.
+fn disjoint_merge(
+    main: &Repository,
+    ours: &Commit<'_>,
+    theirs: &Commit<'_>,
+    story_dir: &Path,
+) -> Result<Option<Oid>, GitError> {
+    let Ok(fork) = main.merge_base(ours.id(), theirs.id()) else { return Ok(None) };
+    let fork_tree = main.find_commit(fork)?.tree()?;
+    let story: Vec<Change> = changes(main, &fork_tree, &theirs.tree()?)?
+        .into_iter()
+        .filter(|c| !c.path.starts_with(PHASES) || c.path.starts_with(story_dir))
+        .collect();
+    let ours_tree = ours.tree()?;
+    if story.is_empty() {
+        return Ok(Some(ours_tree.id()));
+    }
+    if fork != ours.id() {
+        let touched: std::collections::HashSet<&Path> = story.iter().map(|c| c.path.as_path()).collect();
+        let above: std::collections::HashSet<&Path> = story.iter().flat_map(|c| c.path.ancestors().skip(1)).collect();
+        for change in changes(main, &fork_tree, &ours_tree)? {
+            let path = change.path.as_path();
+            // The story's own folder is the story's: its side is taken there.
+            if path.starts_with(story_dir) {
+                continue;
+            }
+            if above.contains(path) || path.ancestors().any(|p| touched.contains(p)) {
+                return Ok(None);
+            }
+        }
+    }
+    let mut update = git2::build::TreeUpdateBuilder::new();
+    for change in &story {
+        match change.new {
+            Some((blob, mode)) => update.upsert(change.path.as_path(), blob, git::file_mode(mode as u32)?),
+            None => update.remove(change.path.as_path()),
+        };
+    }
+    Ok(update.create_updated(main, &ours_tree).ok())
 }
 
 /// Lands a planned merge: the integration branch moves from `base` to `commit` (only if it is
@@ -171,14 +235,18 @@ pub fn landed(main: &Repository, branch_ref: &str, base: Oid, commit: Oid) -> Op
 /// Gives a conflict back to the story: the integration branch is merged into its worktree,
 /// conflict markers in place and the merge left in progress (the agent resolves and commits,
 /// or sticler commits its resolution with both parents). Returns the conflicting paths.
-pub fn hand_back(worktree: &Path, integration_head: Oid, story_dir: &Path) -> Result<Vec<String>, GitError> {
-    let tree_repo = Repository::open(worktree)?;
+pub fn hand_back(
+    tree_repo: &Repository,
+    worktree: &Path,
+    integration_head: Oid,
+    story_dir: &Path,
+) -> Result<Vec<String>, GitError> {
     let annotated = tree_repo.find_annotated_commit(integration_head)?;
     let mut checkout = git2::build::CheckoutBuilder::new();
     checkout.allow_conflicts(true).conflict_style_merge(true);
     tree_repo.merge(&[&annotated], None, Some(&mut checkout))?;
     let mut index = tree_repo.index()?;
-    keep_own_folder(&tree_repo, worktree, &mut index, story_dir)?;
+    keep_own_folder(tree_repo, worktree, &mut index, story_dir)?;
     conflicted_paths(&index)
 }
 
@@ -413,147 +481,5 @@ pub fn has_story_commit(main: &Repository, branch: &str, integration: Oid, story
 }
 
 #[cfg(test)]
-mod tests {
-    use std::fs;
-
-    use super::*;
-
-    /// A repository with `files` committed on its checked-out branch.
-    fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, Repository) {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(dir.path()).unwrap();
-        for (path, text) in files {
-            let full = dir.path().join(path);
-            fs::create_dir_all(full.parent().unwrap()).unwrap();
-            fs::write(full, text).unwrap();
-        }
-        commit_all(&repo, "initial");
-        (dir, repo)
-    }
-
-    fn commit_all(repo: &Repository, message: &str) -> Oid {
-        let root = repo.workdir().unwrap().to_path_buf();
-        let tree = repo.find_tree(git::stage_all(repo, &root).unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@x").unwrap();
-        let parent = git::head_commit(repo);
-        let parents: Vec<&Commit<'_>> = parent.iter().collect();
-        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap()
-    }
-
-    /// A story branch made from HEAD with `files` changed, without touching the working tree.
-    fn story_branch(repo: &Repository, files: &[(&str, &str)]) -> Oid {
-        let head = repo.head().unwrap().peel_to_commit().unwrap();
-        let mut index = git2::Index::new().unwrap();
-        index.read_tree(&head.tree().unwrap()).unwrap();
-        for (path, text) in files {
-            let blob = repo.blob(text.as_bytes()).unwrap();
-            let entry = git2::IndexEntry {
-                ctime: git2::IndexTime::new(0, 0),
-                mtime: git2::IndexTime::new(0, 0),
-                dev: 0,
-                ino: 0,
-                mode: 0o100644,
-                uid: 0,
-                gid: 0,
-                file_size: 0,
-                id: blob,
-                flags: 0,
-                flags_extended: 0,
-                path: path.as_bytes().to_vec(),
-            };
-            index.add(&entry).unwrap();
-        }
-        let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@x").unwrap();
-        repo.commit(None, &sig, &sig, "story work", &tree, &[&head]).unwrap()
-    }
-
-    fn doc() -> JsonDoc {
-        let raw = br#"{"title": "A story", "criteria": []}"#.to_vec();
-        let map = crate::project::parse_object(Path::new("status.json"), &raw).unwrap();
-        JsonDoc::new("status.json".into(), raw, map)
-    }
-
-    const OWN: &str = "phases/phase_1/stories/US-P1-001";
-
-    #[test]
-    fn a_merge_holds_the_storys_own_changes_only_and_lands_once() {
-        let (dir, repo) = repo(&[("src/a.txt", "a\n"), ("phases/phase_1/stories/US-P1-002/status.json", "{}\n")]);
-        let head = story_branch(
-            &repo,
-            &[("src/a.txt", "a by the story\n"), ("phases/phase_1/stories/US-P1-002/status.json", "{\"x\": 1}\n")],
-        );
-        let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap()
-        else {
-            panic!("expected a merge")
-        };
-        let files: Vec<String> = changes(
-            &repo,
-            &repo.find_commit(base).unwrap().tree().unwrap(),
-            &repo.find_commit(commit).unwrap().tree().unwrap(),
-        )
-        .unwrap()
-        .into_iter()
-        .map(|c| c.path.display().to_string())
-        .collect();
-        assert_eq!(files, ["src/a.txt"], "another story's status.json stays as the integration branch has it");
-        land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
-        assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "a by the story\n");
-        // The index holds the landed file as it is on disk: git sees nothing to commit.
-        assert_eq!(repo.status_file(Path::new("src/a.txt")).unwrap(), git2::Status::CURRENT);
-        // Landing again (a restart after a crash) changes nothing, and leaves a later edit alone.
-        fs::write(dir.path().join("src/a.txt"), "the user's edit since\n").unwrap();
-        land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
-        assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "the user's edit since\n");
-        assert_eq!(landed(&repo, &branch_ref, base, commit), Some(true));
-    }
-
-    #[test]
-    fn a_merge_landed_since_the_branch_forked_is_found_and_one_from_before_it_is_not() {
-        let (_dir, repo) = repo(&[("src/a.txt", "a\n")]);
-        let work = story_branch(&repo, &[("src/a.txt", "a by the story\n")]);
-        repo.branch("sticler/phase-1/US-P1-001", &repo.find_commit(work).unwrap(), false).unwrap();
-        let branch = "sticler/phase-1/US-P1-001";
-        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
-        let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", work, &doc(), Path::new(OWN)).unwrap()
-        else {
-            panic!("expected a merge")
-        };
-        land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
-        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), Some(commit));
-        // The story run again after its merge: a branch cut after it knows nothing landed yet.
-        let again = story_branch(&repo, &[("src/a.txt", "again\n")]);
-        repo.branch(branch, &repo.find_commit(again).unwrap(), true).unwrap();
-        assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
-    }
-
-    #[test]
-    fn a_users_uncommitted_edit_makes_the_merge_wait() {
-        let (dir, repo) = repo(&[("src/a.txt", "a\n"), ("src/b.txt", "b\n")]);
-        let head = story_branch(&repo, &[("src/a.txt", "a by the story\n")]);
-        fs::write(dir.path().join("src/a.txt"), "the user's words\n").unwrap();
-        fs::write(dir.path().join("src/b.txt"), "not touched by the merge\n").unwrap();
-        match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
-            Plan::Waits(why) => assert!(why.contains("src/a.txt") && !why.contains("src/b.txt"), "{why}"),
-            other => panic!("expected a wait, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn conflicting_lines_and_leftover_markers_are_conflicts() {
-        let (_dir, repo) = repo(&[("src/a.txt", "one\n")]);
-        let head = story_branch(&repo, &[("src/a.txt", "story\n")]);
-        // The integration branch changes the same line meanwhile.
-        fs::write(repo.workdir().unwrap().join("src/a.txt"), "integration\n").unwrap();
-        commit_all(&repo, "integration");
-        match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
-            Plan::Conflict(files) => assert_eq!(files, ["src/a.txt"]),
-            other => panic!("expected a conflict, got {other:?}"),
-        }
-        let marked = story_branch(&repo, &[("src/b.txt", "<<<<<<< HEAD\nx\n=======\ny\n>>>>>>> other\n")]);
-        match plan(&repo, "US-P1-001", marked, &doc(), Path::new(OWN)).unwrap() {
-            Plan::Conflict(files) => assert_eq!(files, ["src/b.txt"]),
-            other => panic!("expected a conflict for the markers, got {other:?}"),
-        }
-    }
-}
+#[path = "merge_tests.rs"]
+mod tests;

@@ -4,10 +4,12 @@
 //! use is slots × tree. `merge` brings a completed story back; this module keeps the pool.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use git2::Repository;
 
-use crate::git::GitError;
+use crate::git::{GitError, OpenRepo};
+use crate::lock::lock;
 use crate::phase::{SPEC_FILE, STATUS_FILE};
 use crate::project::ProjectError;
 
@@ -24,9 +26,14 @@ pub struct Workspaces {
     slots: Vec<Slot>,
 }
 
+/// A worktree's repository, kept open (with its object cache) from one story to the next; the
+/// story's merge uses it on a thread of its own.
+pub type SlotGit = Arc<Mutex<OpenRepo>>;
+
 struct Slot {
     name: String,
     path: PathBuf,
+    git: SlotGit,
     /// The story working here, or kept here for inspection (failed).
     story: Option<String>,
     kept: bool,
@@ -59,9 +66,10 @@ impl Workspaces {
         names.retain(|n| !n.ends_with(".creating"));
         for name in names {
             let path = pool.dir.join(&name);
+            let git = SlotGit::default();
             if let Some((story, _)) = busy.iter().find(|(_, root)| *root == path) {
                 // Adopted: its worker runs on. `mirror` at the iteration's end sets `synced`.
-                pool.slots.push(Slot { name, path, story: Some(story.clone()), kept: false, synced: None });
+                pool.slots.push(Slot { name, path, git, story: Some(story.clone()), kept: false, synced: None });
                 continue;
             }
             let marker = worktree::creating_marker(&path);
@@ -73,8 +81,11 @@ impl Workspaces {
                 let _ = std::fs::remove_file(&marker);
                 continue;
             }
-            let adopted =
-                worktree::commit_leftovers(&path, "sticler: work in progress").and_then(|_| worktree::detach(&path));
+            let adopted = {
+                let mut open = lock(&git);
+                worktree::commit_leftovers(&mut open, &path, "sticler: work in progress")
+                    .and_then(|_| worktree::detach(&mut open, &path))
+            };
             if let Err(e) = adopted {
                 tracing::warn!(path = %path.display(), "a worktree left by an earlier run is not usable: {e}");
                 if let Ok(main) = Repository::open(main_root) {
@@ -82,7 +93,7 @@ impl Workspaces {
                 }
                 continue;
             }
-            pool.slots.push(Slot { name, path, story: None, kept: false, synced: None });
+            pool.slots.push(Slot { name, path, git, story: None, kept: false, synced: None });
         }
         if let Ok(main) = Repository::open(main_root) {
             for branch in worktree::story_branches(&main, phase) {
@@ -97,7 +108,16 @@ impl Workspaces {
 
     /// The worktree `story` works in, when it has one.
     pub fn root(&self, story: &str) -> Option<&Path> {
-        self.slots.iter().find(|s| s.story.as_deref() == Some(story)).map(|s| s.path.as_path())
+        self.slot(story).map(|s| s.path.as_path())
+    }
+
+    /// The worktree `story` works in and its open repository, when it has one.
+    pub fn worktree(&self, story: &str) -> Option<(&Path, SlotGit)> {
+        self.slot(story).map(|s| (s.path.as_path(), Arc::clone(&s.git)))
+    }
+
+    fn slot(&self, story: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.story.as_deref() == Some(story))
     }
 
     /// Gives `story` a worktree for its iterations: its own (still assigned), or a free slot put
@@ -151,8 +171,7 @@ impl Workspaces {
     /// time writes the whole tree. A story whose worktree could not be readied is let go:
     /// `enter` tries again and reports why.
     pub fn prepare(&mut self, stories: &[String]) {
-        let head = Repository::open(&self.main_root).and_then(|main| Ok(main.head()?.peel_to_commit()?.id()));
-        let Ok(base) = head else { return };
+        let Some(base) = crate::git::head(&self.main_root) else { return };
         let mut jobs = Vec::new();
         for story in stories {
             if self.root(story).is_none() {
@@ -168,10 +187,7 @@ impl Workspaces {
             let handles: Vec<_> = jobs
                 .iter()
                 .map(|&(index, story)| {
-                    scope.spawn(move || {
-                        let main = Repository::open(main_root)?;
-                        ready(&main, &slots[index], story, &branch_name(phase, story), base)
-                    })
+                    scope.spawn(move || ready(main_root, &slots[index], story, &branch_name(phase, story), base))
                 })
                 .collect();
             let results: Vec<bool> = handles.into_iter().map(|h| h.join().is_ok_and(|r| r.is_ok())).collect();
@@ -191,7 +207,8 @@ impl Workspaces {
         let taken = |n: usize| self.slots.iter().any(|s| s.name == format!("{}{n}", slot_prefix(self.phase)));
         let number = (0..).find(|n| !taken(*n)).unwrap_or(self.slots.len());
         let name = format!("{}{number}", slot_prefix(self.phase));
-        self.slots.push(Slot { path: self.dir.join(&name), name, story: None, kept: false, synced: None });
+        let git = SlotGit::default();
+        self.slots.push(Slot { path: self.dir.join(&name), name, git, story: None, kept: false, synced: None });
         self.slots.len() - 1
     }
 
@@ -201,7 +218,7 @@ impl Workspaces {
         let base = main.head()?.peel_to_commit()?.id();
         let index = self.free_slot();
         let slot = &mut self.slots[index];
-        ready(&main, slot, story, &branch_name(self.phase, story), base)?;
+        ready(&self.main_root, slot, story, &branch_name(self.phase, story), base)?;
         slot.story = Some(story.to_string());
         slot.kept = false;
         slot.synced = None;
@@ -219,8 +236,10 @@ impl Workspaces {
             slot.story = None;
             return;
         }
+        let mut open = lock(&slot.git);
         if !merged {
-            if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}")) {
+            let message = format!("sticler: work in progress of {story}");
+            if let Err(e) = worktree::commit_leftovers(&mut open, &slot.path, &message) {
                 tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
             }
         }
@@ -229,7 +248,7 @@ impl Workspaces {
             return;
         }
         slot.story = None;
-        if let Err(e) = worktree::detach(&slot.path) {
+        if let Err(e) = worktree::detach(&mut open, &slot.path) {
             tracing::warn!(story_id = %story, "cannot let go of the story's branch: {e}");
         }
     }
@@ -250,8 +269,8 @@ impl Workspaces {
                 continue;
             }
             if let Some(story) = &slot.story {
-                if let Err(e) = worktree::commit_leftovers(&slot.path, &format!("sticler: work in progress of {story}"))
-                {
+                let message = format!("sticler: work in progress of {story}");
+                if let Err(e) = worktree::commit_leftovers(&mut lock(&slot.git), &slot.path, &message) {
                     tracing::warn!(story_id = %story, "cannot commit what the story left in its worktree: {e}");
                 }
             }
@@ -293,9 +312,10 @@ impl Workspaces {
 }
 
 /// Puts `slot` on `story`'s branch (see `worktree::enter`), saying how long it took.
-fn ready(main: &Repository, slot: &Slot, story: &str, branch: &str, base: git2::Oid) -> Result<(), GitError> {
+fn ready(main_root: &Path, slot: &Slot, story: &str, branch: &str, base: git2::Oid) -> Result<(), GitError> {
     let started = std::time::Instant::now();
-    let made = worktree::enter(main, &slot.name, &slot.path, branch, base)?;
+    let mut open = lock(&slot.git);
+    let made = worktree::enter(main_root, (&slot.name, &slot.path), &mut open, branch, base)?;
     // The bench reads this line: how long a worktree takes to be ready, made or reused.
     let how = if made { "made" } else { "reused" };
     tracing::info!(story_id = %story, "worktree ready in {:.1} ms ({how})", started.elapsed().as_secs_f64() * 1e3);

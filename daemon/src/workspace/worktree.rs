@@ -9,25 +9,29 @@ use std::path::Path;
 use git2::build::CheckoutBuilder;
 use git2::{BranchType, Commit, Oid, Repository, WorktreeAddOptions, WorktreePruneOptions};
 
-use crate::git::{self, GitError};
+use crate::git::{self, GitError, OpenRepo};
 
 /// The branch of a story's work.
 pub fn branch_name(phase: u32, story: &str) -> String {
     format!("sticler/phase-{phase}/{story}")
 }
 
-/// Puts the worktree `name` at `path` on `branch`, made at `base` when it does not exist yet (a
-/// branch that exists holds the story's earlier work and is continued). An existing worktree is
-/// reused: its checkout rewrites only what differs, and untracked files that are not ignored go.
-/// Returns whether the worktree was made (not reused).
-pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid) -> Result<bool, GitError> {
-    let reference = match main.find_branch(branch, BranchType::Local) {
-        Ok(existing) => existing.into_reference(),
-        Err(_) => main.branch(branch, &main.find_commit(base)?, false)?.into_reference(),
-    };
-    let refname = reference.name().unwrap_or_default().to_string();
-    if let Ok(tree) = Repository::open(path) {
+/// Puts the worktree `name` at `path` (kept open in `open`) on `branch`, made at `base` when it
+/// does not exist yet (a branch that exists holds the story's earlier work and is continued). An
+/// existing worktree is reused: its checkout rewrites only what differs, and untracked files
+/// that are not ignored go. Returns whether the worktree was made (not reused).
+pub fn enter(
+    main_root: &Path,
+    (name, path): (&str, &Path),
+    open: &mut OpenRepo,
+    branch: &str,
+    base: Oid,
+) -> Result<bool, GitError> {
+    // The worktree's own repository when there is one: branches are shared with the project's.
+    if let Ok((tree, _)) = open.get(path) {
         if tree.is_worktree() {
+            let reference = story_branch(tree, branch, base)?;
+            let refname = reference.name().unwrap_or_default().to_string();
             tree.cleanup_state()?;
             // Off any branch while its files change: a daemon killed mid-checkout must not leave
             // the next story's files looking like changes of the last story's branch. HEAD.lock
@@ -46,7 +50,7 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
             safe.safe();
             // Only the paths that differ between the two trees: a checkout limited to them does
             // not stat every file of the project.
-            let changed = changed_paths(&tree, &target)?;
+            let changed = changed_paths(tree, &target)?;
             for path in &changed {
                 safe.path(path.as_path());
             }
@@ -60,9 +64,11 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
             return Ok(false);
         }
     }
+    let main = Repository::open(main_root)?;
+    let reference = story_branch(&main, branch, base)?;
     // Nothing usable there: a folder left by a crash mid-creation, or a registration whose
     // folder is gone. Both are cleared before the worktree is made again.
-    remove(main, name, path);
+    remove(&main, name, path);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io_error(path, e))?;
     }
@@ -75,6 +81,14 @@ pub fn enter(main: &Repository, name: &str, path: &Path, branch: &str, base: Oid
     main.worktree(name, path, Some(&options))?;
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
     Ok(true)
+}
+
+/// The story's branch: the one that exists (the story's earlier work), else made at `base`.
+fn story_branch<'r>(repo: &'r Repository, branch: &str, base: Oid) -> Result<git2::Reference<'r>, GitError> {
+    Ok(match repo.find_branch(branch, BranchType::Local) {
+        Ok(existing) => existing.into_reference(),
+        Err(_) => repo.branch(branch, &repo.find_commit(base)?, false)?.into_reference(),
+    })
 }
 
 /// The paths that differ between the worktree's HEAD and `target` (a tree-to-tree diff: no look
@@ -98,23 +112,23 @@ fn changed_paths(tree_repo: &Repository, target: &Commit<'_>) -> Result<Vec<std:
 /// Commits what the story left in its worktree (new, changed and deleted files, honouring
 /// .gitignore) to its branch, with a merge in progress as a second parent. Returns the commit,
 /// or `None` when there was nothing to commit.
-pub fn commit_leftovers(path: &Path, message: &str) -> Result<Option<Oid>, GitError> {
-    let mut tree_repo = Repository::open(path)?;
+pub fn commit_leftovers(open: &mut OpenRepo, path: &Path, message: &str) -> Result<Option<Oid>, GitError> {
+    let (tree_repo, _) = open.get(path)?;
     let mut merging = Vec::new();
     // No merge in progress is an error here ("no merge heads"), not an empty list.
     let _ = tree_repo.mergehead_foreach(|oid| {
         merging.push(*oid);
         true
     });
-    settle_conflicts(&tree_repo, path)?;
-    let tree_id = git::stage_all(&tree_repo, path)?;
-    let head = git::head_commit(&tree_repo);
+    settle_conflicts(tree_repo, path)?;
+    let tree_id = git::stage_all(tree_repo, path)?;
+    let head = git::head_commit(tree_repo);
     let unchanged = head.as_ref().is_some_and(|h| h.tree_id() == tree_id);
     if unchanged && merging.is_empty() {
         return Ok(None);
     }
     let tree = tree_repo.find_tree(tree_id)?;
-    let sig = git::signature(&tree_repo)?;
+    let sig = git::signature(tree_repo)?;
     let others: Vec<Commit<'_>> = merging.iter().filter_map(|oid| tree_repo.find_commit(*oid).ok()).collect();
     let parents: Vec<&Commit<'_>> = head.iter().chain(others.iter()).collect();
     let oid = git::retry_locked(path, || tree_repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents))?;
@@ -131,8 +145,8 @@ pub fn creating_marker(path: &Path) -> std::path::PathBuf {
 
 /// Lets go of the story's branch: the worktree's HEAD is detached at the same commit, so the
 /// branch can be checked out by another slot, or deleted.
-pub fn detach(path: &Path) -> Result<(), GitError> {
-    let tree_repo = Repository::open(path)?;
+pub fn detach(open: &mut OpenRepo, path: &Path) -> Result<(), GitError> {
+    let (tree_repo, _) = open.get(path)?;
     let head = tree_repo.head()?.peel_to_commit()?.id();
     git::retry_locked(path, || tree_repo.set_head_detached(head))
 }
@@ -223,7 +237,10 @@ mod tests {
         let base = repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
         drop(tree);
         let slot = dir.path().join("slot");
-        assert!(enter(&repo, "slot", &slot, "sticler/a", base).unwrap(), "made");
+        assert!(
+            enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/a", base).unwrap(),
+            "made"
+        );
         (dir, repo, slot, base)
     }
 
@@ -243,13 +260,16 @@ mod tests {
     fn a_slot_moves_on_once_a_live_gits_head_lock_is_let_go() {
         let (_dir, repo, slot, base) = repo_with_slot();
         let holder = hold_head_lock(&repo, Duration::from_millis(300));
-        assert!(!enter(&repo, "slot", &slot, "sticler/b", base).unwrap(), "reused");
+        assert!(
+            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap(),
+            "reused"
+        );
         assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
         let head = Repository::open(&slot).unwrap().head().unwrap().name().unwrap().to_string();
         assert_eq!(head, "refs/heads/sticler/b");
 
         let holder = hold_head_lock(&repo, Duration::from_millis(300));
-        detach(&slot).unwrap();
+        detach(&mut OpenRepo::default(), &slot).unwrap();
         assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
         assert!(Repository::open(&slot).unwrap().head_detached().unwrap());
     }
@@ -261,7 +281,10 @@ mod tests {
         let (_dir, repo, slot, base) = repo_with_slot();
         let lock = repo.path().join("worktrees/slot/HEAD.lock");
         std::fs::write(&lock, b"").unwrap();
-        assert!(!enter(&repo, "slot", &slot, "sticler/b", base).unwrap(), "reused");
+        assert!(
+            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap(),
+            "reused"
+        );
         assert!(!lock.exists());
         let head = Repository::open(&slot).unwrap().head().unwrap().name().unwrap().to_string();
         assert_eq!(head, "refs/heads/sticler/b");
@@ -273,7 +296,7 @@ mod tests {
         let (_dir, repo, slot, _) = repo_with_slot();
         let lock = repo.path().join("worktrees/slot/HEAD.lock");
         let _held = std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).unwrap();
-        assert!(matches!(detach(&slot), Err(GitError::Locked(..))));
+        assert!(matches!(detach(&mut OpenRepo::default(), &slot), Err(GitError::Locked(..))));
         assert!(lock.exists());
         assert!(!Repository::open(&slot).unwrap().head_detached().unwrap(), "still on its branch");
     }
@@ -293,7 +316,7 @@ mod tests {
                 std::fs::write(&lock, b"").unwrap();
             })
         };
-        assert!(matches!(detach(&slot), Err(GitError::Locked(..))));
+        assert!(matches!(detach(&mut OpenRepo::default(), &slot), Err(GitError::Locked(..))));
         renew.join().unwrap();
         assert!(lock.exists());
     }

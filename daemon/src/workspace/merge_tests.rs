@@ -1,0 +1,203 @@
+//! Tests of `merge`: plans, landings and conflicts on real repositories.
+
+use std::fs;
+
+use super::*;
+
+/// A repository with `files` committed on its checked-out branch.
+fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, Repository) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(dir.path()).unwrap();
+    for (path, text) in files {
+        let full = dir.path().join(path);
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        fs::write(full, text).unwrap();
+    }
+    commit_all(&repo, "initial");
+    (dir, repo)
+}
+
+fn commit_all(repo: &Repository, message: &str) -> Oid {
+    let root = repo.workdir().unwrap().to_path_buf();
+    let tree = repo.find_tree(git::stage_all(repo, &root).unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@x").unwrap();
+    let parent = git::head_commit(repo);
+    let parents: Vec<&Commit<'_>> = parent.iter().collect();
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap()
+}
+
+/// A story branch made from HEAD with `files` changed, without touching the working tree.
+fn story_branch(repo: &Repository, files: &[(&str, &str)]) -> Oid {
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    let mut index = git2::Index::new().unwrap();
+    index.read_tree(&head.tree().unwrap()).unwrap();
+    for (path, text) in files {
+        let blob = repo.blob(text.as_bytes()).unwrap();
+        let entry = git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: 0,
+            id: blob,
+            flags: 0,
+            flags_extended: 0,
+            path: path.as_bytes().to_vec(),
+        };
+        index.add(&entry).unwrap();
+    }
+    let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@x").unwrap();
+    repo.commit(None, &sig, &sig, "story work", &tree, &[&head]).unwrap()
+}
+
+fn doc() -> JsonDoc {
+    let raw = br#"{"title": "A story", "criteria": []}"#.to_vec();
+    let map = crate::project::parse_object(Path::new("status.json"), &raw).unwrap();
+    JsonDoc::new("status.json".into(), raw, map)
+}
+
+const OWN: &str = "phases/phase_1/stories/US-P1-001";
+
+#[test]
+fn a_merge_holds_the_storys_own_changes_only_and_lands_once() {
+    let (dir, repo) = repo(&[("src/a.txt", "a\n"), ("phases/phase_1/stories/US-P1-002/status.json", "{}\n")]);
+    let head = story_branch(
+        &repo,
+        &[("src/a.txt", "a by the story\n"), ("phases/phase_1/stories/US-P1-002/status.json", "{\"x\": 1}\n")],
+    );
+    let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap()
+    else {
+        panic!("expected a merge")
+    };
+    let files: Vec<String> = changes(
+        &repo,
+        &repo.find_commit(base).unwrap().tree().unwrap(),
+        &repo.find_commit(commit).unwrap().tree().unwrap(),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|c| c.path.display().to_string())
+    .collect();
+    assert_eq!(files, ["src/a.txt"], "another story's status.json stays as the integration branch has it");
+    land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+    assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "a by the story\n");
+    // The index holds the landed file as it is on disk: git sees nothing to commit.
+    assert_eq!(repo.status_file(Path::new("src/a.txt")).unwrap(), git2::Status::CURRENT);
+    // Landing again (a restart after a crash) changes nothing, and leaves a later edit alone.
+    fs::write(dir.path().join("src/a.txt"), "the user's edit since\n").unwrap();
+    land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+    assert_eq!(fs::read_to_string(dir.path().join("src/a.txt")).unwrap(), "the user's edit since\n");
+    assert_eq!(landed(&repo, &branch_ref, base, commit), Some(true));
+}
+
+#[test]
+fn a_merge_landed_since_the_branch_forked_is_found_and_one_from_before_it_is_not() {
+    let (_dir, repo) = repo(&[("src/a.txt", "a\n")]);
+    let work = story_branch(&repo, &[("src/a.txt", "a by the story\n")]);
+    repo.branch("sticler/phase-1/US-P1-001", &repo.find_commit(work).unwrap(), false).unwrap();
+    let branch = "sticler/phase-1/US-P1-001";
+    assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
+    let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", work, &doc(), Path::new(OWN)).unwrap()
+    else {
+        panic!("expected a merge")
+    };
+    land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+    assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), Some(commit));
+    // The story run again after its merge: a branch cut after it knows nothing landed yet.
+    let again = story_branch(&repo, &[("src/a.txt", "again\n")]);
+    repo.branch(branch, &repo.find_commit(again).unwrap(), true).unwrap();
+    assert_eq!(landed_since_fork(&repo, branch, "US-P1-001").unwrap(), None);
+}
+
+#[test]
+fn a_users_uncommitted_edit_makes_the_merge_wait() {
+    let (dir, repo) = repo(&[("src/a.txt", "a\n"), ("src/b.txt", "b\n")]);
+    let head = story_branch(&repo, &[("src/a.txt", "a by the story\n")]);
+    fs::write(dir.path().join("src/a.txt"), "the user's words\n").unwrap();
+    fs::write(dir.path().join("src/b.txt"), "not touched by the merge\n").unwrap();
+    match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+        Plan::Waits(why) => assert!(why.contains("src/a.txt") && !why.contains("src/b.txt"), "{why}"),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+#[test]
+fn conflicting_lines_and_leftover_markers_are_conflicts() {
+    let (_dir, repo) = repo(&[("src/a.txt", "one\n")]);
+    let head = story_branch(&repo, &[("src/a.txt", "story\n")]);
+    // The integration branch changes the same line meanwhile.
+    fs::write(repo.workdir().unwrap().join("src/a.txt"), "integration\n").unwrap();
+    commit_all(&repo, "integration");
+    match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+        Plan::Conflict(files) => assert_eq!(files, ["src/a.txt"]),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let marked = story_branch(&repo, &[("src/b.txt", "<<<<<<< HEAD\nx\n=======\ny\n>>>>>>> other\n")]);
+    match plan(&repo, "US-P1-001", marked, &doc(), Path::new(OWN)).unwrap() {
+        Plan::Conflict(files) => assert_eq!(files, ["src/b.txt"]),
+        other => panic!("expected a conflict for the markers, got {other:?}"),
+    }
+}
+
+/// Stories of a phase mostly change different files: their merge is made from the two sides'
+/// changes alone, and is the very tree the 3-way merge of every file gives.
+#[test]
+fn disjoint_changes_merge_to_the_three_way_merges_tree() {
+    let own_status = "phases/phase_1/stories/US-P1-001/status.json";
+    let other_status = "phases/phase_1/stories/US-P1-002/status.json";
+    let (dir, repo) = repo(&[("src/a.txt", "a\n"), ("src/b.txt", "b\n"), (own_status, "{}\n"), (other_status, "{}\n")]);
+    let work = story_branch(
+        &repo,
+        &[
+            ("src/a.txt", "a by the story\n"),
+            ("docs/new.md", "new\n"),
+            (own_status, "{\"done\": true}\n"),
+            (other_status, "{\"not\": \"the story's\"}\n"),
+        ],
+    );
+    // Meanwhile the integration branch: another file, a new one, sticler's note in the story's
+    // own status.json (the story's side wins there).
+    fs::write(dir.path().join("src/b.txt"), "b by another story\n").unwrap();
+    fs::create_dir_all(dir.path().join("lib")).unwrap();
+    fs::write(dir.path().join("lib/c.txt"), "c\n").unwrap();
+    fs::write(dir.path().join(own_status), "{\"note\": 1}\n").unwrap();
+    commit_all(&repo, "integration");
+    let ours = repo.head().unwrap().peel_to_commit().unwrap();
+    let theirs = repo.find_commit(work).unwrap();
+    let fast = disjoint_merge(&repo, &ours, &theirs, Path::new(OWN)).unwrap().expect("disjoint changes");
+    let slow = three_way_merge(&repo, &ours, &theirs, Path::new(OWN)).unwrap().unwrap();
+    assert_eq!(fast, slow);
+    let tree = repo.find_tree(fast).unwrap();
+    let text = |path: &str| {
+        let blob = tree.get_path(Path::new(path)).unwrap().to_object(&repo).unwrap().peel_to_blob().unwrap();
+        String::from_utf8_lossy(blob.content()).into_owned()
+    };
+    assert_eq!(text("src/a.txt"), "a by the story\n");
+    assert_eq!(text("src/b.txt"), "b by another story\n");
+    assert_eq!(text(own_status), "{\"done\": true}\n");
+    assert_eq!(text(other_status), "{}\n");
+}
+
+/// Changes of one path on both sides, or a file on one side where the other made a folder of
+/// that name, are for the 3-way merge: it merges different lines of one file.
+#[test]
+fn changes_to_one_path_go_to_the_three_way_merge() {
+    let (dir, repo) = repo(&[("src/a.txt", "one\ntwo\nthree\n"), ("keep.txt", "k\n")]);
+    let same_file = story_branch(&repo, &[("src/a.txt", "one\ntwo\nthree by the story\n")]);
+    let under_a_file = story_branch(&repo, &[("y/inside.txt", "in a folder\n")]);
+    fs::write(dir.path().join("src/a.txt"), "one by another story\ntwo\nthree\n").unwrap();
+    fs::write(dir.path().join("y"), "a file\n").unwrap();
+    commit_all(&repo, "integration");
+    let ours = repo.head().unwrap().peel_to_commit().unwrap();
+    let same_file = repo.find_commit(same_file).unwrap();
+    assert_eq!(disjoint_merge(&repo, &ours, &same_file, Path::new(OWN)).unwrap(), None);
+    let merged = three_way_merge(&repo, &ours, &same_file, Path::new(OWN)).unwrap().unwrap();
+    let blob = repo.find_tree(merged).unwrap().get_path(Path::new("src/a.txt")).unwrap().id();
+    assert_eq!(repo.find_blob(blob).unwrap().content(), b"one by another story\ntwo\nthree by the story\n");
+    let under_a_file = repo.find_commit(under_a_file).unwrap();
+    assert_eq!(disjoint_merge(&repo, &ours, &under_a_file, Path::new(OWN)).unwrap(), None);
+}

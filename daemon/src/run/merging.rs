@@ -29,6 +29,8 @@ pub(super) struct MergeJob {
     work_status: PathBuf,
     story_dir: PathBuf,
     branch: String,
+    /// The branch was made by this daemon's run: no merge of it can have landed unseen.
+    new_branch: bool,
     since: git::Since,
     auto_commit: bool,
     run_key: String,
@@ -44,7 +46,8 @@ impl MergeJob {
     /// of a project never run two at once).
     pub(super) fn run(self) -> MergeOutcome {
         let lock = self.daemon.git_lock(&self.main_root);
-        {
+        // A branch of an earlier daemon's: its merge may have landed before that daemon died.
+        if !self.new_branch {
             let mut known = crate::lock::lock(&lock);
             // Merged already: the daemon died after the merge landed and before its verdict.
             if let Ok(Some(oid)) = git::find_story_commit(&self.main_root, &self.story, "", self.since, &mut known) {
@@ -163,6 +166,7 @@ impl PhaseRun {
             main_root,
             work_status: paths.status,
             branch: workspace::branch_name(self.phase, story),
+            new_branch: self.workspaces.as_ref().is_some_and(|w| w.new_branch(story)),
             since: self.since,
             auto_commit: self.config.auto_commit,
             run_key: self.run_key.clone(),

@@ -37,6 +37,8 @@ struct Slot {
     /// The story working here, or kept here for inspection (failed).
     story: Option<String>,
     kept: bool,
+    /// Its story's branch was made by this pool (see `worktree::Entered::new_branch`).
+    new_branch: bool,
     /// The status.json both copies (the worktree's and the project folder's) held when sticler
     /// last made them the same, by its git blob id. The project's copy still that one means
     /// nothing new came from there: the worktree's is the worker's latest, even when copying it
@@ -69,7 +71,15 @@ impl Workspaces {
             let git = SlotGit::default();
             if let Some((story, _)) = busy.iter().find(|(_, root)| *root == path) {
                 // Adopted: its worker runs on. `mirror` at the iteration's end sets `synced`.
-                pool.slots.push(Slot { name, path, git, story: Some(story.clone()), kept: false, synced: None });
+                pool.slots.push(Slot {
+                    name,
+                    path,
+                    git,
+                    story: Some(story.clone()),
+                    kept: false,
+                    synced: None,
+                    new_branch: false,
+                });
                 continue;
             }
             let marker = worktree::creating_marker(&path);
@@ -93,7 +103,7 @@ impl Workspaces {
                 }
                 continue;
             }
-            pool.slots.push(Slot { name, path, git, story: None, kept: false, synced: None });
+            pool.slots.push(Slot { name, path, git, story: None, kept: false, synced: None, new_branch: false });
         }
         if let Ok(main) = Repository::open(main_root) {
             for branch in worktree::story_branches(&main, phase) {
@@ -114,6 +124,11 @@ impl Workspaces {
     /// The worktree `story` works in and its open repository, when it has one.
     pub fn worktree(&self, story: &str) -> Option<(&Path, SlotGit)> {
         self.slot(story).map(|s| (s.path.as_path(), Arc::clone(&s.git)))
+    }
+
+    /// Whether `story`'s branch was made by this pool: no merge of it can have landed unseen.
+    pub fn new_branch(&self, story: &str) -> bool {
+        self.slot(story).is_some_and(|s| s.new_branch)
     }
 
     fn slot(&self, story: &str) -> Option<&Slot> {
@@ -183,18 +198,21 @@ impl Workspaces {
             }
         }
         let (main_root, phase, slots) = (&self.main_root, self.phase, &self.slots);
-        let failed: Vec<usize> = std::thread::scope(|scope| {
+        let readied: Vec<(usize, Option<bool>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .iter()
                 .map(|&(index, story)| {
                     scope.spawn(move || ready(main_root, &slots[index], story, &branch_name(phase, story), base))
                 })
                 .collect();
-            let results: Vec<bool> = handles.into_iter().map(|h| h.join().is_ok_and(|r| r.is_ok())).collect();
-            jobs.iter().zip(results).filter(|(_, ok)| !ok).map(|((index, _), _)| *index).collect()
+            let results: Vec<Option<bool>> = handles.into_iter().map(|h| h.join().ok().and_then(Result::ok)).collect();
+            jobs.iter().map(|(index, _)| *index).zip(results).collect::<Vec<_>>()
         });
-        for index in failed {
-            self.slots[index].story = None;
+        for (index, new_branch) in readied {
+            match new_branch {
+                Some(new_branch) => self.slots[index].new_branch = new_branch,
+                None => self.slots[index].story = None,
+            }
         }
     }
 
@@ -208,7 +226,15 @@ impl Workspaces {
         let number = (0..).find(|n| !taken(*n)).unwrap_or(self.slots.len());
         let name = format!("{}{number}", slot_prefix(self.phase));
         let git = SlotGit::default();
-        self.slots.push(Slot { path: self.dir.join(&name), name, git, story: None, kept: false, synced: None });
+        self.slots.push(Slot {
+            path: self.dir.join(&name),
+            name,
+            git,
+            story: None,
+            kept: false,
+            synced: None,
+            new_branch: false,
+        });
         self.slots.len() - 1
     }
 
@@ -218,7 +244,7 @@ impl Workspaces {
         let base = main.head()?.peel_to_commit()?.id();
         let index = self.free_slot();
         let slot = &mut self.slots[index];
-        ready(&self.main_root, slot, story, &branch_name(self.phase, story), base)?;
+        slot.new_branch = ready(&self.main_root, slot, story, &branch_name(self.phase, story), base)?;
         slot.story = Some(story.to_string());
         slot.kept = false;
         slot.synced = None;
@@ -311,15 +337,16 @@ impl Workspaces {
     }
 }
 
-/// Puts `slot` on `story`'s branch (see `worktree::enter`), saying how long it took.
-fn ready(main_root: &Path, slot: &Slot, story: &str, branch: &str, base: git2::Oid) -> Result<(), GitError> {
+/// Puts `slot` on `story`'s branch (see `worktree::enter`), saying how long it took. Returns
+/// whether the branch was made just now.
+fn ready(main_root: &Path, slot: &Slot, story: &str, branch: &str, base: git2::Oid) -> Result<bool, GitError> {
     let started = std::time::Instant::now();
     let mut open = lock(&slot.git);
-    let made = worktree::enter(main_root, (&slot.name, &slot.path), &mut open, branch, base)?;
+    let entered = worktree::enter(main_root, (&slot.name, &slot.path), &mut open, branch, base)?;
     // The bench reads this line: how long a worktree takes to be ready, made or reused.
-    let how = if made { "made" } else { "reused" };
+    let how = if entered.made { "made" } else { "reused" };
     tracing::info!(story_id = %story, "worktree ready in {:.1} ms ({how})", started.elapsed().as_secs_f64() * 1e3);
-    Ok(())
+    Ok(entered.new_branch)
 }
 
 fn slot_prefix(phase: u32) -> String {

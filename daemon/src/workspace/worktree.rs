@@ -19,18 +19,18 @@ pub fn branch_name(phase: u32, story: &str) -> String {
 /// Puts the worktree `name` at `path` (kept open in `open`) on `branch`, made at `base` when it
 /// does not exist yet (a branch that exists holds the story's earlier work and is continued). An
 /// existing worktree is reused: its checkout rewrites only what differs, and untracked files
-/// that are not ignored go. Returns whether the worktree was made (not reused).
+/// that are not ignored go.
 pub fn enter(
     main_root: &Path,
     (name, path): (&str, &Path),
     open: &mut OpenRepo,
     branch: &str,
     base: Oid,
-) -> Result<bool, GitError> {
+) -> Result<Entered, GitError> {
     // The worktree's own repository when there is one: branches are shared with the project's.
     if let Ok((tree, _)) = open.get(path) {
         if tree.is_worktree() {
-            let reference = story_branch(tree, branch, base)?;
+            let (reference, new_branch) = story_branch(tree, branch, base)?;
             let refname = reference.name().unwrap_or_default().to_string();
             tree.cleanup_state()?;
             // Off any branch while its files change: a daemon killed mid-checkout must not leave
@@ -61,11 +61,11 @@ pub fn enter(
                 tree.checkout_tree(target.as_object(), Some(&mut force))?;
             }
             git::retry_locked(path, || tree.set_head(&refname))?;
-            return Ok(false);
+            return Ok(Entered { made: false, new_branch });
         }
     }
     let main = Repository::open(main_root)?;
-    let reference = story_branch(&main, branch, base)?;
+    let (reference, new_branch) = story_branch(&main, branch, base)?;
     // Nothing usable there: a folder left by a crash mid-creation, or a registration whose
     // folder is gone. Both are cleared before the worktree is made again.
     remove(&main, name, path);
@@ -80,14 +80,25 @@ pub fn enter(
     options.reference(Some(&reference));
     main.worktree(name, path, Some(&options))?;
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
-    Ok(true)
+    Ok(Entered { made: true, new_branch })
 }
 
-/// The story's branch: the one that exists (the story's earlier work), else made at `base`.
-fn story_branch<'r>(repo: &'r Repository, branch: &str, base: Oid) -> Result<git2::Reference<'r>, GitError> {
+/// How a worktree was put on its story's branch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Entered {
+    /// The worktree was made (not reused).
+    pub made: bool,
+    /// The branch was made just now, at the integration branch's head: no merge of the story
+    /// can have landed since it left that branch, but one this very daemon makes.
+    pub new_branch: bool,
+}
+
+/// The story's branch: the one that exists (the story's earlier work), else made at `base`;
+/// and whether it was made.
+fn story_branch<'r>(repo: &'r Repository, branch: &str, base: Oid) -> Result<(git2::Reference<'r>, bool), GitError> {
     Ok(match repo.find_branch(branch, BranchType::Local) {
-        Ok(existing) => existing.into_reference(),
-        Err(_) => repo.branch(branch, &repo.find_commit(base)?, false)?.into_reference(),
+        Ok(existing) => (existing.into_reference(), false),
+        Err(_) => (repo.branch(branch, &repo.find_commit(base)?, false)?.into_reference(), true),
     })
 }
 
@@ -238,7 +249,7 @@ mod tests {
         drop(tree);
         let slot = dir.path().join("slot");
         assert!(
-            enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/a", base).unwrap(),
+            enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/a", base).unwrap().made,
             "made"
         );
         (dir, repo, slot, base)
@@ -261,7 +272,7 @@ mod tests {
         let (_dir, repo, slot, base) = repo_with_slot();
         let holder = hold_head_lock(&repo, Duration::from_millis(300));
         assert!(
-            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap(),
+            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap().made,
             "reused"
         );
         assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
@@ -282,7 +293,7 @@ mod tests {
         let lock = repo.path().join("worktrees/slot/HEAD.lock");
         std::fs::write(&lock, b"").unwrap();
         assert!(
-            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap(),
+            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap().made,
             "reused"
         );
         assert!(!lock.exists());

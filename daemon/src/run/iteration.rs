@@ -52,6 +52,9 @@ impl PhaseRun {
             self.state.update(|s| s.sched.unstart(story));
             return None;
         }
+        if self.ready_in_background(story) {
+            return None;
+        }
         if let Err(why) = self.enter_workspace(story) {
             return Some(self.not_started(story, why, None));
         }
@@ -108,19 +111,47 @@ impl PhaseRun {
         }));
     }
 
-    /// Stories dispatched together (worktree mode): their worktrees are readied side by side
-    /// before each starts (`Workspaces::prepare`), rather than one after another on the run's
-    /// task. Only as many as the daemon has slots for, and none while a usage limit holds.
-    pub(super) fn prepare_workspaces(&mut self, actions: &[Action]) {
-        let mut starting: Vec<String> =
-            actions.iter().filter_map(|a| if let Action::Start(s) = a { Some(s.clone()) } else { None }).collect();
-        starting.truncate(self.daemon.slots.free());
-        let paused = self.daemon.pauses.until(&self.project_name, super::agent::now_unix()).is_some();
-        let Some(workspaces) = self.workspaces.as_mut() else { return };
-        if starting.len() < 2 || paused {
+    /// Worktree mode: a story starting without a worktree has a slot readied for it on a thread
+    /// of its own (a slot's move, or its first checkout, is git work on files), while the run
+    /// goes on with other stories' ends and merges; its start goes on in `readied`. False when
+    /// the story has its worktree already (or the run has none).
+    fn ready_in_background(&mut self, story: &str) -> bool {
+        let Some(workspaces) = self.workspaces.as_mut() else { return false };
+        if workspaces.root(story).is_some() {
+            return false;
+        }
+        let readying = workspaces.reserve(story);
+        let (tx, story) = (self.tx.clone(), story.to_string());
+        // Its logs carry the run's fields (project, phase), as the run's own do.
+        let span = tracing::Span::current();
+        self.background.push(tokio::task::spawn_blocking(move || {
+            let outcome = span.in_scope(|| readying.run());
+            let _ = tx.send(super::RunMsg::Readied { story, outcome });
+        }));
+        true
+    }
+
+    /// A story's worktree is ready (or could not be made): its iteration starts, unless the run
+    /// was told to stop meanwhile.
+    pub(super) fn readied(&mut self, story: &str, outcome: Result<bool, crate::git::GitError>) {
+        let readied = match self.workspaces.as_mut() {
+            Some(workspaces) => workspaces.readied(story, outcome),
+            None => Ok(()),
+        };
+        if self.state.read().sched.is_stopping() {
+            self.state.update(|s| s.sched.unstart(story));
+            self.daemon.slots.release();
+            self.schedule();
             return;
         }
-        tokio::task::block_in_place(|| workspaces.prepare(&starting));
+        let actions = match readied {
+            Ok(()) => self.start_iteration(story, false),
+            Err(e) => Some(self.not_started(story, format!("cannot prepare the story's worktree: {e}"), None)),
+        };
+        if let Some(actions) = actions {
+            self.apply(actions);
+        }
+        self.schedule();
     }
 
     /// With the Slurm runner, makes the iteration's spawn an `srun` of its job and returns the

@@ -193,8 +193,9 @@ impl PhaseRun {
             Err(verdict) => return Some(verdict),
         };
         let (tx, story) = (self.tx.clone(), story.to_string());
+        let span = tracing::Span::current();
         self.background.push(tokio::task::spawn_blocking(move || {
-            let outcome = job.run();
+            let outcome = span.in_scope(|| job.run());
             let _ = tx.send(RunMsg::Merged { story, iteration, ended, outcome });
         }));
         None

@@ -56,6 +56,12 @@ pub enum RunMsg {
         ended: Ended,
         outcome: merging::MergeOutcome,
     },
+    /// A story's worktree was readied for its start (see `iteration::ready_in_background`):
+    /// whether its branch was made just now, or why it could not be.
+    Readied {
+        story: String,
+        outcome: Result<bool, crate::git::GitError>,
+    },
     Stop {
         grace: Duration,
         kill: bool,
@@ -219,6 +225,7 @@ impl PhaseRun {
                 let verdict = self.merged(&story, outcome);
                 self.finish_iteration(story, iteration, ended, verdict);
             }
+            RunMsg::Readied { story, outcome } => self.readied(&story, outcome),
             RunMsg::Stop { grace, kill } => self.stop(if kill { Duration::ZERO } else { grace }),
             RunMsg::Interrupt { grace } => {
                 self.interrupted = true;
@@ -276,7 +283,6 @@ impl PhaseRun {
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
-        self.prepare_workspaces(&actions);
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {

@@ -141,9 +141,8 @@ impl Workspaces {
     /// `Slot::synced`: sticler's own edits, a retry, the user's), never a copy older than the
     /// worker's.
     pub fn enter(&mut self, story: &str, story_dir: &Path) -> Result<PathBuf, GitError> {
-        let index = match self.slots.iter().position(|s| s.story.as_deref() == Some(story)) {
-            Some(index) => index,
-            None => self.assign(story)?,
+        let Some(index) = self.slots.iter().position(|s| s.story.as_deref() == Some(story)) else {
+            return Err(GitError::Git(git2::Error::from_str("the story has no worktree (it was not readied)")));
         };
         let rel = story_dir.strip_prefix(&self.main_root).unwrap_or(story_dir);
         let slot = &mut self.slots[index];
@@ -181,37 +180,38 @@ impl Workspaces {
         Ok(())
     }
 
-    /// Gives each of `stories` that has no worktree yet a slot, all moved (or made) at once on
-    /// threads of their own: slots are worktrees of their own, and a slot made for the first
-    /// time writes the whole tree. A story whose worktree could not be readied is let go:
-    /// `enter` tries again and reports why.
-    pub fn prepare(&mut self, stories: &[String]) {
-        let Some(base) = crate::git::head(&self.main_root) else { return };
-        let mut jobs = Vec::new();
-        for story in stories {
-            if self.root(story).is_none() {
-                let index = self.free_slot();
-                self.slots[index].story = Some(story.clone());
-                self.slots[index].kept = false;
-                self.slots[index].synced = None;
-                jobs.push((index, story.as_str()));
-            }
+    /// Gives `story` a free slot (or a new one), to be put on its branch by the returned job on
+    /// a thread of its own (`Readying::run`, a slot made for the first time writes the whole
+    /// tree), then `readied`.
+    pub fn reserve(&mut self, story: &str) -> Readying {
+        let index = self.free_slot();
+        let slot = &mut self.slots[index];
+        slot.story = Some(story.to_string());
+        slot.kept = false;
+        slot.synced = None;
+        slot.new_branch = false;
+        Readying {
+            main_root: self.main_root.clone(),
+            name: slot.name.clone(),
+            path: slot.path.clone(),
+            git: Arc::clone(&slot.git),
+            story: story.to_string(),
+            branch: branch_name(self.phase, story),
         }
-        let (main_root, phase, slots) = (&self.main_root, self.phase, &self.slots);
-        let readied: Vec<(usize, Option<bool>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .iter()
-                .map(|&(index, story)| {
-                    scope.spawn(move || ready(main_root, &slots[index], story, &branch_name(phase, story), base))
-                })
-                .collect();
-            let results: Vec<Option<bool>> = handles.into_iter().map(|h| h.join().ok().and_then(Result::ok)).collect();
-            jobs.iter().map(|(index, _)| *index).zip(results).collect::<Vec<_>>()
-        });
-        for (index, new_branch) in readied {
-            match new_branch {
-                Some(new_branch) => self.slots[index].new_branch = new_branch,
-                None => self.slots[index].story = None,
+    }
+
+    /// The end of `story`'s `Readying`: whether its branch was made just now, or why its
+    /// worktree could not be readied (the slot is free again).
+    pub fn readied(&mut self, story: &str, outcome: Result<bool, GitError>) -> Result<(), GitError> {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.story.as_deref() == Some(story)) else { return Ok(()) };
+        match outcome {
+            Ok(new_branch) => {
+                slot.new_branch = new_branch;
+                Ok(())
+            }
+            Err(e) => {
+                slot.story = None;
+                Err(e)
             }
         }
     }
@@ -236,19 +236,6 @@ impl Workspaces {
             new_branch: false,
         });
         self.slots.len() - 1
-    }
-
-    /// A free slot (or a new one) put on the story's branch; its index.
-    fn assign(&mut self, story: &str) -> Result<usize, GitError> {
-        let main = Repository::open(&self.main_root)?;
-        let base = main.head()?.peel_to_commit()?.id();
-        let index = self.free_slot();
-        let slot = &mut self.slots[index];
-        slot.new_branch = ready(&self.main_root, slot, story, &branch_name(self.phase, story), base)?;
-        slot.story = Some(story.to_string());
-        slot.kept = false;
-        slot.synced = None;
-        Ok(index)
     }
 
     /// `story` leaves its worktree (it completed, failed or went back to pending): what it left
@@ -337,16 +324,32 @@ impl Workspaces {
     }
 }
 
-/// Puts `slot` on `story`'s branch (see `worktree::enter`), saying how long it took. Returns
-/// whether the branch was made just now.
-fn ready(main_root: &Path, slot: &Slot, story: &str, branch: &str, base: git2::Oid) -> Result<bool, GitError> {
-    let started = std::time::Instant::now();
-    let mut open = lock(&slot.git);
-    let entered = worktree::enter(main_root, (&slot.name, &slot.path), &mut open, branch, base)?;
-    // The bench reads this line: how long a worktree takes to be ready, made or reused.
-    let how = if entered.made { "made" } else { "reused" };
-    tracing::info!(story_id = %story, "worktree ready in {:.1} ms ({how})", started.elapsed().as_secs_f64() * 1e3);
-    Ok(entered.new_branch)
+/// A slot's move to a story's branch (see `Workspaces::reserve`), owned: it runs on a thread
+/// of its own while the run goes on.
+pub struct Readying {
+    main_root: PathBuf,
+    name: String,
+    path: PathBuf,
+    git: SlotGit,
+    story: String,
+    branch: String,
+}
+
+impl Readying {
+    /// Puts the slot on the story's branch, made at the integration branch's head now (see
+    /// `worktree::enter`), saying how long it took. Returns whether the branch was made just now.
+    pub fn run(&self) -> Result<bool, GitError> {
+        let started = std::time::Instant::now();
+        let base = crate::git::head(&self.main_root)
+            .ok_or_else(|| GitError::Git(git2::Error::from_str("the project's HEAD names no commit")))?;
+        let mut open = lock(&self.git);
+        let entered = worktree::enter(&self.main_root, (&self.name, &self.path), &mut open, &self.branch, base)?;
+        // The bench reads this line: how long a worktree takes to be ready, made or reused.
+        let how = if entered.made { "made" } else { "reused" };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(story_id = %self.story, "worktree ready in {ms:.1} ms ({how})");
+        Ok(entered.new_branch)
+    }
 }
 
 fn slot_prefix(phase: u32) -> String {
@@ -425,6 +428,10 @@ mod tests {
     fn entering_again_keeps_the_workers_status_json_and_takes_what_changed_in_the_project() {
         let (main, _state, mut pool, story_dir) = project();
         let rel = story_dir.strip_prefix(main.path()).unwrap().join(STATUS_FILE);
+        assert!(pool.enter(STORY, &story_dir).is_err(), "no worktree before it is readied");
+        let readying = pool.reserve(STORY);
+        pool.readied(STORY, readying.run()).unwrap();
+        assert!(pool.new_branch(STORY), "the branch was made by this pool");
         let root = pool.enter(STORY, &story_dir).unwrap();
         let work_status = root.join(&rel);
         assert_eq!(read(&work_status), read(&story_dir.join(STATUS_FILE)));

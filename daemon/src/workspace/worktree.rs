@@ -76,12 +76,21 @@ pub fn enter(
     // if its story deleted the files not written yet: the marker says it is unfinished.
     let marker = creating_marker(path);
     std::fs::write(&marker, b"").map_err(|e| io_error(&marker, e))?;
+    // One worktree made at a time: libgit2 makes `.git/worktrees` only when it sees none (and
+    // fails when another made it by then), and takes a worktree it finds half made (files being
+    // written) for one that has the branch checked out already.
+    let _one_at_a_time = crate::lock::lock(&MAKING);
+    let admin = main.path().join("worktrees");
+    std::fs::create_dir_all(&admin).map_err(|e| io_error(&admin, e))?;
     let mut options = WorktreeAddOptions::new();
     options.reference(Some(&reference));
     main.worktree(name, path, Some(&options))?;
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
     Ok(Entered { made: true, new_branch })
 }
+
+/// Held while a worktree is made (see `enter`).
+static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// How a worktree was put on its story's branch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -330,5 +339,30 @@ mod tests {
         assert!(matches!(detach(&mut OpenRepo::default(), &slot), Err(GitError::Locked(..))));
         renew.join().unwrap();
         assert!(lock.exists());
+    }
+
+    /// Slots made at once, on threads of their own, are all made (libgit2 alone would race
+    /// to make `.git/worktrees`, and take a half-made one for a checkout of every branch).
+    #[test]
+    fn slots_made_at_once_are_all_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("project")).unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        let tree = repo.find_tree(repo.index().unwrap().write_tree().unwrap()).unwrap();
+        let base = repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+        let root = repo.workdir().unwrap().to_path_buf();
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|scope| {
+            for n in 0..8 {
+                let (root, start, dir) = (&root, &start, dir.path());
+                scope.spawn(move || {
+                    let name = format!("slot{n}");
+                    start.wait();
+                    let made = enter(root, (&name, &dir.join(&name)), &mut OpenRepo::default(), &format!("b{n}"), base);
+                    assert!(made.unwrap().made, "{name} made");
+                });
+            }
+        });
+        assert_eq!(repo.worktrees().unwrap().len(), 8);
     }
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use git2::build::CheckoutBuilder;
-use git2::{BranchType, Commit, Oid, Repository, WorktreeAddOptions, WorktreePruneOptions};
+use git2::{BranchType, Commit, Oid, Repository, WorktreePruneOptions};
 
 use crate::git::{self, GitError, OpenRepo};
 
@@ -76,21 +76,38 @@ pub fn enter(
     // if its story deleted the files not written yet: the marker says it is unfinished.
     let marker = creating_marker(path);
     std::fs::write(&marker, b"").map_err(|e| io_error(&marker, e))?;
-    // One worktree made at a time: libgit2 makes `.git/worktrees` only when it sees none (and
-    // fails when another made it by then), and takes a worktree it finds half made (files being
-    // written) for one that has the branch checked out already.
-    let _one_at_a_time = crate::lock::lock(&MAKING);
-    let admin = main.path().join("worktrees");
-    std::fs::create_dir_all(&admin).map_err(|e| io_error(&admin, e))?;
-    let mut options = WorktreeAddOptions::new();
-    options.reference(Some(&reference));
-    main.worktree(name, path, Some(&options))?;
+    make(&main, name, path, reference.name().unwrap_or_default())?;
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
     Ok(Entered { made: true, new_branch })
 }
 
-/// Held while a worktree is made (see `enter`).
-static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Makes the worktree `name` at `path` on the branch `refname`, laid out as `git worktree add`
+/// does (its folder in the project's `.git/worktrees/` with `commondir`, `gitdir` and `HEAD`;
+/// a `.git` file in `path` naming that folder), then checks the whole tree out. libgit2's own
+/// `git_worktree_add` cannot make two worktrees at once: it makes `.git/worktrees` only when it
+/// sees none (and fails when another made it meanwhile), and takes a worktree another thread is
+/// making for one that has every branch checked out.
+fn make(main: &Repository, name: &str, path: &Path, refname: &str) -> Result<(), GitError> {
+    let admin = main.path().join("worktrees").join(name);
+    let gitfile = path.join(".git");
+    for dir in [&admin, path] {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    }
+    let files = [
+        (admin.join("commondir"), format!("{}\n", main.path().display())),
+        (admin.join("gitdir"), format!("{}\n", gitfile.display())),
+        (admin.join("HEAD"), format!("ref: {refname}\n")),
+        (gitfile.clone(), format!("gitdir: {}\n", admin.display())),
+    ];
+    for (file, text) in files {
+        std::fs::write(&file, text).map_err(|e| io_error(&file, e))?;
+    }
+    let tree = Repository::open(path)?;
+    let mut checkout = CheckoutBuilder::new();
+    checkout.force();
+    tree.checkout_head(Some(&mut checkout))?;
+    Ok(())
+}
 
 /// How a worktree was put on its story's branch.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -341,8 +358,9 @@ mod tests {
         assert!(lock.exists());
     }
 
-    /// Slots made at once, on threads of their own, are all made (libgit2 alone would race
-    /// to make `.git/worktrees`, and take a half-made one for a checkout of every branch).
+    /// Slots made at once, on threads of their own, are all made, each a worktree git knows
+    /// (libgit2's `git_worktree_add` would race to make `.git/worktrees`, and take a half-made
+    /// worktree for a checkout of every branch).
     #[test]
     fn slots_made_at_once_are_all_made() {
         let dir = tempfile::tempdir().unwrap();
@@ -364,5 +382,14 @@ mod tests {
             }
         });
         assert_eq!(repo.worktrees().unwrap().len(), 8);
+        for n in 0..8 {
+            let worktree = repo.find_worktree(&format!("slot{n}")).unwrap();
+            worktree.validate().unwrap();
+            let head = Repository::open_from_worktree(&worktree).unwrap().head().unwrap().name().unwrap().to_string();
+            assert_eq!(head, format!("refs/heads/b{n}"));
+        }
+        // The git command line sees them too.
+        let list = std::process::Command::new("git").arg("-C").arg(&root).args(["worktree", "list"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 9, "{list:?}");
     }
 }

@@ -329,20 +329,9 @@ pub fn changed_files(
         Some(c) => Some(c.tree()?),
         None => None,
     };
-    let diff = repo.diff_tree_to_tree(old.as_ref(), Some(tree), None)?;
-    Ok(diff
-        .deltas()
-        .map(|d| {
-            let letter = match d.status() {
-                git2::Delta::Added => "A",
-                git2::Delta::Deleted => "D",
-                git2::Delta::Renamed => "R",
-                git2::Delta::Typechange => "T",
-                _ => "M",
-            };
-            let path = d.new_file().path().or(d.old_file().path()).map(|p| p.display().to_string()).unwrap_or_default();
-            format!("- {letter} {path}")
-        })
+    Ok(crate::tree_diff::changes(repo, old.as_ref(), tree)?
+        .iter()
+        .map(|change| format!("- {} {}", change.letter(), change.path.display()))
         .collect())
 }
 

@@ -26,6 +26,7 @@ mod slurm;
 mod spawn;
 mod store;
 mod stream;
+mod tree_diff;
 mod upgrade;
 mod views;
 mod worker;

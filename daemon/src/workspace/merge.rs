@@ -11,6 +11,7 @@ use git2::{Commit, Delta, ObjectType, Oid, Repository, Tree};
 
 use crate::git::{self, GitError};
 use crate::project::JsonDoc;
+use crate::tree_diff::Change;
 
 /// What a merge of a story's branch would do.
 #[derive(Debug)]
@@ -367,25 +368,9 @@ fn conflicted_paths(index: &git2::Index) -> Result<Vec<String>, GitError> {
     Ok(paths)
 }
 
-/// One file the merge changes: its path and its blob and mode before and after (None: absent).
-struct Change {
-    path: PathBuf,
-    old: Option<(Oid, i32)>,
-    new: Option<(Oid, i32)>,
-}
-
+/// The files the merge changes, from `old` to `new` (see `tree_diff`).
 fn changes(repo: &Repository, old: &Tree<'_>, new: &Tree<'_>) -> Result<Vec<Change>, GitError> {
-    let diff = repo.diff_tree_to_tree(Some(old), Some(new), None)?;
-    let side = |file: git2::DiffFile<'_>, present: bool| present.then(|| (file.id(), i32::from(file.mode())));
-    Ok(diff
-        .deltas()
-        .filter_map(|d| {
-            let path = d.new_file().path().or(d.old_file().path())?.to_path_buf();
-            let old = side(d.old_file(), d.status() != Delta::Added);
-            let new = side(d.new_file(), d.status() != Delta::Deleted);
-            Some(Change { path, old, new })
-        })
-        .collect())
+    Ok(crate::tree_diff::changes(repo, Some(old), new)?)
 }
 
 /// The project folder's file differs from both sides of the merge: the user changed it.

@@ -128,21 +128,14 @@ fn story_branch<'r>(repo: &'r Repository, branch: &str, base: Oid) -> Result<(gi
     })
 }
 
-/// The paths that differ between the worktree's HEAD and `target` (a tree-to-tree diff: no look
+/// The paths that differ between the worktree's HEAD and `target` (from the two trees: no look
 /// at the files on disk).
 fn changed_paths(tree_repo: &Repository, target: &Commit<'_>) -> Result<Vec<std::path::PathBuf>, GitError> {
     let head = tree_repo.head()?.peel_to_tree()?;
-    let diff = tree_repo.diff_tree_to_tree(Some(&head), Some(&target.tree()?), None)?;
-    let mut paths = Vec::new();
-    for delta in diff.deltas() {
-        for file in [delta.old_file(), delta.new_file()] {
-            if let Some(path) = file.path() {
-                if !paths.iter().any(|p| p == path) {
-                    paths.push(path.to_path_buf());
-                }
-            }
-        }
-    }
+    let mut paths: Vec<std::path::PathBuf> =
+        crate::tree_diff::changes(tree_repo, Some(&head), &target.tree()?)?.into_iter().map(|c| c.path).collect();
+    // A kind change is one path told twice.
+    paths.dedup();
     Ok(paths)
 }
 

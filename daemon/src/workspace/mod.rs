@@ -135,9 +135,8 @@ impl Workspaces {
         self.slots.iter().find(|s| s.story.as_deref() == Some(story))
     }
 
-    /// Gives `story` a worktree for its iterations: its own (still assigned), or a free slot put
-    /// on the story's branch (made at the integration branch's head). spec.md is copied in from
-    /// the project folder; so is status.json when it changed there since the last sync (see
+    /// The worktree of `story` for its next iteration: the slot it holds (readied by `reserve`,
+    /// or kept from its last iteration). spec.md is copied in from the project folder; so is status.json when it changed there since the last sync (see
     /// `Slot::synced`: sticler's own edits, a retry, the user's), never a copy older than the
     /// worker's.
     pub fn enter(&mut self, story: &str, story_dir: &Path) -> Result<PathBuf, GitError> {

@@ -375,14 +375,23 @@ fn changes(repo: &Repository, old: &Tree<'_>, new: &Tree<'_>) -> Result<Vec<Chan
 
 /// The project folder's file differs from both sides of the merge: the user changed it.
 fn user_edited(root: &Path, change: &Change) -> bool {
-    let path = root.join(&change.path);
-    let on_disk = match std::fs::symlink_metadata(&path) {
-        Ok(meta) if meta.is_file() => Oid::hash_file(ObjectType::Blob, &path).ok(),
-        Ok(_) => return true,
-        Err(_) => None,
-    };
+    let Some(on_disk) = on_disk(&root.join(&change.path)) else { return true };
     let blob = |side: Option<(Oid, i32)>| side.map(|(oid, _)| oid);
     on_disk != blob(change.old) && on_disk != blob(change.new)
+}
+
+/// What is at `path`, by the blob id git would give it: a file's content, a symlink's target
+/// (`Some(None)`: nothing there). `None` for anything else (a folder, say).
+fn on_disk(path: &Path) -> Option<Option<Oid>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => Some(Oid::hash_file(ObjectType::Blob, path).ok()),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            let target = std::fs::read_link(path).ok()?;
+            Some(Oid::hash_object(ObjectType::Blob, target.as_os_str().as_bytes()).ok())
+        }
+        Ok(_) => None,
+        Err(_) => Some(None),
+    }
 }
 
 /// Brings one file of the project folder to the merge's side, unless it is there already.
@@ -395,20 +404,41 @@ fn write_file(repo: &Repository, root: &Path, change: &Change, umask: u32) -> Re
             _ => Ok(()),
         };
     };
-    if path.is_file() && Oid::hash_file(ObjectType::Blob, &path).ok() == Some(blob) {
+    let link = mode == i32::from(git2::FileMode::Link);
+    let executable = mode == i32::from(git2::FileMode::BlobExecutable);
+    let same_kind = std::fs::symlink_metadata(&path).is_ok_and(|meta| {
+        use std::os::unix::fs::PermissionsExt;
+        let is_link = meta.file_type().is_symlink();
+        is_link == link && (link || (meta.permissions().mode() & 0o111 != 0) == executable)
+    });
+    if same_kind && on_disk(&path) == Some(Some(blob)) {
         return Ok(());
     }
-    let content = repo.find_blob(blob)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if mode == i32::from(git2::FileMode::Commit) {
+        // A submodule: git leaves an empty folder where it is not checked out.
+        return std::fs::create_dir_all(&path).map_err(io);
+    }
+    let content = repo.find_blob(blob)?;
+    if link {
+        // A symlink, made beside and renamed over what is there (atomically, as a file is).
+        let beside = path.with_file_name(format!(
+            ".{}.sticler-link.tmp",
+            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
+        let _ = std::fs::remove_file(&beside);
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(content.content()), &beside).map_err(io)?;
+        return std::fs::rename(&beside, &path).map_err(io);
     }
     crate::project::write_replacing(&path, content.content())
         .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
     // The daemon's own umask is 077: a file new to the project gets the modes git would give
     // it under the user's umask.
     let fresh = change.old.is_none();
-    let executable = mode == i32::from(git2::FileMode::BlobExecutable);
-    if fresh || executable {
+    let mode_changed = change.old.is_some_and(|(_, old)| old != mode);
+    if fresh || executable || mode_changed {
         use std::os::unix::fs::PermissionsExt;
         let bits = if executable { 0o777 } else { 0o666 } & !umask;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bits)).map_err(io)?;

@@ -201,3 +201,47 @@ fn changes_to_one_path_go_to_the_three_way_merge() {
     let under_a_file = repo.find_commit(under_a_file).unwrap();
     assert_eq!(disjoint_merge(&repo, &ours, &under_a_file, Path::new(OWN)).unwrap(), None);
 }
+
+/// A story branch made from HEAD with `entries` (path, content, mode) written.
+fn story_branch_with_modes(repo: &Repository, entries: &[(&str, &str, git2::FileMode)]) -> Oid {
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    let mut update = git2::build::TreeUpdateBuilder::new();
+    for (path, text, mode) in entries {
+        update.upsert(*path, repo.blob(text.as_bytes()).unwrap(), *mode);
+    }
+    let tree = repo.find_tree(update.create_updated(repo, &head.tree().unwrap()).unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@x").unwrap();
+    repo.commit(None, &sig, &sig, "story work", &tree, &[&head]).unwrap()
+}
+
+/// A story's symlink lands in the project folder as a symlink (never a file holding its
+/// target), git sees it unchanged, and a later story's change to it is no user's edit.
+#[test]
+fn a_symlink_lands_as_a_symlink_and_an_executable_keeps_its_bit() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, repo) = repo(&[("a.txt", "a\n"), ("b.txt", "b\n")]);
+    let link = git2::FileMode::Link;
+    let land_story = |entries: &[(&str, &str, git2::FileMode)]| {
+        let head = story_branch_with_modes(&repo, entries);
+        match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+            Plan::Merge { branch_ref, base, commit } => {
+                land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap()
+            }
+            other => panic!("expected a merge, got {other:?}"),
+        }
+    };
+    land_story(&[("link", "a.txt", link), ("run.sh", "#!/bin/sh\n", git2::FileMode::BlobExecutable)]);
+    let at = dir.path().join("link");
+    assert_eq!(fs::read_link(&at).unwrap(), Path::new("a.txt"));
+    assert_eq!(repo.status_file(Path::new("link")).unwrap(), git2::Status::CURRENT);
+    let bits = fs::metadata(dir.path().join("run.sh")).unwrap().permissions().mode();
+    assert_eq!(bits & 0o777, 0o755);
+    assert_eq!(repo.status_file(Path::new("run.sh")).unwrap(), git2::Status::CURRENT);
+
+    land_story(&[("link", "b.txt", link), ("run.sh", "#!/bin/sh\n", git2::FileMode::Blob)]);
+    assert_eq!(fs::read_link(&at).unwrap(), Path::new("b.txt"));
+    assert_eq!(repo.status_file(Path::new("link")).unwrap(), git2::Status::CURRENT);
+    let bits = fs::metadata(dir.path().join("run.sh")).unwrap().permissions().mode();
+    assert_eq!(bits & 0o111, 0, "no longer executable");
+    assert_eq!(repo.status_file(Path::new("run.sh")).unwrap(), git2::Status::CURRENT);
+}

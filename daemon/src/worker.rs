@@ -54,12 +54,37 @@ impl Group {
         signal_story(Some(self.pid), &[], Signal::SIGKILL, false);
     }
 
-    /// SIGKILL to the descendants that escaped into a session of their own (a /proc scan: the
-    /// run does it off the way of the next dispatch).
+    /// SIGKILL to the descendants that escaped into a session of their own (a /proc scan), for
+    /// leftovers killed outright.
     pub fn sweep_strays(&self) {
         signal_story(None, std::slice::from_ref(&self.token), Signal::SIGKILL, self.foreign);
     }
+
+    /// The descendants that escaped into a session of their own once the worker exited, ended
+    /// as sticler ends any process: SIGTERM, up to `STRAY_GRACE` to go (a detached git among
+    /// them removes its lock files), then SIGKILL to those still there. A /proc scan and a
+    /// wait: the run does it off the way of the next dispatch.
+    pub fn end_strays(&self) {
+        let tokens = std::slice::from_ref(&self.token);
+        if signal_story(None, tokens, Signal::SIGTERM, self.foreign) == 0 {
+            return;
+        }
+        let deadline = std::time::Instant::now() + STRAY_GRACE;
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let candidates = if self.foreign { all_pids() } else { descendants().unwrap_or_else(all_pids) };
+            if processes_with_tokens(candidates, tokens).is_empty() {
+                return;
+            }
+        }
+        signal_story(None, tokens, Signal::SIGKILL, self.foreign);
+    }
 }
+
+/// How long what a worker left running after its exit gets to end after SIGTERM.
+const STRAY_GRACE: Duration = Duration::from_secs(2);
+
+impl Group {}
 
 /// SIGKILL to every process of this daemon's tree whose token starts with one of `tokens` (a
 /// run's prefix at its end: nothing of the run may outlive it).

@@ -112,6 +112,29 @@ fn a_grandchild_that_ignores_sigterm_is_gone_with_the_worker_after_its_result() 
     assert_eq!(ended(&events(&daemon, &p), "US-P1-001")[0]["verdict"], "completed");
 }
 
+/// A worker that exits having left a process in a session of its own (a detached `git gc`,
+/// say): that process gets SIGTERM first, and the time to clean up after itself (git removes
+/// its lock files), before anything harder.
+#[test]
+fn what_a_worker_left_detached_gets_sigterm_first() {
+    let daemon = Daemon::start();
+    let marks = tempfile::tempdir().unwrap();
+    let dir = marks.path().display();
+    let script = format!(
+        "setsid sh -c 'trap \"echo cleaned > {dir}/cleaned; exit 0\" TERM; echo $$ > {dir}/escaped; \
+         while :; do sleep 0.05; done' & \
+         while [ ! -s {dir}/escaped ]; do sleep 0.05; done; {COMPLETE}"
+    );
+    let p = project(&script, json!({}), &[story("US-P1-001", &[])]);
+    start(&daemon, &p);
+    assert_eq!(wait_code(&daemon, &p), Some(0), "{}", daemon.dump(p.path()));
+    let escaped: i32 = std::fs::read_to_string(marks.path().join("escaped")).unwrap().trim().parse().unwrap();
+    poll(Duration::from_secs(10), "the detached process gone", || (!process_alive(escaped)).then_some(()));
+    let cleaned = std::fs::read_to_string(marks.path().join("cleaned")).unwrap_or_default();
+    assert_eq!(cleaned.trim(), "cleaned", "it had its SIGTERM, and the time to act on it");
+    assert_no_process_left(&daemon);
+}
+
 #[test]
 fn a_silent_worker_is_stalled_after_the_idle_timeout_retried_and_failed_after_retry_limit() {
     let daemon = Daemon::start();

@@ -209,10 +209,11 @@ impl PhaseRun {
             self.state.update(|s| s.jobs.remove(&story));
         }
         // Whatever the process left behind in its group dies with it; descendants that escaped
-        // into their own session are found by their token once the next dispatch is done.
+        // into their own session are found by their token once the next dispatch is done, and
+        // ended (SIGTERM first).
         run.group.kill_group();
         let group = run.group.clone();
-        self.later.push(Box::new(move || group.sweep_strays()));
+        self.later.push(Box::new(move || group.end_strays()));
         let claim = match run.process {
             Process::Verify => self.verified(&story, &run, &ended),
             Process::Worker => {

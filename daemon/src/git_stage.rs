@@ -53,10 +53,14 @@ pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
         if staged {
             index.write()?;
         }
+        // Submodules are left out of the status (reading theirs is slow): one staged anew would
+        // be missed by an update of HEAD's tree, so an index that has any writes its tree whole.
+        let gitlink = u32::from(git2::FileMode::Commit);
+        let submodules = index.iter().any(|entry| entry.mode == gitlink);
         match head {
             // A file replaced by a folder of the same name (or the other way round) is beyond
             // an update of HEAD's tree: the index writes it whole.
-            Some(tree) if !index.has_conflicts() => {
+            Some(tree) if !index.has_conflicts() && !submodules => {
                 updated_tree(repo, &index, &tree, &touched).or_else(|_| index.write_tree())
             }
             _ => index.write_tree(),
@@ -216,5 +220,40 @@ mod tests {
         assert_eq!(mode("run.sh"), i32::from(git2::FileMode::BlobExecutable));
         assert_eq!(mode("link"), i32::from(git2::FileMode::Link));
         assert_eq!(tree.id(), written_whole(&repo));
+    }
+
+    /// A submodule's commit staged anew (`git add sub` after `git submodule update`) is in the
+    /// tree, though the status leaves submodules out.
+    #[test]
+    fn a_submodule_staged_anew_is_in_the_tree() {
+        let (dir, repo) = repo(&[("a.txt", "a\n")]);
+        let gitlink = |id: Oid| git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: u32::from(git2::FileMode::Commit),
+            uid: 0,
+            gid: 0,
+            file_size: 0,
+            id,
+            flags: 0,
+            flags_extended: 0,
+            path: b"sub".to_vec(),
+        };
+        let first = repo.head().unwrap().peel_to_commit().unwrap().id();
+        let mut index = repo.index().unwrap();
+        index.add(&gitlink(first)).unwrap();
+        index.write().unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        let tree = repo.find_tree(stage_all(&repo, dir.path()).unwrap()).unwrap();
+        let parent = repo.head().unwrap().peel_to_commit().unwrap();
+        let second = repo.commit(Some("HEAD"), &sig, &sig, "with sub", &tree, &[&parent]).unwrap();
+        // The submodule moved on: staged, not committed.
+        let mut index = repo.index().unwrap();
+        index.add(&gitlink(second)).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(stage_all(&repo, dir.path()).unwrap()).unwrap();
+        assert_eq!(tree.get_name("sub").unwrap().id(), second);
     }
 }

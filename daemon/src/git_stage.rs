@@ -97,6 +97,25 @@ pub fn file_mode(mode: u32) -> Result<git2::FileMode, git2::Error> {
         .ok_or_else(|| git2::Error::from_str(&format!("an index entry of unknown mode {mode:o}")))
 }
 
+/// An index entry of `id` at `path` with no stat data: git compares the file on disk by its
+/// content when it next looks (for entries of blobs that are not, or not yet, on disk).
+pub fn entry_without_stat(path: Vec<u8>, id: Oid, mode: u32) -> git2::IndexEntry {
+    git2::IndexEntry {
+        ctime: git2::IndexTime::new(0, 0),
+        mtime: git2::IndexTime::new(0, 0),
+        dev: 0,
+        ino: 0,
+        mode,
+        uid: 0,
+        gid: 0,
+        file_size: 0,
+        id,
+        flags: 0,
+        flags_extended: 0,
+        path,
+    }
+}
+
 /// Stages every change below `dir` (relative to the project), and nothing else.
 pub fn stage_folder(repo: &Repository, root: &Path, dir: &Path) -> Result<Oid, GitError> {
     let spec = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
@@ -227,20 +246,7 @@ mod tests {
     #[test]
     fn a_submodule_staged_anew_is_in_the_tree() {
         let (dir, repo) = repo(&[("a.txt", "a\n")]);
-        let gitlink = |id: Oid| git2::IndexEntry {
-            ctime: git2::IndexTime::new(0, 0),
-            mtime: git2::IndexTime::new(0, 0),
-            dev: 0,
-            ino: 0,
-            mode: u32::from(git2::FileMode::Commit),
-            uid: 0,
-            gid: 0,
-            file_size: 0,
-            id,
-            flags: 0,
-            flags_extended: 0,
-            path: b"sub".to_vec(),
-        };
+        let gitlink = |id: Oid| entry_without_stat(b"sub".to_vec(), id, u32::from(git2::FileMode::Commit));
         let first = repo.head().unwrap().peel_to_commit().unwrap().id();
         let mut index = repo.index().unwrap();
         index.add(&gitlink(first)).unwrap();

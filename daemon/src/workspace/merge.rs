@@ -279,20 +279,7 @@ fn keep_other_stories(
         index.remove_path(&path)?;
     }
     for (path, id, mode) in restore {
-        index.add(&git2::IndexEntry {
-            ctime: git2::IndexTime::new(0, 0),
-            mtime: git2::IndexTime::new(0, 0),
-            dev: 0,
-            ino: 0,
-            mode,
-            uid: 0,
-            gid: 0,
-            file_size: 0,
-            id,
-            flags: 0,
-            flags_extended: 0,
-            path,
-        })?;
+        index.add(&git::entry_without_stat(path, id, mode))?;
     }
     Ok(())
 }

@@ -33,20 +33,7 @@ fn story_branch(repo: &Repository, files: &[(&str, &str)]) -> Oid {
     index.read_tree(&head.tree().unwrap()).unwrap();
     for (path, text) in files {
         let blob = repo.blob(text.as_bytes()).unwrap();
-        let entry = git2::IndexEntry {
-            ctime: git2::IndexTime::new(0, 0),
-            mtime: git2::IndexTime::new(0, 0),
-            dev: 0,
-            ino: 0,
-            mode: 0o100644,
-            uid: 0,
-            gid: 0,
-            file_size: 0,
-            id: blob,
-            flags: 0,
-            flags_extended: 0,
-            path: path.as_bytes().to_vec(),
-        };
+        let entry = git::entry_without_stat(path.as_bytes().to_vec(), blob, 0o100644);
         index.add(&entry).unwrap();
     }
     let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use git2::{Commit, IndexAddOption, Oid, Repository, Signature};
 
 pub use crate::git_locks::{clear_stale_locks, retry_locked};
-pub use crate::git_stage::{entry_without_stat, file_mode, stage_all, stage_folder};
+pub use crate::git_stage::{entry_without_stat, file_mode, stage_all, stage_folder, stage_since};
 use crate::project::{JsonDoc, StatusFields};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use git2::{IndexAddOption, Oid, Repository};
 
 use crate::git::{retry_locked, GitError};
+use crate::workspace::clean_mark::CleanMark;
 
 /// Stages every change of the working tree (new, modified, deleted), honouring .gitignore,
 /// with one scan of the tree (`git add -A`), and returns the index's tree. That tree is made as
@@ -14,40 +15,20 @@ use crate::git::{retry_locked, GitError};
 /// every tree of the project back afterwards (to rebuild its cache), which cost more than the
 /// rest of a commit.
 pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
-    use std::os::unix::ffi::OsStrExt;
+    stage_since(repo, root, None)
+}
+
+/// `stage_all`, where the paths to look at come from `mark` (the worktree as it was last clean)
+/// when it can tell them, instead of a status of the whole tree.
+pub fn stage_since(repo: &Repository, root: &Path, mark: Option<&CleanMark>) -> Result<Oid, GitError> {
     retry_locked(root, || {
         let mut index = repo.index()?;
         index.read(false)?;
         let head = repo.head().and_then(|h| h.peel_to_tree()).ok();
-        let mut options = git2::StatusOptions::new();
-        // Against HEAD too: what was staged and not committed (a worker's `git add`) counts.
-        let show = if head.is_some() { git2::StatusShow::IndexAndWorkdir } else { git2::StatusShow::Workdir };
-        options
-            .show(show)
-            .include_untracked(true)
-            .recurse_untracked_dirs(true)
-            .include_ignored(false)
-            .exclude_submodules(true);
-        let statuses = repo.statuses(Some(&mut options))?;
-        let mut touched = Vec::with_capacity(statuses.len());
-        let mut staged = false;
-        for entry in statuses.iter() {
-            let path = PathBuf::from(std::ffi::OsStr::from_bytes(entry.path_bytes()));
-            let status = entry.status();
-            if status.contains(git2::Status::WT_DELETED) {
-                index.remove_path(&path)?;
-                staged = true;
-            } else if status.intersects(
-                git2::Status::WT_NEW
-                    | git2::Status::WT_MODIFIED
-                    | git2::Status::WT_TYPECHANGE
-                    | git2::Status::WT_RENAMED,
-            ) {
-                index.add_path(&path)?;
-                staged = true;
-            }
-            touched.push(path);
-        }
+        let (touched, staged) = match mark.and_then(|mark| mark.changes(repo, root, &index, head.as_ref())) {
+            Some(paths) => stage_paths(&mut index, root, paths)?,
+            None => stage_statuses(repo, &mut index, head.is_some())?,
+        };
         // Nothing staged (a worker that committed its own work): the index file stays as it
         // is, not written again through a lock file.
         if staged {
@@ -66,6 +47,52 @@ pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
             _ => index.write_tree(),
         }
     })
+}
+
+/// Stages what a status of the whole tree finds changed (against HEAD too when there is one:
+/// what was staged and not committed, a worker's `git add`, counts). Returns the paths looked
+/// at and whether the index changed.
+fn stage_statuses(repo: &Repository, index: &mut git2::Index, head: bool) -> Result<(Vec<PathBuf>, bool), git2::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut options = git2::StatusOptions::new();
+    let show = if head { git2::StatusShow::IndexAndWorkdir } else { git2::StatusShow::Workdir };
+    options
+        .show(show)
+        .include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false)
+        .exclude_submodules(true);
+    let statuses = repo.statuses(Some(&mut options))?;
+    let mut touched = Vec::with_capacity(statuses.len());
+    let mut staged = false;
+    for entry in statuses.iter() {
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(entry.path_bytes()));
+        let status = entry.status();
+        if status.contains(git2::Status::WT_DELETED) {
+            index.remove_path(&path)?;
+            staged = true;
+        } else if status.intersects(
+            git2::Status::WT_NEW | git2::Status::WT_MODIFIED | git2::Status::WT_TYPECHANGE | git2::Status::WT_RENAMED,
+        ) {
+            index.add_path(&path)?;
+            staged = true;
+        }
+        touched.push(path);
+    }
+    Ok((touched, staged))
+}
+
+/// Stages each of `paths` as the tree has it now: a file or symlink there is added, none there
+/// is removed.
+fn stage_paths(index: &mut git2::Index, root: &Path, paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, bool), git2::Error> {
+    let staged = !paths.is_empty();
+    for path in &paths {
+        match std::fs::symlink_metadata(root.join(path)) {
+            Ok(meta) if !meta.is_dir() => index.add_path(path)?,
+            _ => index.remove_path(path)?,
+        }
+    }
+    Ok((paths, staged))
 }
 
 /// `tree` with each of `paths` as `index` has it (absent from the index: removed).

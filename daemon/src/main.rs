@@ -4,6 +4,8 @@ mod adopt;
 mod cleanup;
 mod connection;
 mod daemon;
+#[cfg(test)]
+mod dice;
 mod events;
 mod git;
 mod git_locks;

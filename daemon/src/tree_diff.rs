@@ -106,18 +106,7 @@ fn kind(mode: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A small deterministic generator (xorshift): the same trees on every run.
-    struct Dice(u64);
-
-    impl Dice {
-        fn roll(&mut self, sides: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % sides
-        }
-    }
+    use crate::dice::Dice;
 
     /// A tree of up to `files` paths below a few folders, each a file, an executable, a
     /// symlink or (at a name a file may also take) a folder.

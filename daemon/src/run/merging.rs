@@ -134,7 +134,7 @@ impl MergeJob {
             merge::Plan::Waits(why) => Ok((Verdict::MergeWaits(why), None)),
             merge::Plan::Conflict(files) => {
                 let mut open = crate::lock::lock(&self.tree_git);
-                let (tree_repo, _) = open.get(&self.root)?;
+                let tree_repo = open.repo(&self.root)?;
                 let mut conflicted = merge::hand_back(tree_repo, &self.root, base, &self.story_dir)?;
                 if conflicted.is_empty() {
                     conflicted = files;

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use git2::Repository;
 
-use crate::git::{GitError, OpenRepo};
+use crate::git::GitError;
 use crate::lock::lock;
 use crate::phase::{SPEC_FILE, STATUS_FILE};
 use crate::project::ProjectError;
 
+pub mod clean_mark;
 pub mod merge;
 pub mod worktree;
 
@@ -26,9 +27,9 @@ pub struct Workspaces {
     slots: Vec<Slot>,
 }
 
-/// A worktree's repository, kept open (with its object cache) from one story to the next; the
-/// story's merge uses it on a thread of its own.
-pub type SlotGit = Arc<Mutex<OpenRepo>>;
+/// A worktree's repository (see `worktree::TreeGit`); the story's merge uses it on a thread of
+/// its own.
+pub type SlotGit = Arc<Mutex<worktree::TreeGit>>;
 
 struct Slot {
     name: String,

@@ -9,6 +9,7 @@ use std::path::Path;
 use git2::build::CheckoutBuilder;
 use git2::{BranchType, Commit, Oid, Repository, WorktreePruneOptions};
 
+use super::clean_mark::CleanMark;
 use crate::git::{self, GitError, OpenRepo};
 
 /// The branch of a story's work.
@@ -16,17 +17,35 @@ pub fn branch_name(phase: u32, story: &str) -> String {
     format!("sticler/phase-{phase}/{story}")
 }
 
-/// Puts the worktree `name` at `path` (kept open in `open`) on `branch`, made at `base` when it
+/// A worktree's repository, kept open (with its object cache) from one story to the next, and
+/// its folders as they were when it was last clean: the look for what a story changed reads
+/// only the folders changed since.
+#[derive(Default)]
+pub struct TreeGit {
+    open: OpenRepo,
+    mark: Option<CleanMark>,
+}
+
+impl TreeGit {
+    /// The worktree's repository at `path`, opened when it is not open yet.
+    pub fn repo(&mut self, path: &Path) -> Result<&mut Repository, GitError> {
+        Ok(self.open.get(path)?.0)
+    }
+}
+
+/// Puts the worktree `name` at `path` (kept open in `git`) on `branch`, made at `base` when it
 /// does not exist yet (a branch that exists holds the story's earlier work and is continued). An
 /// existing worktree is reused: its checkout rewrites only what differs, and untracked files
 /// that are not ignored go.
 pub fn enter(
     main_root: &Path,
     (name, path): (&str, &Path),
-    open: &mut OpenRepo,
+    git: &mut TreeGit,
     branch: &str,
     base: Oid,
 ) -> Result<Entered, GitError> {
+    let TreeGit { open, mark } = git;
+    *mark = None;
     // The worktree's own repository when there is one: branches are shared with the project's.
     if let Ok((tree, _)) = open.get(path) {
         if tree.is_worktree() {
@@ -61,6 +80,7 @@ pub fn enter(
                 tree.checkout_tree(target.as_object(), Some(&mut force))?;
             }
             git::retry_locked(path, || tree.set_head(&refname))?;
+            *mark = CleanMark::take(tree, path);
             return Ok(Entered { made: false, new_branch });
         }
     }
@@ -78,6 +98,8 @@ pub fn enter(
     std::fs::write(&marker, b"").map_err(|e| io_error(&marker, e))?;
     make(&main, name, path, reference.name().unwrap_or_default())?;
     std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
+    let (tree, _) = open.get(path)?;
+    *mark = CleanMark::take(tree, path);
     Ok(Entered { made: true, new_branch })
 }
 
@@ -142,7 +164,8 @@ fn changed_paths(tree_repo: &Repository, target: &Commit<'_>) -> Result<Vec<std:
 /// Commits what the story left in its worktree (new, changed and deleted files, honouring
 /// .gitignore) to its branch, with a merge in progress as a second parent. Returns the commit,
 /// or `None` when there was nothing to commit.
-pub fn commit_leftovers(open: &mut OpenRepo, path: &Path, message: &str) -> Result<Option<Oid>, GitError> {
+pub fn commit_leftovers(git: &mut TreeGit, path: &Path, message: &str) -> Result<Option<Oid>, GitError> {
+    let TreeGit { open, mark } = git;
     let (tree_repo, _) = open.get(path)?;
     let mut merging = Vec::new();
     // No merge in progress is an error here ("no merge heads"), not an empty list.
@@ -151,7 +174,7 @@ pub fn commit_leftovers(open: &mut OpenRepo, path: &Path, message: &str) -> Resu
         true
     });
     settle_conflicts(tree_repo, path)?;
-    let tree_id = git::stage_all(tree_repo, path)?;
+    let tree_id = git::stage_since(tree_repo, path, mark.as_ref())?;
     let head = git::head_commit(tree_repo);
     let unchanged = head.as_ref().is_some_and(|h| h.tree_id() == tree_id);
     if unchanged && merging.is_empty() {
@@ -175,8 +198,8 @@ pub fn creating_marker(path: &Path) -> std::path::PathBuf {
 
 /// Lets go of the story's branch: the worktree's HEAD is detached at the same commit, so the
 /// branch can be checked out by another slot, or deleted.
-pub fn detach(open: &mut OpenRepo, path: &Path) -> Result<(), GitError> {
-    let (tree_repo, _) = open.get(path)?;
+pub fn detach(git: &mut TreeGit, path: &Path) -> Result<(), GitError> {
+    let tree_repo = git.repo(path)?;
     let head = tree_repo.head()?.peel_to_commit()?.id();
     git::retry_locked(path, || tree_repo.set_head_detached(head))
 }
@@ -268,7 +291,7 @@ mod tests {
         drop(tree);
         let slot = dir.path().join("slot");
         assert!(
-            enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/a", base).unwrap().made,
+            enter(repo.workdir().unwrap(), ("slot", &slot), &mut TreeGit::default(), "sticler/a", base).unwrap().made,
             "made"
         );
         (dir, repo, slot, base)
@@ -291,7 +314,7 @@ mod tests {
         let (_dir, repo, slot, base) = repo_with_slot();
         let holder = hold_head_lock(&repo, Duration::from_millis(300));
         assert!(
-            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap().made,
+            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut TreeGit::default(), "sticler/b", base).unwrap().made,
             "reused"
         );
         assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
@@ -299,7 +322,7 @@ mod tests {
         assert_eq!(head, "refs/heads/sticler/b");
 
         let holder = hold_head_lock(&repo, Duration::from_millis(300));
-        detach(&mut OpenRepo::default(), &slot).unwrap();
+        detach(&mut TreeGit::default(), &slot).unwrap();
         assert!(holder.join().unwrap(), "the lock was waited out, not deleted");
         assert!(Repository::open(&slot).unwrap().head_detached().unwrap());
     }
@@ -312,7 +335,7 @@ mod tests {
         let lock = repo.path().join("worktrees/slot/HEAD.lock");
         std::fs::write(&lock, b"").unwrap();
         assert!(
-            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut OpenRepo::default(), "sticler/b", base).unwrap().made,
+            !enter(repo.workdir().unwrap(), ("slot", &slot), &mut TreeGit::default(), "sticler/b", base).unwrap().made,
             "reused"
         );
         assert!(!lock.exists());
@@ -326,7 +349,7 @@ mod tests {
         let (_dir, repo, slot, _) = repo_with_slot();
         let lock = repo.path().join("worktrees/slot/HEAD.lock");
         let _held = std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).unwrap();
-        assert!(matches!(detach(&mut OpenRepo::default(), &slot), Err(GitError::Locked(..))));
+        assert!(matches!(detach(&mut TreeGit::default(), &slot), Err(GitError::Locked(..))));
         assert!(lock.exists());
         assert!(!Repository::open(&slot).unwrap().head_detached().unwrap(), "still on its branch");
     }
@@ -346,7 +369,7 @@ mod tests {
                 std::fs::write(&lock, b"").unwrap();
             })
         };
-        assert!(matches!(detach(&mut OpenRepo::default(), &slot), Err(GitError::Locked(..))));
+        assert!(matches!(detach(&mut TreeGit::default(), &slot), Err(GitError::Locked(..))));
         renew.join().unwrap();
         assert!(lock.exists());
     }
@@ -369,7 +392,7 @@ mod tests {
                 scope.spawn(move || {
                     let name = format!("slot{n}");
                     start.wait();
-                    let made = enter(root, (&name, &dir.join(&name)), &mut OpenRepo::default(), &format!("b{n}"), base);
+                    let made = enter(root, (&name, &dir.join(&name)), &mut TreeGit::default(), &format!("b{n}"), base);
                     assert!(made.unwrap().made, "{name} made");
                 });
             }

@@ -37,6 +37,22 @@ pub fn head(root: &Path) -> Option<Oid> {
     Some(head_commit(&Repository::open(root).ok()?)?.id())
 }
 
+/// The commit the project at `root` has checked out, read through `shared`, an open repository
+/// that shares its refs (one of its worktrees): no repository is opened (and its config files
+/// read) for it. A project whose `.git` is not a folder is opened after all.
+pub fn head_through(shared: &Repository, root: &Path) -> Option<Oid> {
+    let git_dir = root.join(".git");
+    if !git_dir.is_dir() {
+        return head(root);
+    }
+    let text = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+    let id = match text.trim().strip_prefix("ref:") {
+        Some(name) => shared.refname_to_id(name.trim()).ok()?,
+        None => Oid::from_str(text.trim()).ok()?,
+    };
+    Some(shared.find_commit(id).ok()?.id())
+}
+
 /// Which `[story]` commits count as made by a run.
 #[derive(Debug, Clone, Copy)]
 pub struct Since {

@@ -25,7 +25,7 @@ pub fn stage_since(repo: &Repository, root: &Path, mark: Option<&CleanMark>) -> 
         let mut index = repo.index()?;
         index.read(false)?;
         let head = repo.head().and_then(|h| h.peel_to_tree()).ok();
-        let (touched, staged) = match mark.and_then(|mark| mark.changes(repo, root, &index, head.as_ref())) {
+        let (touched, staged) = match mark.and_then(|mark| mark.changes(repo, root, &mut index, head.as_ref())) {
             Some(paths) => stage_paths(&mut index, root, paths)?,
             None => stage_statuses(repo, &mut index, head.is_some())?,
         };

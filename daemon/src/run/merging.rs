@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use git2::Repository;
+use sticler_proto::StoryState;
 
 use super::supervise::Ended;
 use super::{status_edits, PhaseRun, RunMsg};
@@ -100,17 +101,19 @@ impl MergeJob {
     /// without auto_commit the story must have made that commit itself (else the verdict).
     fn commit_branch(&self, doc: &JsonDoc) -> Result<Option<Verdict>, git::GitError> {
         let (story, branch) = (self.story.as_str(), self.branch.as_str());
+        let mut open = crate::lock::lock(&self.tree_git);
         if !self.auto_commit {
-            let main = Repository::open(&self.main_root)?;
-            let integration = main.head()?.peel_to_commit()?.id();
-            if !merge::has_story_commit(&main, branch, integration, story)? {
+            // Through the worktree's open repository: it shares the project's branches.
+            let integration = open
+                .integration_head(&self.root, &self.main_root)
+                .ok_or_else(|| git::GitError::Git(git2::Error::from_str("the project's HEAD names no commit")))?;
+            if !merge::has_story_commit(open.repo(&self.root)?, branch, integration, story)? {
                 let why = format!(
                     "no commit whose subject starts with [{story}] on its branch {branch}, and auto_commit is off"
                 );
                 return Ok(Some(Verdict::Rejected(why)));
             }
         }
-        let mut open = crate::lock::lock(&self.tree_git);
         worktree::commit_leftovers(&mut open, &self.root, &format!("[{story}] {}", doc.title()))?;
         Ok(None)
     }
@@ -265,19 +268,27 @@ impl PhaseRun {
         })
     }
 
-    /// The story leaves its worktree (see `Workspaces::leave`).
+    /// The story leaves its worktree (see `Workspaces::leave`). When no story is left to start,
+    /// the free worktrees go at once (see `Workspaces::retire_free`).
     pub(super) fn leave_workspace(&mut self, story: &str, keep: bool, merged: bool) {
         let Some(workspaces) = self.workspaces.as_mut() else { return };
         if workspace::Workspaces::leaves_without_git(keep, merged) {
             workspaces.leave(story, keep, merged);
             self.state.update(|s| s.worktrees.remove(story));
-            return;
+        } else {
+            let lock = self.daemon.git_lock(&self.project.root);
+            let _git = crate::lock::lock(&lock);
+            tokio::task::block_in_place(|| workspaces.leave(story, keep, merged));
+            if !keep {
+                self.state.update(|s| s.worktrees.remove(story));
+            }
         }
-        let lock = self.daemon.git_lock(&self.project.root);
-        let _git = crate::lock::lock(&lock);
-        tokio::task::block_in_place(|| workspaces.leave(story, keep, merged));
-        if !keep {
-            self.state.update(|s| s.worktrees.remove(story));
+        let to_start = {
+            let state = self.state.read();
+            state.sched.count(StoryState::Pending) + state.sched.count(StoryState::Ready)
+        };
+        if to_start == 0 {
+            workspaces.retire_free();
         }
     }
 }

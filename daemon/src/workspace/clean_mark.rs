@@ -67,17 +67,21 @@ impl CleanMark {
         &self,
         repo: &Repository,
         root: &Path,
-        index: &Index,
+        index: &mut Index,
         head: Option<&Tree<'_>>,
     ) -> Option<Vec<PathBuf>> {
         let index_meta = std::fs::metadata(repo.path().join("index")).ok()?;
         let index_mtime = (index_meta.mtime(), index_meta.mtime_nsec());
         let mut found: Vec<Vec<u8>> = Vec::new();
+        // The index written since the mark (a worker's `git add` or `git commit`): what it
+        // holds and HEAD does not counts too. Its tree comes from its tree cache (whole after a
+        // `git commit`: nothing to write or read), and only the folders that differ from
+        // HEAD's are compared.
         if self.index != Some(Stamp::of(&index_meta)) {
-            let diff = repo.diff_tree_to_index(head, Some(index), None).ok()?;
-            for delta in diff.deltas() {
-                for file in [delta.old_file(), delta.new_file()] {
-                    found.extend(file.path_bytes().map(<[u8]>::to_vec));
+            let staged = repo.find_tree(index.write_tree().ok()?).ok()?;
+            if head.map(Tree::id) != Some(staged.id()) {
+                for change in crate::tree_diff::changes(repo, head, &staged).ok()? {
+                    found.push(change.path.as_os_str().as_bytes().to_vec());
                 }
             }
         }

@@ -76,7 +76,7 @@ fn edit(root: &Path, dice: &mut Dice, round: u64) -> usize {
     let file = &files[dice.roll(files.len() as u64) as usize];
     let path = root.join(file);
     let exists = path.exists();
-    match dice.roll(14) {
+    match dice.roll(16) {
         0 if exists => fs::write(&path, format!("changed in round {round} {}\n", dice.roll(1000))).unwrap(),
         // The same size, other bytes: only the stat tells.
         1 if exists => {
@@ -119,6 +119,11 @@ fn edit(root: &Path, dice: &mut Dice, round: u64) -> usize {
         13 if exists => {
             fs::rename(&path, path.with_file_name(format!("moved{round}"))).unwrap();
             return 2;
+        }
+        // The worker commits what it did so far itself (HEAD and the index move).
+        14 => {
+            git(root, &[], &["add", "-A"]);
+            git(root, &[], &["commit", "-q", "--allow-empty", "-m", &format!("[US-1] round {round}")]);
         }
         _ => {}
     }
@@ -186,7 +191,7 @@ fn found(repo: &Repository, root: &Path, mark: &CleanMark) -> Option<Vec<std::pa
     let mut index = repo.index().unwrap();
     index.read(true).unwrap();
     let head = repo.head().unwrap().peel_to_tree().unwrap();
-    mark.changes(repo, root, &index, Some(&head))
+    mark.changes(repo, root, &mut index, Some(&head))
 }
 
 /// A changed .gitignore, a nested repository and a tracked file turned folder are beyond the

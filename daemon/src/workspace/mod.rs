@@ -25,6 +25,8 @@ pub struct Workspaces {
     dir: PathBuf,
     phase: u32,
     slots: Vec<Slot>,
+    /// Worktrees going on threads of their own (see `retire_free`).
+    retiring: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// A worktree's repository (see `worktree::TreeGit`); the story's merge uses it on a thread of
@@ -59,7 +61,8 @@ impl Workspaces {
         completed: &dyn Fn(&str) -> bool,
         busy: &[(String, PathBuf)],
     ) -> Workspaces {
-        let mut pool = Workspaces { main_root: main_root.to_path_buf(), dir, phase, slots: Vec::new() };
+        let mut pool =
+            Workspaces { main_root: main_root.to_path_buf(), dir, phase, slots: Vec::new(), retiring: Vec::new() };
         let prefix = slot_prefix(phase);
         let mut names: Vec<String> = std::fs::read_dir(&pool.dir)
             .map(|entries| entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
@@ -221,6 +224,8 @@ impl Workspaces {
         if let Some(index) = self.slots.iter().position(|s| s.story.is_none()) {
             return index;
         }
+        // A retiring worktree may still hold the number a new slot would take.
+        self.wait_retired();
         // The first free number: slots adopted from an earlier run may leave gaps.
         let taken = |n: usize| self.slots.iter().any(|s| s.name == format!("{}{n}", slot_prefix(self.phase)));
         let number = (0..).find(|n| !taken(*n)).unwrap_or(self.slots.len());
@@ -266,6 +271,34 @@ impl Workspaces {
         }
     }
 
+    /// Nothing is left to start in the run: the free slots' worktrees go now, each on a thread
+    /// of its own, while the last stories end; `close` (or a slot needed after all) waits for
+    /// them. The run's end then does not wait for every worktree's files to be deleted.
+    pub fn retire_free(&mut self) {
+        let (free, kept): (Vec<Slot>, Vec<Slot>) =
+            std::mem::take(&mut self.slots).into_iter().partition(|s| s.story.is_none() && !s.kept);
+        self.slots = kept;
+        for slot in free {
+            let main_root = self.main_root.clone();
+            let retire = move || match Repository::open(&main_root) {
+                Ok(main) => worktree::remove(&main, &slot.name, &slot.path),
+                Err(e) => tracing::warn!(path = %slot.path.display(), "cannot remove a worktree: {e}"),
+            };
+            let span = tracing::Span::current();
+            match std::thread::Builder::new().name("worktree-rm".into()).spawn(move || span.in_scope(retire)) {
+                Ok(handle) => self.retiring.push(handle),
+                Err(e) => tracing::warn!("cannot start a thread to remove a worktree: {e}"),
+            }
+        }
+    }
+
+    /// Waits until the retiring worktrees are gone.
+    fn wait_retired(&mut self) {
+        for handle in self.retiring.drain(..) {
+            let _ = handle.join();
+        }
+    }
+
     /// Whether leaving touches no git state (and needs no git lock): a merged story's slot is
     /// free at once. It is let go of its branch by the next `enter`, which detaches first, and
     /// at the run's end its worktree goes before the branch.
@@ -276,6 +309,7 @@ impl Workspaces {
     /// The run ended: worktrees go, except those kept for failed stories (`keep_failed`); the
     /// branches of merged stories go (`merged`); branches holding unmerged work stay.
     pub fn close(&mut self, keep_failed: bool, merged: &dyn Fn(&str) -> bool) {
+        self.wait_retired();
         let Ok(main) = Repository::open(&self.main_root) else { return };
         for slot in &mut self.slots {
             if keep_failed && slot.kept {
@@ -340,9 +374,10 @@ impl Readying {
     /// `worktree::enter`), saying how long it took. Returns whether the branch was made just now.
     pub fn run(&self) -> Result<bool, GitError> {
         let started = std::time::Instant::now();
-        let base = crate::git::head(&self.main_root)
-            .ok_or_else(|| GitError::Git(git2::Error::from_str("the project's HEAD names no commit")))?;
         let mut open = lock(&self.git);
+        let base = open
+            .integration_head(&self.path, &self.main_root)
+            .ok_or_else(|| GitError::Git(git2::Error::from_str("the project's HEAD names no commit")))?;
         let entered = worktree::enter(&self.main_root, (&self.name, &self.path), &mut open, &self.branch, base)?;
         // The bench reads this line: how long a worktree takes to be ready, made or reused.
         let how = if entered.made { "made" } else { "reused" };

@@ -31,6 +31,15 @@ impl TreeGit {
     pub fn repo(&mut self, path: &Path) -> Result<&mut Repository, GitError> {
         Ok(self.open.get(path)?.0)
     }
+
+    /// The commit the project at `main_root` has checked out (the integration branch's head),
+    /// read through the worktree at `path` when it is there.
+    pub fn integration_head(&mut self, path: &Path, main_root: &Path) -> Option<Oid> {
+        match self.repo(path) {
+            Ok(repo) => git::head_through(repo, main_root),
+            Err(_) => git::head(main_root),
+        }
+    }
 }
 
 /// Puts the worktree `name` at `path` (kept open in `git`) on `branch`, made at `base` when it

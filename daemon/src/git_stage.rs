@@ -26,7 +26,7 @@ pub fn stage_since(repo: &Repository, root: &Path, mark: Option<&CleanMark>) -> 
         index.read(false)?;
         let head = repo.head().and_then(|h| h.peel_to_tree()).ok();
         let (touched, staged) = match mark.and_then(|mark| mark.changes(repo, root, &mut index, head.as_ref())) {
-            Some(paths) => stage_paths(&mut index, root, paths)?,
+            Some(paths) => stage_paths(repo, &mut index, root, paths)?,
             None => stage_statuses(repo, &mut index, head.is_some())?,
         };
         // Nothing staged (a worker that committed its own work): the index file stays as it
@@ -83,16 +83,85 @@ fn stage_statuses(repo: &Repository, index: &mut git2::Index, head: bool) -> Res
 }
 
 /// Stages each of `paths` as the tree has it now: a file or symlink there is added, none there
-/// is removed.
-fn stage_paths(index: &mut git2::Index, root: &Path, paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, bool), git2::Error> {
+/// is removed. In a repository of plain files (see `plain_files`) a file's blob is its bytes,
+/// written here; otherwise libgit2 adds it through its filters.
+fn stage_paths(
+    repo: &Repository,
+    index: &mut git2::Index,
+    root: &Path,
+    paths: Vec<PathBuf>,
+) -> Result<(Vec<PathBuf>, bool), git2::Error> {
     let staged = !paths.is_empty();
+    let plain = staged && plain_files(repo, index);
     for path in &paths {
         match std::fs::symlink_metadata(root.join(path)) {
+            Ok(meta) if plain && meta.len() <= PLAIN_READ_LIMIT && !meta.is_dir() => {
+                add_plain(repo, index, root, path, &meta)?
+            }
             Ok(meta) if !meta.is_dir() => index.add_path(path)?,
             _ => index.remove_path(path)?,
         }
     }
     Ok((paths, staged))
+}
+
+/// Files larger than this are added by libgit2, which streams them, rather than read whole.
+const PLAIN_READ_LIMIT: u64 = 16 << 20;
+
+/// Whether every file of the repository is stored as its bytes, with its executable bit and
+/// symlinks as symlinks, as far as its configuration tells: no attributes file exists (the
+/// repository's, the user's or the system's) and no line endings are converted. The files must
+/// also hold no `.gitattributes` (see `is_attributes`). Then files can be written and hashed
+/// directly: libgit2 looks up each file's attributes before it filters it, resolving the path
+/// through `realpath` and looking for a `.gitattributes` in each of its folders, which cost
+/// more than the rest of a small commit.
+pub fn plain_config(repo: &Repository) -> bool {
+    let Ok(config) = repo.config().and_then(|mut c| c.snapshot()) else { return false };
+    let flag = |name: &str, default: bool| config.get_bool(name).unwrap_or(default);
+    let plain = flag("core.filemode", true)
+        && flag("core.symlinks", true)
+        && config.get_str("core.autocrlf").is_err()
+        && config.get_str("core.eol").is_err()
+        && config.get_str("core.attributesFile").is_err();
+    let user = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+        .map(|dir| dir.join("git/attributes"));
+    let files = [Some(repo.commondir().join("info/attributes")), user, Some(PathBuf::from("/etc/gitattributes"))];
+    plain && !files.iter().flatten().any(|file| file.exists())
+}
+
+/// Whether `path` (relative, as git writes it) names a `.gitattributes`.
+pub fn is_attributes(path: &[u8]) -> bool {
+    path.rsplit(|b| *b == b'/').next() == Some(b".gitattributes")
+}
+
+/// `plain_config`, and no `.gitattributes` in `index`.
+fn plain_files(repo: &Repository, index: &git2::Index) -> bool {
+    plain_config(repo) && !index.iter().any(|entry| is_attributes(&entry.path))
+}
+
+/// Adds the file or symlink at `rel` as its bytes, with the stat taken before it was read (a
+/// change while it is read shows at the next look).
+fn add_plain(
+    repo: &Repository,
+    index: &mut git2::Index,
+    root: &Path,
+    rel: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), git2::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let full = root.join(rel);
+    let io = |e: std::io::Error| git2::Error::from_str(&format!("{}: {e}", full.display()));
+    let (id, mode) = if meta.file_type().is_symlink() {
+        (repo.blob(std::fs::read_link(&full).map_err(io)?.as_os_str().as_bytes())?, 0o120000)
+    } else {
+        let executable = meta.mode() & 0o100 != 0;
+        (repo.blob(&std::fs::read(&full).map_err(io)?)?, if executable { 0o100755 } else { 0o100644 })
+    };
+    index.add(&entry_with_stat(rel.as_os_str().as_bytes().to_vec(), id, mode, meta))
 }
 
 /// `tree` with each of `paths` as `index` has it (absent from the index: removed).
@@ -122,6 +191,27 @@ pub fn file_mode(mode: u32) -> Result<git2::FileMode, git2::Error> {
         .into_iter()
         .find(|m| u32::from(*m) == mode)
         .ok_or_else(|| git2::Error::from_str(&format!("an index entry of unknown mode {mode:o}")))
+}
+
+/// An index entry of `id` at `path` with the stat of its file, `meta`: git takes the file as
+/// unchanged while its stat stays.
+pub fn entry_with_stat(path: Vec<u8>, id: Oid, mode: u32, meta: &std::fs::Metadata) -> git2::IndexEntry {
+    use std::os::unix::fs::MetadataExt;
+    // The index keeps 32-bit stat fields: git truncates them the same way.
+    git2::IndexEntry {
+        ctime: git2::IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
+        mtime: git2::IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
+        dev: meta.dev() as u32,
+        ino: meta.ino() as u32,
+        mode,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        file_size: meta.len() as u32,
+        id,
+        flags: 0,
+        flags_extended: 0,
+        path,
+    }
 }
 
 /// An index entry of `id` at `path` with no stat data: git compares the file on disk by its

@@ -216,3 +216,21 @@ fn what_the_mark_cannot_judge_goes_to_the_full_status() {
     fs::write(root.join("docs/f0.txt/inside"), "inside").unwrap();
     assert!(found(&repo, root, &mark).is_none(), "a file turned folder");
 }
+
+/// Where a `.gitattributes` converts line endings, a file is staged through git's filters (its
+/// blob is not its bytes), as `git add -A` stages it.
+#[test]
+fn files_are_staged_through_the_filters_attributes_name() {
+    let (dir, repo) = project();
+    let root = dir.path();
+    fs::write(root.join(".gitattributes"), "*.txt text eol=lf\n").unwrap();
+    git(root, &[], &["add", ".gitattributes"]);
+    git(root, &[], &["commit", "-q", "-m", "attributes"]);
+    let mark = CleanMark::take(&repo, root).unwrap();
+    fs::write(root.join("src/f0.txt"), "one\r\ntwo\r\n").unwrap();
+    fs::write(root.join("src/crlf.txt"), "new\r\n").unwrap();
+    let expected = git_add_all_tree(root);
+    assert!(found(&repo, root, &mark).is_some(), "the mark tells the paths");
+    let ours = crate::git::stage_since(&repo, root, Some(&mark)).unwrap();
+    assert_eq!(ours.to_string(), expected);
+}

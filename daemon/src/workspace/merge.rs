@@ -201,24 +201,9 @@ pub fn follow(main: &Repository, (base, commit): (Oid, Oid), story_dir: &Path, u
 /// the blob it already has through a temporary object file, one more file made and deleted
 /// per file of every merge.)
 fn written_entry(rel: &Path, full: &Path, (blob, mode): (Oid, i32)) -> Option<git2::IndexEntry> {
-    use std::os::unix::fs::MetadataExt;
     let regular = [i32::from(git2::FileMode::Blob), i32::from(git2::FileMode::BlobExecutable)];
     let meta = std::fs::symlink_metadata(full).ok().filter(|m| m.is_file() && regular.contains(&mode))?;
-    // The index keeps 32-bit stat fields: git truncates them the same way.
-    Some(git2::IndexEntry {
-        ctime: git2::IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
-        mtime: git2::IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
-        dev: meta.dev() as u32,
-        ino: meta.ino() as u32,
-        mode: mode as u32,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        file_size: meta.len() as u32,
-        id: blob,
-        flags: 0,
-        flags_extended: 0,
-        path: rel.as_os_str().as_bytes().to_vec(),
-    })
+    Some(git::entry_with_stat(rel.as_os_str().as_bytes().to_vec(), blob, mode as u32, &meta))
 }
 
 /// Whether the merge recorded as (`base` → `commit`) landed on `branch_ref`: `Some(true)` when the

@@ -83,9 +83,11 @@ pub fn enter(
                 safe.path(path.as_path());
             }
             safe.disable_pathspec_match(true);
+            let plain = plain_files(tree, &changed);
+            safe.disable_filters(plain);
             if !changed.is_empty() && tree.checkout_tree(target.as_object(), Some(&mut safe)).is_err() {
                 let mut force = CheckoutBuilder::new();
-                force.force().remove_untracked(true);
+                force.force().remove_untracked(true).disable_filters(plain);
                 tree.checkout_tree(target.as_object(), Some(&mut force))?;
             }
             git::retry_locked(path, || tree.set_head(&refname))?;
@@ -135,7 +137,13 @@ fn make(main: &Repository, name: &str, path: &Path, refname: &str) -> Result<(),
     }
     let tree = Repository::open(path)?;
     let mut checkout = CheckoutBuilder::new();
-    checkout.force();
+    let head = tree.head()?.peel_to_tree()?;
+    let mut attributes = false;
+    head.walk(git2::TreeWalkMode::PreOrder, |_, entry| {
+        attributes |= git::is_attributes(entry.name_bytes());
+        git2::TreeWalkResult::Ok
+    })?;
+    checkout.force().disable_filters(!attributes && git::plain_config(&tree));
     tree.checkout_head(Some(&mut checkout))?;
     Ok(())
 }
@@ -157,6 +165,15 @@ fn story_branch<'r>(repo: &'r Repository, branch: &str, base: Oid) -> Result<(gi
         Ok(existing) => (existing.into_reference(), false),
         Err(_) => (repo.branch(branch, &repo.find_commit(base)?, false)?.into_reference(), true),
     })
+}
+
+/// Whether the files the worktree holds and the `changed` paths it is moving to can be
+/// written as their blobs' bytes (see `git::plain_config`), without libgit2's filters.
+fn plain_files(tree_repo: &Repository, changed: &[std::path::PathBuf]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    git::plain_config(tree_repo)
+        && !changed.iter().any(|p| git::is_attributes(p.as_os_str().as_bytes()))
+        && tree_repo.index().is_ok_and(|index| !index.iter().any(|e| git::is_attributes(&e.path)))
 }
 
 /// The paths that differ between the worktree's HEAD and `target` (from the two trees: no look

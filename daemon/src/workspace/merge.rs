@@ -104,7 +104,7 @@ fn disjoint_merge(
     theirs: &Commit<'_>,
     story_dir: &Path,
 ) -> Result<Option<Oid>, GitError> {
-    let Ok(fork) = main.merge_base(ours.id(), theirs.id()) else { return Ok(None) };
+    let Some(fork) = super::fork::fork_point(main, ours, theirs) else { return Ok(None) };
     let fork_tree = main.find_commit(fork)?.tree()?;
     let story: Vec<Change> = changes(main, &fork_tree, &theirs.tree()?)?
         .into_iter()

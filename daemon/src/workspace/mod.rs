@@ -14,6 +14,7 @@ use crate::phase::{SPEC_FILE, STATUS_FILE};
 use crate::project::ProjectError;
 
 pub mod clean_mark;
+mod fork;
 pub mod merge;
 pub mod worktree;
 

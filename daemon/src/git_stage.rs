@@ -15,38 +15,53 @@ use crate::workspace::clean_mark::CleanMark;
 /// every tree of the project back afterwards (to rebuild its cache), which cost more than the
 /// rest of a commit.
 pub fn stage_all(repo: &Repository, root: &Path) -> Result<Oid, GitError> {
-    stage_since(repo, root, None)
+    stage_since(repo, root, &mut None)
 }
 
 /// `stage_all`, where the paths to look at come from `mark` (the worktree as it was last clean)
-/// when it can tell them, instead of a status of the whole tree.
-pub fn stage_since(repo: &Repository, root: &Path, mark: Option<&CleanMark>) -> Result<Oid, GitError> {
-    retry_locked(root, || {
+/// when it can tell them, instead of a status of the whole tree. `mark` becomes the worktree's
+/// mark once this stage is committed (`None` after a full status).
+pub fn stage_since(repo: &Repository, root: &Path, mark: &mut Option<CleanMark>) -> Result<Oid, GitError> {
+    let old = mark.take();
+    let (tree, next) = retry_locked(root, || {
         let mut index = repo.index()?;
         index.read(false)?;
         let head = repo.head().and_then(|h| h.peel_to_tree()).ok();
-        let (touched, staged) = match mark.and_then(|mark| mark.changes(repo, root, &mut index, head.as_ref())) {
-            Some(paths) => stage_paths(repo, &mut index, root, paths)?,
-            None => stage_statuses(repo, &mut index, head.is_some())?,
-        };
+        let (touched, staged, mut next) =
+            match old.as_ref().and_then(|m| m.changes(repo, root, &mut index, head.as_ref())) {
+                Some((paths, next)) => {
+                    let (touched, staged) = stage_paths(repo, &mut index, root, paths)?;
+                    (touched, staged, Some(next))
+                }
+                None => {
+                    let (touched, staged) = stage_statuses(repo, &mut index, head.is_some())?;
+                    (touched, staged, None)
+                }
+            };
         // Nothing staged (a worker that committed its own work): the index file stays as it
         // is, not written again through a lock file.
         if staged {
             index.write()?;
         }
+        if let Some(next) = &mut next {
+            next.index_written(repo);
+        }
         // Submodules are left out of the status (reading theirs is slow): one staged anew would
         // be missed by an update of HEAD's tree, so an index that has any writes its tree whole.
         let gitlink = u32::from(git2::FileMode::Commit);
         let submodules = index.iter().any(|entry| entry.mode == gitlink);
-        match head {
+        let tree = match head {
             // A file replaced by a folder of the same name (or the other way round) is beyond
             // an update of HEAD's tree: the index writes it whole.
             Some(tree) if !index.has_conflicts() && !submodules => {
                 updated_tree(repo, &index, &tree, &touched).or_else(|_| index.write_tree())
             }
             _ => index.write_tree(),
-        }
-    })
+        }?;
+        Ok((tree, next))
+    })?;
+    *mark = next;
+    Ok(tree)
 }
 
 /// Stages what a status of the whole tree finds changed (against HEAD too when there is one:

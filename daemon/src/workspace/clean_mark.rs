@@ -57,19 +57,37 @@ impl CleanMark {
         Some(CleanMark { dirs, index })
     }
 
+    /// The mark kept from the last look at the worktree (see `changes`), for the worktree
+    /// now: only the folders whose stat has not moved since that look stay marked, so a folder
+    /// changed meanwhile (by the checkout that moved the slot, or by anything else) is read at
+    /// the next look. The index is taken as it is now (sticler's own, just written).
+    pub fn revalidated(mut self, repo: &Repository, root: &Path) -> CleanMark {
+        self.dirs.retain(|dir, stamp| {
+            std::fs::symlink_metadata(join(root, dir)).is_ok_and(|meta| meta.is_dir() && Stamp::of(&meta) == *stamp)
+        });
+        self.index = std::fs::metadata(repo.path().join("index")).ok().map(|m| Stamp::of(&m));
+        self
+    }
+
+    /// The index file just written by sticler: its stamp now is the mark's.
+    pub fn index_written(&mut self, repo: &Repository) {
+        self.index = std::fs::metadata(repo.path().join("index")).ok().map(|m| Stamp::of(&m));
+    }
+
     /// The paths that may differ since the mark, relative to `root`: tracked files whose stat
     /// differs from `index` (or whose stat cannot tell, being as new as the index), paths where
     /// the index differs from `head` (when the index was written since), and the untracked, not
-    /// ignored files of the folders that changed. `None` when only a full status can tell: a
-    /// folder turned file or the other way round, a changed `.gitignore`, a nested repository,
-    /// a submodule or a conflict.
+    /// ignored files of the folders that changed. With them, the mark of the worktree once
+    /// they are staged: each folder's stat as this look found it before reading it. `None`
+    /// when only a full status can tell: a folder turned file or the other way round, a
+    /// changed `.gitignore`, a nested repository, a submodule or a conflict.
     pub fn changes(
         &self,
         repo: &Repository,
         root: &Path,
         index: &mut Index,
         head: Option<&Tree<'_>>,
-    ) -> Option<Vec<PathBuf>> {
+    ) -> Option<(Vec<PathBuf>, CleanMark)> {
         let index_meta = std::fs::metadata(repo.path().join("index")).ok()?;
         let index_mtime = (index_meta.mtime(), index_meta.mtime_nsec());
         let mut found: Vec<Vec<u8>> = Vec::new();
@@ -96,21 +114,27 @@ impl CleanMark {
             files.insert(entry.path);
         }
         let dirs = tracked_dirs(index);
+        let mut seen = HashMap::with_capacity(dirs.len());
         for dir in &dirs {
             let Ok(meta) = std::fs::symlink_metadata(join(root, dir)) else { continue };
             if !meta.is_dir() {
                 return None;
             }
-            if self.dirs.get(dir) != Some(&Stamp::of(&meta)) {
+            let stamp = Stamp::of(&meta);
+            if self.dirs.get(dir) != Some(&stamp) {
                 untracked(repo, root, dir, &|rel| files.contains(rel) || dirs.contains(rel), &mut found)?;
             }
+            seen.insert(dir.clone(), stamp);
         }
         if found.iter().any(|path| path.rsplit(|b| *b == b'/').next() == Some(b".gitignore")) {
             return None;
         }
+        let now = fs_now(&root.join(".git"))?;
+        seen.retain(|_, stamp| stamp.mtime < now.mtime && stamp.ctime < now.ctime);
         found.sort();
         found.dedup();
-        Some(found.into_iter().map(|p| PathBuf::from(OsStr::from_bytes(&p))).collect())
+        let paths = found.into_iter().map(|p| PathBuf::from(OsStr::from_bytes(&p))).collect();
+        Some((paths, CleanMark { dirs: seen, index: None }))
     }
 }
 

@@ -54,7 +54,7 @@ pub fn enter(
     base: Oid,
 ) -> Result<Entered, GitError> {
     let TreeGit { open, mark } = git;
-    *mark = None;
+    let last = mark.take();
     // The worktree's own repository when there is one: branches are shared with the project's.
     if let Ok((tree, _)) = open.get(path) {
         if tree.is_worktree() {
@@ -91,7 +91,10 @@ pub fn enter(
                 tree.checkout_tree(target.as_object(), Some(&mut force))?;
             }
             git::retry_locked(path, || tree.set_head(&refname))?;
-            *mark = CleanMark::take(tree, path);
+            *mark = match last {
+                Some(last) => Some(last.revalidated(tree, path)),
+                None => CleanMark::take(tree, path),
+            };
             return Ok(Entered { made: false, new_branch });
         }
     }
@@ -193,6 +196,21 @@ fn changed_paths(tree_repo: &Repository, target: &Commit<'_>) -> Result<Vec<std:
 pub fn commit_leftovers(git: &mut TreeGit, path: &Path, message: &str) -> Result<Option<Oid>, GitError> {
     let TreeGit { open, mark } = git;
     let (tree_repo, _) = open.get(path)?;
+    let committed = stage_and_commit(tree_repo, path, mark, message);
+    // A stage that did not end in its commit leaves the index ahead of HEAD: no mark says
+    // what the next look may skip.
+    if committed.is_err() {
+        *mark = None;
+    }
+    committed
+}
+
+fn stage_and_commit(
+    tree_repo: &mut Repository,
+    path: &Path,
+    mark: &mut Option<CleanMark>,
+    message: &str,
+) -> Result<Option<Oid>, GitError> {
     let mut merging = Vec::new();
     // No merge in progress is an error here ("no merge heads"), not an empty list.
     let _ = tree_repo.mergehead_foreach(|oid| {
@@ -200,7 +218,14 @@ pub fn commit_leftovers(git: &mut TreeGit, path: &Path, message: &str) -> Result
         true
     });
     settle_conflicts(tree_repo, path)?;
-    let tree_id = git::stage_since(tree_repo, path, mark.as_ref())?;
+    // Without a mark (the first look after a restart), the full status's look: the folders'
+    // stat taken before it is the mark once its stage is committed.
+    let before = if mark.is_none() { CleanMark::take(tree_repo, path) } else { None };
+    let tree_id = git::stage_since(tree_repo, path, mark)?;
+    if let Some(mut before) = before {
+        before.index_written(tree_repo);
+        *mark = Some(before);
+    }
     let head = git::head_commit(tree_repo);
     let unchanged = head.as_ref().is_some_and(|h| h.tree_id() == tree_id);
     if unchanged && merging.is_empty() {

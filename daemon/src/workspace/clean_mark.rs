@@ -57,15 +57,12 @@ impl CleanMark {
         Some(CleanMark { dirs, index })
     }
 
-    /// The mark kept from the last look at the worktree (see `changes`), for the worktree
-    /// now: only the folders whose stat has not moved since that look stay marked, so a folder
-    /// changed meanwhile (by the checkout that moved the slot, or by anything else) is read at
-    /// the next look. The index is taken as it is now (sticler's own, just written).
-    pub fn revalidated(mut self, repo: &Repository, root: &Path) -> CleanMark {
-        self.dirs.retain(|dir, stamp| {
-            std::fs::symlink_metadata(join(root, dir)).is_ok_and(|meta| meta.is_dir() && Stamp::of(&meta) == *stamp)
-        });
-        self.index = std::fs::metadata(repo.path().join("index")).ok().map(|m| Stamp::of(&m));
+    /// The mark kept from the last look at the worktree (see `changes`), once sticler moved
+    /// the worktree to another commit: its index is the one sticler wrote. Nothing is stated:
+    /// a folder the move (or anything else) changed since that look shows a stat other than
+    /// the one the look read, and is read at the next look.
+    pub fn moved(mut self, repo: &Repository) -> CleanMark {
+        self.index_written(repo);
         self
     }
 

@@ -236,7 +236,7 @@ fn files_are_staged_through_the_filters_attributes_name() {
 }
 
 /// The mark carried from story to story as a slot carries it: each look's mark, the stage
-/// committed, the worktree moved to another commit, the mark revalidated; files a straggling
+/// committed, the worktree moved to another commit, the mark carried; files a straggling
 /// process writes between a story's look and the move are found by the next story's look.
 #[test]
 fn a_carried_mark_finds_what_was_written_after_the_last_look() {
@@ -265,7 +265,7 @@ fn a_carried_mark_finds_what_was_written_after_the_last_look() {
         let to = commits[dice.roll(commits.len() as u64) as usize].to_string();
         git(root, &[], &["checkout", "-q", "--detach", &to]);
         mark = match mark {
-            Some(mark) => Some(mark.revalidated(&repo, root)),
+            Some(mark) => Some(mark.moved(&repo)),
             None => CleanMark::take(&repo, root),
         };
         rounds += 1;

@@ -92,7 +92,7 @@ pub fn enter(
             }
             git::retry_locked(path, || tree.set_head(&refname))?;
             *mark = match last {
-                Some(last) => Some(last.revalidated(tree, path)),
+                Some(last) => Some(last.moved(tree)),
                 None => CleanMark::take(tree, path),
             };
             return Ok(Entered { made: false, new_branch });

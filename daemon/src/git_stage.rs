@@ -110,10 +110,15 @@ fn stage_paths(
     let plain = staged && plain_files(repo, index);
     for path in &paths {
         match std::fs::symlink_metadata(root.join(path)) {
-            Ok(meta) if plain && meta.len() <= PLAIN_READ_LIMIT && !meta.is_dir() => {
-                add_plain(repo, index, root, path, &meta)?
+            // Only a regular file or a symlink is staged: a FIFO or a socket in a file's place
+            // is no file to git (and reading a FIFO would block), as a status of the tree says.
+            Ok(meta) if meta.is_file() || meta.is_symlink() => {
+                if plain && meta.len() <= PLAIN_READ_LIMIT {
+                    add_plain(repo, index, root, path, &meta)?
+                } else {
+                    index.add_path(path)?
+                }
             }
-            Ok(meta) if !meta.is_dir() => index.add_path(path)?,
             _ => index.remove_path(path)?,
         }
     }

@@ -272,3 +272,21 @@ fn a_carried_mark_finds_what_was_written_after_the_last_look() {
     }
     assert!(marked * 10 >= rounds * 7, "the mark told the paths in {marked} of {rounds} rounds");
 }
+
+/// A FIFO left where a tracked file was is never read (the read would block until someone
+/// writes to it): the stage ends, whatever it makes of it.
+#[test]
+fn a_fifo_in_a_files_place_does_not_block_the_stage() {
+    let (dir, repo) = project();
+    let root = dir.path().to_path_buf();
+    let mark = CleanMark::take(&repo, &root).unwrap();
+    fs::remove_file(root.join("docs/f1.txt")).unwrap();
+    nix::unistd::mkfifo(&root.join("docs/f1.txt"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let repo = Repository::open(&root).unwrap();
+        let _ = crate::git::stage_since(&repo, &root, &mut Some(mark));
+        let _ = done.send(());
+    });
+    assert!(ended.recv_timeout(Duration::from_secs(30)).is_ok(), "the stage blocked on the FIFO");
+}

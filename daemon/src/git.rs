@@ -9,7 +9,8 @@ use git2::{Commit, IndexAddOption, Oid, Repository, Signature};
 
 pub use crate::git_locks::{clear_stale_locks, retry_locked};
 pub use crate::git_stage::{
-    entry_with_stat, entry_without_stat, file_mode, is_attributes, plain_config, stage_all, stage_folder, stage_since,
+    entry_with_stat, entry_without_stat, file_mode, is_attributes, plain_config, plain_files, stage_all, stage_folder,
+    stage_since,
 };
 use crate::project::{JsonDoc, StatusFields};
 

@@ -158,7 +158,7 @@ pub fn is_attributes(path: &[u8]) -> bool {
 }
 
 /// `plain_config`, and no `.gitattributes` in `index`.
-fn plain_files(repo: &Repository, index: &git2::Index) -> bool {
+pub fn plain_files(repo: &Repository, index: &git2::Index) -> bool {
     plain_config(repo) && !index.iter().any(|entry| is_attributes(&entry.path))
 }
 
@@ -271,22 +271,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-
-    /// A repository with `files` committed.
-    fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, Repository) {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(dir.path()).unwrap();
-        for (path, text) in files {
-            let full = dir.path().join(path);
-            fs::create_dir_all(full.parent().unwrap()).unwrap();
-            fs::write(full, text).unwrap();
-        }
-        let tree = repo.find_tree(stage_all(&repo, dir.path()).unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@x").unwrap();
-        repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[]).unwrap();
-        drop(tree);
-        (dir, repo)
-    }
+    use crate::testkit::repo;
 
     /// Every file of `tree` with its content.
     fn files(repo: &Repository, tree: Oid) -> Vec<(String, String)> {

@@ -4,8 +4,6 @@ mod adopt;
 mod cleanup;
 mod connection;
 mod daemon;
-#[cfg(test)]
-mod dice;
 mod events;
 mod git;
 mod git_locks;
@@ -28,6 +26,8 @@ mod slurm;
 mod spawn;
 mod store;
 mod stream;
+#[cfg(test)]
+mod testkit;
 mod tree_diff;
 mod upgrade;
 mod views;

@@ -106,7 +106,7 @@ fn kind(mode: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dice::Dice;
+    use crate::testkit::Dice;
 
     /// A tree of up to `files` paths below a few folders, each a file, an executable, a
     /// symlink or (at a name a file may also take) a folder.

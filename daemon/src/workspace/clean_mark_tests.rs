@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use git2::Repository;
 
 use super::*;
-use crate::dice::Dice;
+use crate::testkit::Dice;
 
 /// Runs the git command line in `root`, returning its output (it must succeed).
 fn git(root: &Path, env: &[(&str, &Path)], args: &[&str]) -> String {
@@ -22,6 +22,13 @@ fn git(root: &Path, env: &[(&str, &Path)], args: &[&str]) -> String {
     let out = command.output().expect("git runs");
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Writes `text` to `rel` and commits it with the git command line.
+fn commit_file(root: &Path, rel: &str, text: &str) {
+    fs::write(root.join(rel), text).unwrap();
+    git(root, &[], &["add", rel]);
+    git(root, &[], &["commit", "-q", "-m", rel]);
 }
 
 /// Waits until the file system stamps a change later than everything done so far: its
@@ -177,9 +184,7 @@ fn stages_what_git_add_all_stages() {
 fn a_folder_as_new_as_the_mark_is_always_read() {
     let (dir, repo) = project();
     let root = dir.path();
-    fs::write(root.join("src/fresh.txt"), "fresh").unwrap();
-    git(root, &[], &["add", "src/fresh.txt"]);
-    git(root, &[], &["commit", "-q", "-m", "fresh"]);
+    commit_file(root, "src/fresh.txt", "fresh");
     let mark = CleanMark::take(&repo, root).expect("a clean mark");
     fs::write(root.join("src/second.txt"), "second").unwrap();
     let paths = found(&repo, root, &mark).unwrap();
@@ -223,9 +228,7 @@ fn what_the_mark_cannot_judge_goes_to_the_full_status() {
 fn files_are_staged_through_the_filters_attributes_name() {
     let (dir, repo) = project();
     let root = dir.path();
-    fs::write(root.join(".gitattributes"), "*.txt text eol=lf\n").unwrap();
-    git(root, &[], &["add", ".gitattributes"]);
-    git(root, &[], &["commit", "-q", "-m", "attributes"]);
+    commit_file(root, ".gitattributes", "*.txt text eol=lf\n");
     let mark = CleanMark::take(&repo, root).unwrap();
     fs::write(root.join("src/f0.txt"), "one\r\ntwo\r\n").unwrap();
     fs::write(root.join("src/crlf.txt"), "new\r\n").unwrap();

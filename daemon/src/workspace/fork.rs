@@ -46,7 +46,7 @@ fn walked_fork(ours: &Commit<'_>, theirs: &Commit<'_>) -> Option<Oid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dice::Dice;
+    use crate::testkit::Dice;
 
     /// A commit of `parents` (an empty tree, `n` in its message).
     fn commit(repo: &Repository, parents: &[Oid], n: usize) -> Oid {

@@ -3,19 +3,7 @@
 use std::fs;
 
 use super::*;
-
-/// A repository with `files` committed on its checked-out branch.
-fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, Repository) {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::init(dir.path()).unwrap();
-    for (path, text) in files {
-        let full = dir.path().join(path);
-        fs::create_dir_all(full.parent().unwrap()).unwrap();
-        fs::write(full, text).unwrap();
-    }
-    commit_all(&repo, "initial");
-    (dir, repo)
-}
+use crate::testkit::repo;
 
 fn commit_all(repo: &Repository, message: &str) -> Oid {
     let root = repo.workdir().unwrap().to_path_buf();

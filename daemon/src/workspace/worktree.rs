@@ -174,9 +174,8 @@ fn story_branch<'r>(repo: &'r Repository, branch: &str, base: Oid) -> Result<(gi
 /// written as their blobs' bytes (see `git::plain_config`), without libgit2's filters.
 fn plain_files(tree_repo: &Repository, changed: &[std::path::PathBuf]) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    git::plain_config(tree_repo)
-        && !changed.iter().any(|p| git::is_attributes(p.as_os_str().as_bytes()))
-        && tree_repo.index().is_ok_and(|index| !index.iter().any(|e| git::is_attributes(&e.path)))
+    !changed.iter().any(|p| git::is_attributes(p.as_os_str().as_bytes()))
+        && tree_repo.index().is_ok_and(|index| git::plain_files(tree_repo, &index))
 }
 
 /// The paths that differ between the worktree's HEAD and `target` (from the two trees: no look

@@ -348,10 +348,12 @@ pub fn changed_files(
         Some(c) => Some(c.tree()?),
         None => None,
     };
-    Ok(crate::tree_diff::changes(repo, old.as_ref(), tree)?
-        .iter()
-        .map(|change| format!("- {} {}", change.letter(), change.path.display()))
-        .collect())
+    Ok(file_lines(&crate::tree_diff::changes(repo, old.as_ref(), tree)?))
+}
+
+/// The "Files changed" lines of a story commit's message, one per change.
+pub fn file_lines(changes: &[crate::tree_diff::Change]) -> Vec<String> {
+    changes.iter().map(|change| format!("- {} {}", change.letter(), change.path.display())).collect()
 }
 
 /// The seed's story commit message.

@@ -7,7 +7,9 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use git2::{Commit, Delta, ObjectType, Oid, Repository, Tree};
+use git2::{Commit, Delta, Oid, Repository, Tree};
+
+use super::project_files::ProjectFiles;
 
 use crate::git::{self, GitError};
 use crate::project::JsonDoc;
@@ -47,7 +49,8 @@ pub fn plan(
         },
     };
     let tree = main.find_tree(tree)?;
-    let changes = changes(main, &ours.tree()?, &tree)?;
+    let ours_tree = ours.tree()?;
+    let changes = changes(main, &ours_tree, &tree)?;
     let marked: Vec<String> = changes
         .iter()
         .filter(|c| c.new.is_some_and(|(blob, _)| has_conflict_markers(main, blob)))
@@ -56,10 +59,10 @@ pub fn plan(
     if !marked.is_empty() {
         return Ok(Plan::Conflict(marked));
     }
-    let root = main.workdir().map(Path::to_path_buf).unwrap_or_default();
+    let files = ProjectFiles::new(main, &ours_tree, &tree);
     let edited: Vec<String> = changes
         .iter()
-        .filter(|c| !c.path.starts_with(story_dir) && user_edited(&root, c))
+        .filter(|c| !c.path.starts_with(story_dir) && files.user_edited(c))
         .map(|c| c.path.display().to_string())
         .collect();
     if !edited.is_empty() {
@@ -68,7 +71,7 @@ pub fn plan(
             edited.join(", ")
         )));
     }
-    let listed = git::changed_files(main, Some(&ours), &tree)?;
+    let listed = git::file_lines(&changes);
     let message = git::story_message(story, doc, &listed);
     let sig = git::signature(main)?;
     let commit = main.commit(None, &sig, &sig, &message, &tree, &[&ours])?;
@@ -169,16 +172,19 @@ pub fn follow(main: &Repository, (base, commit): (Oid, Oid), story_dir: &Path, u
     let old = main.find_commit(base)?.tree()?;
     let new = main.find_commit(commit)?.tree()?;
     let changes = changes(main, &old, &new)?;
+    let files = ProjectFiles::new(main, &old, &new);
     let mut written = Vec::with_capacity(changes.len());
+    let mut filtered = Vec::new();
     for change in &changes {
-        let ours = change.path.starts_with(story_dir) || !user_edited(&root, change);
+        let ours = change.path.starts_with(story_dir) || !files.user_edited(change);
         if ours {
-            write_file(main, &root, change, umask)?;
+            files.write(change, umask, &mut filtered)?;
         } else {
             tracing::warn!(path = %change.path.display(), "changed in the project folder since the merge began; left as it is");
         }
         written.push(ours);
     }
+    files.write_filtered(&changes, &filtered, umask)?;
     git::retry_locked(&root, || {
         let mut index = main.index()?;
         index.read(false)?;
@@ -343,79 +349,6 @@ fn conflicted_paths(index: &git2::Index) -> Result<Vec<String>, GitError> {
 /// The files the merge changes, from `old` to `new` (see `tree_diff`).
 fn changes(repo: &Repository, old: &Tree<'_>, new: &Tree<'_>) -> Result<Vec<Change>, GitError> {
     Ok(crate::tree_diff::changes(repo, Some(old), new)?)
-}
-
-/// The project folder's file differs from both sides of the merge: the user changed it.
-fn user_edited(root: &Path, change: &Change) -> bool {
-    let Some(on_disk) = on_disk(&root.join(&change.path)) else { return true };
-    let blob = |side: Option<(Oid, i32)>| side.map(|(oid, _)| oid);
-    on_disk != blob(change.old) && on_disk != blob(change.new)
-}
-
-/// What is at `path`, by the blob id git would give it: a file's content, a symlink's target
-/// (`Some(None)`: nothing there). `None` for anything else (a folder, say).
-fn on_disk(path: &Path) -> Option<Option<Oid>> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() => Some(Oid::hash_file(ObjectType::Blob, path).ok()),
-        Ok(meta) if meta.file_type().is_symlink() => {
-            let target = std::fs::read_link(path).ok()?;
-            Some(Oid::hash_object(ObjectType::Blob, target.as_os_str().as_bytes()).ok())
-        }
-        Ok(_) => None,
-        Err(_) => Some(None),
-    }
-}
-
-/// Brings one file of the project folder to the merge's side, unless it is there already.
-fn write_file(repo: &Repository, root: &Path, change: &Change, umask: u32) -> Result<(), GitError> {
-    let path = root.join(&change.path);
-    let io = |e: std::io::Error| GitError::Git(git2::Error::from_str(&format!("{}: {e}", path.display())));
-    let Some((blob, mode)) = change.new else {
-        return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
-            _ => Ok(()),
-        };
-    };
-    let link = mode == i32::from(git2::FileMode::Link);
-    let executable = mode == i32::from(git2::FileMode::BlobExecutable);
-    let same_kind = std::fs::symlink_metadata(&path).is_ok_and(|meta| {
-        use std::os::unix::fs::PermissionsExt;
-        let is_link = meta.file_type().is_symlink();
-        is_link == link && (link || (meta.permissions().mode() & 0o111 != 0) == executable)
-    });
-    if same_kind && on_disk(&path) == Some(Some(blob)) {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    if mode == i32::from(git2::FileMode::Commit) {
-        // A submodule: git leaves an empty folder where it is not checked out.
-        return std::fs::create_dir_all(&path).map_err(io);
-    }
-    let content = repo.find_blob(blob)?;
-    if link {
-        // A symlink, made beside and renamed over what is there (atomically, as a file is).
-        let beside = path.with_file_name(format!(
-            ".{}.sticler-link.tmp",
-            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-        ));
-        let _ = std::fs::remove_file(&beside);
-        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(content.content()), &beside).map_err(io)?;
-        return std::fs::rename(&beside, &path).map_err(io);
-    }
-    crate::project::write_replacing(&path, content.content())
-        .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
-    // The daemon's own umask is 077: a file new to the project gets the modes git would give
-    // it under the user's umask.
-    let fresh = change.old.is_none();
-    let mode_changed = change.old.is_some_and(|(_, old)| old != mode);
-    if fresh || executable || mode_changed {
-        use std::os::unix::fs::PermissionsExt;
-        let bits = if executable { 0o777 } else { 0o666 } & !umask;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bits)).map_err(io)?;
-    }
-    Ok(())
 }
 
 /// A text blob with a line that opens or closes a conflict.

@@ -220,3 +220,39 @@ fn a_symlink_lands_as_a_symlink_and_an_executable_keeps_its_bit() {
     assert_eq!(bits & 0o111, 0, "no longer executable");
     assert_eq!(repo.status_file(Path::new("run.sh")).unwrap(), git2::Status::CURRENT);
 }
+
+#[test]
+fn files_land_through_the_projects_line_ending_attributes() {
+    // `eol=crlf`: git's checkout writes the file with CRLF line ends, its blob holds LF ones.
+    let (dir, repo) = repo(&[(".gitattributes", "*.bat text eol=crlf\n"), ("run.bat", "one\n"), ("a.txt", "a\n")]);
+    fs::write(dir.path().join("run.bat"), "one\r\n").unwrap();
+    let mut index = repo.index().unwrap();
+    index.add_path(Path::new("run.bat")).unwrap();
+    index.write().unwrap();
+    assert_eq!(repo.status_file(Path::new("run.bat")).unwrap(), git2::Status::CURRENT, "as git checked it out");
+    let head = story_branch(&repo, &[("run.bat", "one\ntwo\n"), ("new.bat", "new\n"), ("a.txt", "a, b\n")]);
+    // The file as git wrote it is not a user's edit: the merge goes ahead.
+    let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap()
+    else {
+        panic!("expected a merge")
+    };
+    land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+    let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(
+        (read("run.bat"), read("new.bat"), read("a.txt")),
+        ("one\r\ntwo\r\n".into(), "new\r\n".into(), "a, b\n".into())
+    );
+    for name in ["run.bat", "new.bat", "a.txt"] {
+        assert_eq!(repo.status_file(Path::new(name)).unwrap(), git2::Status::CURRENT, "{name}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir.path().join("new.bat")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "a new file's mode follows the user's umask");
+    // A user's edit of a filtered file still makes the next merge wait.
+    fs::write(dir.path().join("run.bat"), "one\r\nthe user's\r\n").unwrap();
+    let head = story_branch(&repo, &[("run.bat", "one\ntwo\nthree\n")]);
+    match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+        Plan::Waits(why) => assert!(why.contains("run.bat"), "{why}"),
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}

@@ -16,6 +16,7 @@ use crate::project::ProjectError;
 pub mod clean_mark;
 mod fork;
 pub mod merge;
+mod project_files;
 pub mod worktree;
 
 pub use worktree::branch_name;

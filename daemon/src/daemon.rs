@@ -66,6 +66,8 @@ pub struct Daemon {
     pub pauses: crate::pause::Pauses,
     /// Each story's agent cost and tokens (kept in the store).
     pub ledger: crate::ledger::Ledger,
+    /// The Slurm jobs followed for `status`, all asked about in one `squeue`.
+    pub slurm_queue: Arc<crate::slurm_queue::QueueWatch>,
 }
 
 pub fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
@@ -106,6 +108,7 @@ impl Daemon {
             started_ms: crate::events::now_ms(),
             listings: Listings::default(),
             git_locks: Mutex::new(HashMap::new()),
+            slurm_queue: Arc::default(),
         }
     }
 

@@ -23,6 +23,7 @@ mod run;
 mod server;
 mod slots;
 mod slurm;
+mod slurm_queue;
 mod spawn;
 mod store;
 mod stream;

@@ -175,7 +175,7 @@ const QUEUE_FORMAT: &str = "%i|%j|%T|%r|%N";
 
 /// Reads `squeue -h -o QUEUE_FORMAT`: lines that do not fit are skipped (a warning srun's
 /// client printed on the same pipe).
-fn parse_queue(output: &str) -> Vec<QueuedJob> {
+pub(crate) fn parse_queue(output: &str) -> Vec<QueuedJob> {
     output
         .lines()
         .filter_map(|line| {
@@ -201,10 +201,17 @@ fn queued(spawner: &Spawner, prefix: &str) -> io::Result<Vec<QueuedJob>> {
 
 /// The job named `name` as the queue shows it now (also just after its end).
 async fn job(daemon: &Arc<Daemon>, name: &str) -> io::Result<Option<JobView>> {
-    let args = ["-h", "-t", "all", "-o", QUEUE_FORMAT, &format!("--name={name}")].map(String::from).to_vec();
-    let output = client_async(daemon, "squeue", args).await?;
+    let output = squeue_names(daemon, &[name.to_string()]).await?;
     // The newest job of that name: an earlier daemon's job of the same name cannot be newer.
     Ok(parse_queue(&output).into_iter().map(|job| job.view).max_by_key(|view| view.id))
+}
+
+/// `squeue`'s lines (`QUEUE_FORMAT`) of the jobs named `names`, ended ones included (just after
+/// their end).
+pub(crate) async fn squeue_names(daemon: &Arc<Daemon>, names: &[String]) -> io::Result<String> {
+    let args = ["-h", "-t", "all", "-o", QUEUE_FORMAT].map(String::from).to_vec();
+    let args = args.into_iter().chain([format!("--name={}", names.join(","))]).collect();
+    client_async(daemon, "squeue", args).await
 }
 
 /// Cancels every queued job of the project at `root` whose story is one of `stories` (a dead
@@ -317,24 +324,6 @@ fn parse_end(shown: &str) -> Option<(String, Option<String>)> {
     let state = field("JobState=")?;
     let reason = field("Reason=").filter(|r| r != "None");
     Some((state, reason))
-}
-
-/// Polls the job's place in the queue while it runs and hands each change to `seen`, for
-/// `status`: PENDING with its reason, RUNNING on its node. Runs until aborted.
-pub async fn follow(daemon: Arc<Daemon>, name: String, seen: impl Fn(JobView)) {
-    // The first look soon (a pending job's reason matters most early), then every second.
-    let mut pause = Duration::from_millis(200);
-    let mut last = None;
-    loop {
-        tokio::time::sleep(pause).await;
-        pause = Duration::from_secs(1);
-        // A failed look is only a missed update: the next one comes in a second.
-        let now = job(&daemon, &name).await.ok().flatten();
-        if now.is_some() && now != last {
-            last.clone_from(&now);
-            now.into_iter().for_each(&seen);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,26 @@ fn launch_on(daemon: &mut Daemon, cluster: &Cluster) {
     daemon.wait_ready();
 }
 
+/// A daemon on `cluster` whose `squeue` writes each of its command lines to the returned file
+/// (a script found first on the daemon's PATH, which runs the real one).
+fn daemon_logging_squeue(cluster: &Cluster) -> (Daemon, tempfile::TempDir, std::path::PathBuf) {
+    let real = Command::new("sh").args(["-c", "command -v squeue"]).output().expect("sh");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let shims = tempfile::tempdir().expect("tempdir");
+    let log = shims.path().join("squeue.log");
+    let script = format!("#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{real}' \"$@\"\n", log.display());
+    let shim = shims.path().join("squeue");
+    std::fs::write(&shim, script).expect("write the squeue shim");
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut daemon = Daemon::unstarted();
+    let mut command = daemon.command(&[]);
+    let path = format!("{}:{}", shims.path().display(), std::env::var("PATH").unwrap_or_default());
+    command.env("SLURM_CONF", &cluster.conf).env("PATH", path);
+    daemon.spawn(command);
+    daemon.wait_ready();
+    (daemon, shims, log)
+}
+
 /// A project whose iterations run as Slurm jobs (or locally), with `extra` config.
 fn project(slurm: bool, extra: serde_json::Value) -> ProjectBuilder {
     let p = ProjectBuilder::new();
@@ -108,7 +128,7 @@ fn a_phase_of_six_stories_runs_as_one_job_per_iteration_with_the_commits_of_a_lo
 #[test]
 fn stop_leaves_no_job_in_the_queue_and_status_shows_each_running_job() {
     let Some(cluster) = Cluster::shared() else { return };
-    let daemon = daemon_on(cluster);
+    let (daemon, _shims, squeue_log) = daemon_logging_squeue(cluster);
     let p = project(true, json!({}));
     let hang = json!({"mode": "hang"});
     p.phase(1, "decomposed", &[story("US-P1-001", &[]).script(hang.clone()), story("US-P1-002", &[]).script(hang)]);
@@ -122,6 +142,11 @@ fn stop_leaves_no_job_in_the_queue_and_status_shows_each_running_job() {
         (jobs.len() == 2 && jobs.iter().all(|j| j.state == "RUNNING" && j.node.is_some())).then_some(())
     });
     assert_eq!(cluster.queued(&prefix).len(), 2);
+    // One squeue a round for all the running jobs, not one per job.
+    let asked = std::fs::read_to_string(&squeue_log).unwrap_or_default();
+    let both =
+        |line: &&str| line.contains(&format!("{prefix}US-P1-001-1")) && line.contains(&format!("{prefix}US-P1-002-1"));
+    assert!(asked.lines().any(|line| both(&line)), "no squeue asked for both jobs at once:\n{asked}");
     let out = daemon.ctl(&["-C", &p.path_str(), "stop", "1"]);
     assert!(out.status.success(), "{}", describe(&out));
     let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);

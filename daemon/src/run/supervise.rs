@@ -111,7 +111,7 @@ impl PhaseRun {
             let seen = move |job| {
                 let _ = tx.send(RunMsg::Job { story: story.clone(), iteration, job });
             };
-            tokio::spawn(crate::slurm::follow(Arc::clone(&job.daemon), job.name.clone(), seen))
+            crate::slurm_queue::QueueWatch::follow(&job.daemon, &job.name, seen)
         });
         let watch = Watch { timeout, liveness, log, job };
         let (stop, stop_asked) = watch::channel(None::<Duration>);
@@ -119,9 +119,7 @@ impl PhaseRun {
         let story = story.to_string();
         tokio::spawn(async move {
             let ended = supervise(&story, iteration, &group, exit, watch, stop_asked).await;
-            if let Some(following) = following {
-                following.abort();
-            }
+            drop(following);
             let _ = tx.send(RunMsg::Exited { story, iteration, ended });
         });
         stop

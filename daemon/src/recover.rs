@@ -33,12 +33,12 @@ pub async fn recover(daemon: &Arc<Daemon>) {
         let config = Project::open(Path::new(&record.project))
             .and_then(|p| JsonDoc::read(&p.phase_dir(record.phase).join(crate::phase::PHASE_CONFIG)));
         let resumable = config.as_ref().is_ok_and(|doc| doc.str_field("status") == "in_progress");
-        // A Slurm job's srun is not adopted: the job is cancelled and runs again.
-        let on_slurm = uses_slurm(&record);
-        let adopt = if resumable && !on_slurm { crate::adopt::find(daemon, &record) } else { Vec::new() };
+        // A Slurm job's srun is adopted like a local worker (its job goes on); the run's other
+        // jobs are cancelled.
+        let adopt = if resumable { crate::adopt::find(daemon, &record) } else { Vec::new() };
         kill_leftovers(daemon, &record, &adopt).await;
-        if on_slurm {
-            cancel_jobs(daemon, &record);
+        if uses_slurm(&record) {
+            cancel_jobs(daemon, &record, &adopt);
         }
         if !resumable {
             tracing::info!(project = %record.project, phase = record.phase, "the run had ended; not resuming it");
@@ -109,15 +109,19 @@ fn uses_slurm(record: &RunRecord) -> bool {
         .is_ok_and(|config| matches!(config.runner, crate::project::RunnerConfig::Slurm(_)))
 }
 
-/// Cancels the run's Slurm jobs (`"runner": {"kind": "slurm"}`): their sruns died with the last
-/// daemon, the jobs did not. Found by name in the queue, like the local workers by token; by
-/// the phase's story folders, since the store may not have recorded a story yet.
-fn cancel_jobs(daemon: &Daemon, record: &RunRecord) {
+/// Cancels the run's Slurm jobs (`"runner": {"kind": "slurm"}`) but those of the `adopted`
+/// sruns: a job whose srun is gone (killed with the last daemon, or not provably its own) has
+/// nobody to follow it. Found by name in the queue, like the local workers by token; by the
+/// phase's story folders, since the store may not have recorded a story yet.
+fn cancel_jobs(daemon: &Daemon, record: &RunRecord, adopted: &[crate::adopt::Adoptee]) {
     let Ok(project) = Project::open(Path::new(&record.project)) else { return };
     let folders = std::fs::read_dir(project.phase_dir(record.phase).join("stories"));
     let stories: Vec<String> =
         folders.into_iter().flatten().filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-    match tokio::task::block_in_place(|| crate::slurm::cancel_stories(&daemon.spawner, &project.root, &stories)) {
+    let key = crate::logs::project_key(&project.root);
+    let spared: Vec<String> = adopted.iter().map(|a| crate::slurm::job_name(&key, &a.story, a.iteration)).collect();
+    let cancel = || crate::slurm::cancel_stories(&daemon.spawner, &project.root, &stories, &spared);
+    match tokio::task::block_in_place(cancel) {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!(project = %record.project, phase = record.phase, "cancelled {n} Slurm job(s) of the last daemon")

@@ -215,13 +215,19 @@ pub(crate) async fn squeue_names(daemon: &Arc<Daemon>, names: &[String]) -> io::
 }
 
 /// Cancels every queued job of the project at `root` whose story is one of `stories` (a dead
-/// daemon's run, or a run that ends: no job of sticler's outlives its run). Blocking.
-pub fn cancel_stories(spawner: &Spawner, root: &std::path::Path, stories: &[String]) -> io::Result<usize> {
+/// daemon's run, or a run that ends: no job of sticler's outlives its run), but the jobs named
+/// in `spared` (those whose srun a resumed run took over). Blocking.
+pub fn cancel_stories(
+    spawner: &Spawner,
+    root: &std::path::Path,
+    stories: &[String],
+    spared: &[String],
+) -> io::Result<usize> {
     let prefix = job_prefix(&crate::logs::project_key(root));
     cancel_all(spawner, &prefix, |name| {
         // <prefix><story>-<iteration>
         let story = name.strip_prefix(&prefix).and_then(|rest| rest.rsplit_once('-')).map(|(story, _)| story);
-        story.is_some_and(|story| stories.iter().any(|s| s == story))
+        story.is_some_and(|story| stories.iter().any(|s| s == story)) && !spared.iter().any(|s| s == name)
     })
 }
 

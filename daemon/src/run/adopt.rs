@@ -1,7 +1,8 @@
-//! A worker the last daemon left running (see `crate::adopt`) taken over by the resumed run: its
-//! story runs without a new start (no `iteration_started` event: the last daemon sent it), it
-//! is supervised like any worker (timeout counted from its start, stall watchdog, stop and
-//! kill), and its end is judged and counted once, like any other.
+//! A worker the last daemon left running (see `crate::adopt`), or the `srun` of an iteration run
+//! as a Slurm job, taken over by the resumed run: its story runs without a new start (no
+//! `iteration_started` event: the last daemon sent it), it is supervised like any worker
+//! (timeout counted from its start, stall watchdog, stop and kill, through Slurm for a job),
+//! and its end is judged and counted once, like any other.
 
 use std::time::Instant;
 
@@ -30,7 +31,9 @@ impl PhaseRun {
         let log = crate::logs::log_path(&self.logs_root, &story, iteration);
         let liveness = self.work_paths(&story).map(|paths| self.liveness(&log, &paths.status));
         let pid = group.pid;
-        let stop = self.supervise_since(&story, iteration, (group.clone(), exit), liveness, None, age);
+        // An srun goes on following its job: its end comes through Slurm, as a new one's would.
+        let job = self.job_name(&story, iteration);
+        let stop = self.supervise_since(&story, iteration, (group.clone(), exit), liveness, job, age);
         // status.json as the iteration found it, kept by the last daemon; without it, any
         // readable status.json the worker leaves counts as its progress.
         let before = std::fs::read(crate::logs::start_status_path(&self.logs_root, &story, iteration));

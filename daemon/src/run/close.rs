@@ -22,7 +22,7 @@ impl PhaseRun {
         let stories: Vec<String> = self.stories.keys().cloned().collect();
         let root = &self.project.root;
         if let Err(e) =
-            tokio::task::block_in_place(|| crate::slurm::cancel_stories(&self.daemon.spawner, root, &stories))
+            tokio::task::block_in_place(|| crate::slurm::cancel_stories(&self.daemon.spawner, root, &stories, &[]))
         {
             tracing::warn!("cannot cancel the run's Slurm jobs: {e}");
         }

@@ -158,9 +158,15 @@ impl PhaseRun {
     /// job's name; with the local runner, leaves it as it is.
     fn as_job(&self, story: &str, iteration: u32, spec: &mut worker::SpawnSpec) -> Option<String> {
         let RunnerConfig::Slurm(slurm) = &self.config.runner else { return None };
-        let name = crate::slurm::job_name(&crate::logs::project_key(&self.project.root), story, iteration);
+        let name = self.job_name(story, iteration)?;
         crate::slurm::wrap(slurm, spec, &name, self.config.worker.iteration_timeout_secs);
         Some(name)
+    }
+
+    /// The name of the iteration's Slurm job, with the Slurm runner.
+    pub(super) fn job_name(&self, story: &str, iteration: u32) -> Option<String> {
+        let RunnerConfig::Slurm(_) = &self.config.runner else { return None };
+        Some(crate::slurm::job_name(&crate::logs::project_key(&self.project.root), story, iteration))
     }
 
     /// Gives the story its worktree (worktree mode), with its files copied in.

@@ -107,6 +107,8 @@ pub struct Store {
     /// Every (project, phase) a run was ever started for, so `status --all` still lists them
     /// after a restart. Kept after the run ends; a project gone from disk is skipped on reading.
     known: sled::Tree,
+    /// Each story's iteration events, by sequence number (see `store_iterations.rs`).
+    iterations: sled::Tree,
 }
 
 /// The trees of what sticler learned from the agents' output.
@@ -154,7 +156,10 @@ impl Store {
         let usage = db.open_tree("usage")?;
         let merges = db.open_tree("merges")?;
         let known = db.open_tree("known_phases")?;
-        Ok(Store { db, merges, events, runs, stories, pauses, usage, known })
+        let iterations = db.open_tree("story_iterations")?;
+        let store = Store { db, merges, events, runs, stories, pauses, usage, known, iterations };
+        store.index_since_mark()?;
+        Ok(store)
     }
 
     /// The highest event sequence number stored (0 when none).
@@ -179,7 +184,7 @@ impl Store {
 
     pub fn append_event(&self, event: &Event) -> Result<(), StoreError> {
         self.events.insert(event.seq.to_be_bytes(), encode(event)?)?;
-        Ok(())
+        self.index_event(event)
     }
 
     /// Events with a sequence number above `after`, oldest first, at most `limit`.
@@ -344,6 +349,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
         None => Err(StoreError::Decode("empty value".into())),
     }
 }
+
+#[path = "store_iterations.rs"]
+mod iterations;
 
 #[cfg(test)]
 mod tests {

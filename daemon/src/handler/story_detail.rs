@@ -15,9 +15,6 @@ use crate::phase::PhaseFiles;
 use crate::project::Project;
 use crate::views::phase_view;
 
-/// Events read from the store per batch while collecting a story's iterations.
-const EVENT_BATCH: usize = 4096;
-
 pub fn story_detail(daemon: &Daemon, phase: &PhaseRef, story: &str) -> Result<Response, ErrorReply> {
     let project = Project::open(Path::new(&phase.project))?;
     let files = PhaseFiles::load(&project, phase.phase, &daemon.listings)?;
@@ -67,33 +64,26 @@ fn read_text(path: &Path) -> String {
 
 /// The story's iterations, from its `iteration_started` and `iteration_ended` events.
 fn iterations(daemon: &Daemon, project: &str, phase: u32, story: &str) -> Result<Vec<IterationRecord>, ErrorReply> {
-    let store = daemon.bus.store();
+    let events = daemon.bus.store().story_iterations(project, phase, story);
+    let events = events.map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
     let mut records: Vec<IterationRecord> = Vec::new();
-    let mut after = 0;
-    loop {
-        let batch = store.events_after(after, EVENT_BATCH).map_err(|e| error(ErrorKind::Internal, e.to_string()))?;
-        let Some(last) = batch.last() else { break };
-        after = last.seq;
-        for event in batch.iter().filter(|e| e.phase == phase && e.project == project) {
-            match &event.kind {
-                EventKind::IterationStarted { story: s, iteration, .. } if s == story => {
-                    records.push(IterationRecord {
-                        iteration: *iteration,
-                        started_ms: event.time_ms,
-                        ended_ms: None,
-                        exit: None,
-                        verdict: None,
-                    });
+    for event in events {
+        match event.kind {
+            EventKind::IterationStarted { iteration, .. } => records.push(IterationRecord {
+                iteration,
+                started_ms: event.time_ms,
+                ended_ms: None,
+                exit: None,
+                verdict: None,
+            }),
+            EventKind::IterationEnded { iteration, exit, verdict, .. } => {
+                if let Some(record) = records.iter_mut().rev().find(|r| r.iteration == iteration) {
+                    record.ended_ms = Some(event.time_ms);
+                    record.exit = Some(exit);
+                    record.verdict = Some(verdict);
                 }
-                EventKind::IterationEnded { story: s, iteration, exit, verdict } if s == story => {
-                    if let Some(record) = records.iter_mut().rev().find(|r| r.iteration == *iteration) {
-                        record.ended_ms = Some(event.time_ms);
-                        record.exit = Some(*exit);
-                        record.verdict = Some(verdict.clone());
-                    }
-                }
-                _ => {}
             }
+            _ => {}
         }
     }
     Ok(records)

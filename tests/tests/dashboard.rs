@@ -320,6 +320,33 @@ async fn browser_test() {
     let runs = story_of(&daemon.phase_status(p.path(), 1), "US-P1-002").runs;
     assert!(runs >= 2, "US-P1-002 ran {runs} times");
 
+    // A hidden tab lets go of its event stream (a browser allows six connections to a host, for
+    // all its tabs); shown again, it takes the stream up and shows what happened meanwhile.
+    let shown = |visible: bool| {
+        format!(
+            "Object.defineProperty(document, 'hidden', {{value: {}, configurable: true}}); \
+             document.dispatchEvent(new Event('visibilitychange')); return true",
+            !visible
+        )
+    };
+    page.execute(&shown(false), vec![]).await.expect("hide the page");
+    let seen = page.execute("return window.sticler.lastSeq", vec![]).await.expect("last event").as_u64().unwrap_or(0);
+    let released = page.execute("return window.sticler.source === null", vec![]).await.expect("source");
+    assert_eq!(released, json!(true), "a hidden page keeps its event stream");
+    let out = daemon.ctl(&["-C", &p.path_str(), "kill", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    poll(Duration::from_secs(20), "the run to end", || (!daemon.phase_status(p.path(), 1).running).then_some(()));
+    let stale = page.execute(&class_of("US-P1-004", "st-running"), vec![]).await.expect("class");
+    assert_eq!(stale, json!(true), "a hidden page follows no event");
+    page.execute(&shown(true), vec![]).await.expect("show the page");
+    // The events it missed too: the stream starts again after the last one it saw.
+    let caught_up = format!(
+        "const n = document.getElementById('n-US-P1-004'); \
+         return (!n.classList.contains('st-running') && window.sticler.lastSeq >= {}) || null",
+        seen + 3
+    );
+    browser.wait_js(Duration::from_secs(20), "the run's end shown once the page is shown again", &caught_up).await;
+
     let png = page.screenshot().await.expect("screenshot");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&path, &png).expect("save the screenshot");
@@ -332,9 +359,6 @@ async fn browser_test() {
     );
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
-    let out = daemon.ctl(&["-C", &p.path_str(), "kill", "1"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    poll(Duration::from_secs(20), "the run to end", || (!daemon.phase_status(p.path(), 1).running).then_some(()));
     browser.quit().await;
 }
 

@@ -79,6 +79,7 @@ async function init() {
   setUpZoom();
   $('graph').setAttribute('preserveAspectRatio', 'xMinYMin meet');
   window.addEventListener('resize', refit);
+  document.addEventListener('visibilitychange', visibility);
   // The dashboard's own project (the server's default) at once; the switcher fills meanwhile.
   openProject('');
   try {
@@ -120,6 +121,25 @@ function connect(since) {
       setTimeout(() => S.source === source && connect(S.lastSeq), 2000);
     }
   };
+}
+
+// A browser allows six connections to one host, shared by all its tabs: a hidden tab lets go of
+// its event stream and followed log, and takes them up again, from its last event, when shown.
+function visibility() {
+  if (document.hidden) {
+    if (S.source) S.source.close();
+    S.source = null;
+    if (S.logFollowing && S.logAbort) {
+      S.logAbort.abort();
+      S.logAbort = null;
+      S.logFollowing = false;
+    }
+    return;
+  }
+  if (S.source === null) {
+    connect(S.lastSeq || null);
+    if (S.selected && $('log-follow').checked && !$('log-iteration').value) showLog();
+  }
 }
 
 function live(on) {

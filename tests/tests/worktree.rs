@@ -270,3 +270,27 @@ fn a_failed_storys_worktree_is_kept_for_inspection_until_clean() {
     assert!(!Path::new(&kept).exists(), "the worktree is gone");
     assert_no_leftovers(&daemon, &p);
 }
+
+/// What a worker left running in a session of its own writes as it is ended is that story's
+/// work: committed with it, never with the next story to use the same worktree.
+#[test]
+fn what_a_detached_process_writes_as_it_ends_goes_with_its_own_story() {
+    let daemon = Daemon::start();
+    let marks = tempfile::tempdir().unwrap();
+    let dir = marks.path().display();
+    // US-P1-001 leaves a process that writes a file half a second after its SIGTERM.
+    let script = format!(
+        "if [ \"$STICLER_STORY_ID\" = US-P1-001 ]; then \
+           setsid sh -c 'trap \"sleep 0.5; echo late > left-behind.txt; exit 0\" TERM; \
+                         echo $$ > {dir}/escaped; while :; do sleep 0.05; done' & \
+           while [ ! -s {dir}/escaped ]; do sleep 0.05; done; \
+         fi; exec \"$0\""
+    );
+    let p = project(&script, 1);
+    p.phase(1, "decomposed", &[story("US-P1-001", &[]), story("US-P1-002", &["US-P1-001"])]);
+    run(&daemon, &p);
+    let subjects = git(p.path(), &["log", "--format=%s", "--", "left-behind.txt"]);
+    let stories: Vec<&str> = subjects.lines().map(|s| s.split(' ').next().unwrap_or("")).collect();
+    assert_eq!(stories, ["[US-P1-001]"], "{subjects}");
+    assert_no_leftovers(&daemon, &p);
+}

@@ -216,7 +216,8 @@ impl PhaseRun {
         }
         // Whatever the process left behind in its group dies with it; descendants that escaped
         // into their own session are found by their token once the next dispatch is done, and
-        // ended (SIGTERM first).
+        // ended (SIGTERM first). A story about to be merged has them ended by its merge first,
+        // before its worktree is looked at: what they write as they end is the story's.
         run.group.kill_group();
         let group = run.group.clone();
         self.later.push(Box::new(move || group.end_strays()));
@@ -237,7 +238,7 @@ impl PhaseRun {
         // blocking thread: the iteration's end then comes back as `RunMsg::Merged`).
         let verdict = match claim {
             Verdict::Completed if self.workspaces.is_some() => {
-                match self.merge_in_background(&story, iteration, ended.clone()) {
+                match self.merge_in_background(&story, (iteration, run.group.clone()), ended.clone()) {
                     Some(verdict) => verdict,
                     None => return,
                 }

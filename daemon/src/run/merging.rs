@@ -36,6 +36,9 @@ pub(super) struct MergeJob {
     auto_commit: bool,
     run_key: String,
     daemon: Arc<Daemon>,
+    /// The ended iteration's process group: what escaped it into a session of its own is ended
+    /// before the story's work is looked at, so that what it writes meanwhile is the story's.
+    strays: Option<crate::worker::Group>,
 }
 
 /// How a merge went: the verdict, and the integration branch's commit of the story when it
@@ -46,6 +49,9 @@ impl MergeJob {
     /// The story's commit on its branch, then its merge under the project's git lock (merges
     /// of a project never run two at once).
     pub(super) fn run(self) -> MergeOutcome {
+        if let Some(group) = &self.strays {
+            group.end_strays();
+        }
         let lock = self.daemon.git_lock(&self.main_root);
         // A branch of an earlier daemon's: its merge may have landed before that daemon died.
         if !self.new_branch {
@@ -174,6 +180,7 @@ impl PhaseRun {
             auto_commit: self.config.auto_commit,
             run_key: self.run_key.clone(),
             daemon: Arc::clone(&self.daemon),
+            strays: None,
         })
     }
 
@@ -190,9 +197,14 @@ impl PhaseRun {
     /// The claim of a story in worktree mode is accepted: its commit and merge run on a blocking
     /// thread, the run goes on, and the iteration's end comes back as `RunMsg::Merged`. Returns
     /// the verdict at once when there is nothing to merge from.
-    pub(super) fn merge_in_background(&mut self, story: &str, iteration: u32, ended: Ended) -> Option<Verdict> {
+    pub(super) fn merge_in_background(
+        &mut self,
+        story: &str,
+        (iteration, group): (u32, crate::worker::Group),
+        ended: Ended,
+    ) -> Option<Verdict> {
         let job = match self.merge_job(story) {
-            Ok(job) => job,
+            Ok(job) => MergeJob { strays: Some(group), ..job },
             Err(verdict) => return Some(verdict),
         };
         let (tx, story) = (self.tx.clone(), story.to_string());

@@ -57,10 +57,14 @@ pub async fn recover(daemon: &Arc<Daemon>) {
             }
             Err(e) => {
                 tracing::error!(project = %record.project, phase = record.phase, "cannot resume the run: {}", e.message);
-                // Nobody supervises them now: the workers it would have adopted go too.
+                // Nobody supervises them now: the workers it would have adopted go too, and the
+                // Slurm jobs whose sruns they were.
                 for (pid, start_time, group) in adopted {
                     crate::worker::kill_recorded(pid, start_time);
                     group.sweep_strays();
+                }
+                if uses_slurm(&record) {
+                    cancel_jobs(daemon, &record, &[]);
                 }
                 let _ = daemon.bus.store().remove_run(&key);
             }

@@ -154,6 +154,13 @@ async fn client_async(daemon: &Arc<Daemon>, program: &str, args: Vec<String>) ->
     tokio::task::spawn_blocking(move || client(&daemon.spawner, &program, &args)).await.map_err(io::Error::other)?
 }
 
+/// Cancels the job named `name` at once (`scancel --signal=KILL`, then `scancel`): a job whose
+/// srun was killed has nobody to follow it.
+pub async fn cancel_job(daemon: &Arc<Daemon>, name: &str) {
+    scancel(daemon, name, Some("KILL")).await;
+    scancel(daemon, name, None).await;
+}
+
 /// `scancel` of the job named `name` (with `signal`: only that signal to its processes).
 async fn scancel(daemon: &Arc<Daemon>, name: &str, signal: Option<&str>) {
     let mut args: Vec<String> = signal.iter().map(|s| format!("--signal={s}")).collect();

@@ -21,6 +21,11 @@ impl PhaseRun {
             tracing::warn!(story_id = %story, pid = group.pid, "killed the recorded worker: not adoptable (its story cannot run now)");
             crate::worker::kill_recorded(group.pid, start_time);
             group.sweep_strays();
+            // Its srun killed, the job would run on: it goes too.
+            if let Some(name) = self.job_name(&story, iteration) {
+                let daemon = std::sync::Arc::clone(&self.daemon);
+                tokio::spawn(async move { crate::slurm::cancel_job(&daemon, &name).await });
+            }
             return;
         }
         self.daemon.slots.take_over();

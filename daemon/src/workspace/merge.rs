@@ -60,11 +60,13 @@ pub fn plan(
         return Ok(Plan::Conflict(marked));
     }
     let files = ProjectFiles::new(main, &ours_tree, &tree);
-    let edited: Vec<String> = changes
+    let mut edited: Vec<String> = changes
         .iter()
-        .filter(|c| !c.path.starts_with(story_dir) && files.user_edited(c))
-        .map(|c| c.path.display().to_string())
+        .zip(files.user_edits(&changes))
+        .filter(|(c, edited)| *edited && !c.path.starts_with(story_dir))
+        .map(|(c, _)| c.path.display().to_string())
         .collect();
+    edited.dedup();
     if !edited.is_empty() {
         return Ok(Plan::Waits(format!(
             "the merge waits: uncommitted edits in the project folder to {} (commit or undo them)",
@@ -175,8 +177,8 @@ pub fn follow(main: &Repository, (base, commit): (Oid, Oid), story_dir: &Path, u
     let files = ProjectFiles::new(main, &old, &new);
     let mut written = Vec::with_capacity(changes.len());
     let mut filtered = Vec::new();
-    for change in &changes {
-        let ours = change.path.starts_with(story_dir) || !files.user_edited(change);
+    for (change, edited) in changes.iter().zip(files.user_edits(&changes)) {
+        let ours = change.path.starts_with(story_dir) || !edited;
         if ours {
             files.write(change, umask, &mut filtered)?;
         } else {

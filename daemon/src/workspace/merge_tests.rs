@@ -256,3 +256,34 @@ fn files_land_through_the_projects_line_ending_attributes() {
         other => panic!("expected a wait, got {other:?}"),
     }
 }
+
+/// A file the story turns into a symlink (and a symlink it turns into a file) is no user's
+/// edit and lands as its new kind, whether or not the project's files go through filters.
+#[test]
+fn a_file_turned_symlink_lands_with_or_without_filters() {
+    for attributes in [None, Some("* text=auto\n")] {
+        let mut files = vec![("a.txt", "a\n"), ("b.txt", "b\n")];
+        files.extend(attributes.map(|text| (".gitattributes", text)));
+        let (dir, repo) = repo(&files);
+        let link = git2::FileMode::Link;
+        let land_story = |entries: &[(&str, &str, git2::FileMode)]| {
+            let head = story_branch_with_modes(&repo, entries);
+            match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+                Plan::Merge { branch_ref, base, commit } => {
+                    land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap()
+                }
+                other => panic!("expected a merge with attributes {attributes:?}, got {other:?}"),
+            }
+        };
+        land_story(&[("a.txt", "b.txt", link)]);
+        assert_eq!(fs::read_link(dir.path().join("a.txt")).unwrap(), Path::new("b.txt"), "{attributes:?}");
+        assert_eq!(repo.status_file(Path::new("a.txt")).unwrap(), git2::Status::CURRENT, "{attributes:?}");
+        land_story(&[("a.txt", "a again\n", git2::FileMode::Blob)]);
+        let at = dir.path().join("a.txt");
+        assert!(fs::symlink_metadata(&at).unwrap().is_file(), "{attributes:?}");
+        assert_eq!(fs::read_to_string(&at).unwrap(), "a again\n");
+        assert_eq!(repo.status_file(Path::new("a.txt")).unwrap(), git2::Status::CURRENT, "{attributes:?}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&at).unwrap().permissions().mode() & 0o777, 0o644, "{attributes:?}");
+    }
+}

@@ -4,6 +4,7 @@
 //! goes through libgit2's filters: its blob's bytes are not what git puts on disk (`eol=crlf`
 //! writes CRLF line ends, for one). Every other file is its blob's bytes, the cheap way.
 
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -51,14 +52,27 @@ impl<'a> ProjectFiles<'a> {
         })
     }
 
-    /// The project folder's file differs from both sides of the merge: the user changed it.
-    pub fn user_edited(&self, change: &Change) -> bool {
-        if self.filtered(&change.path) {
-            return self.differs(self.old, &change.path) && self.differs(self.new, &change.path);
+    /// For each of `changes`, whether the user changed its path in the project folder: what is
+    /// there differs from both sides of the merge. Judged before anything is written; a path
+    /// told twice (a file turned symlink: its removal, then its addition) against both of its
+    /// sides.
+    pub fn user_edits(&self, changes: &[Change]) -> Vec<bool> {
+        let mut sides: HashMap<&Path, (Option<Oid>, Option<Oid>)> = HashMap::new();
+        for change in changes {
+            let side = sides.entry(change.path.as_path()).or_default();
+            side.0 = side.0.or(change.old.map(|(oid, _)| oid));
+            side.1 = side.1.or(change.new.map(|(oid, _)| oid));
         }
-        let Some(on_disk) = on_disk(&self.root.join(&change.path)) else { return true };
-        let blob = |side: Option<(Oid, i32)>| side.map(|(oid, _)| oid);
-        on_disk != blob(change.old) && on_disk != blob(change.new)
+        changes.iter().map(|c| self.edited(&c.path, sides.get(c.path.as_path()).copied().unwrap_or_default())).collect()
+    }
+
+    /// Whether what is at `path` is neither side (`old`, `new`; `None`: nothing there).
+    fn edited(&self, path: &Path, (old, new): (Option<Oid>, Option<Oid>)) -> bool {
+        if self.filtered(path) {
+            return self.differs(self.old, path) && self.differs(self.new, path);
+        }
+        let Some(on_disk) = on_disk(&self.root.join(path)) else { return true };
+        on_disk != old && on_disk != new
     }
 
     /// Whether the file at `path`, seen through the filters, differs from what `tree` holds
@@ -70,6 +84,8 @@ impl<'a> ProjectFiles<'a> {
             .disable_pathspec_match(true)
             .include_untracked(true)
             .recurse_untracked_dirs(true)
+            .include_ignored(true)
+            .recurse_ignored_dirs(true)
             .include_typechange(true);
         self.repo.diff_tree_to_workdir(Some(tree), Some(&mut options)).map_or(true, |diff| diff.deltas().len() > 0)
     }
@@ -122,49 +138,62 @@ impl<'a> ProjectFiles<'a> {
         }
         crate::project::write_replacing(&path, content.content())
             .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
-        set_mode(&path, change, umask, None)
+        set_mode(&path, change, umask)
     }
 
     /// Writes the files `write` left to the filters, as git's checkout of the new side does
-    /// (the index is left to the caller).
+    /// (the index is left to the caller). libgit2's checkout writes a file in place, so it
+    /// writes into a staging folder in the repository's git folder, and each file is then put
+    /// in its place atomically, as every other file of a merge is.
     pub fn write_filtered(&self, changes: &[Change], filtered: &[PathBuf], umask: u32) -> Result<(), GitError> {
         if filtered.is_empty() {
             return Ok(());
         }
-        let before: Vec<Option<u32>> = filtered
-            .iter()
-            .map(|rel| std::fs::metadata(self.root.join(rel)).ok().map(|m| m.permissions().mode()))
-            .collect();
+        let staging = self.repo.path().join("sticler-checkout");
+        let io =
+            |path: &Path, e: std::io::Error| GitError::Git(git2::Error::from_str(&format!("{}: {e}", path.display())));
+        // A folder left by a daemon killed mid-merge: nothing in it is needed.
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
         let mut checkout = git2::build::CheckoutBuilder::new();
-        checkout.force().update_index(false).disable_pathspec_match(true);
+        checkout.force().recreate_missing(true).update_index(false).disable_pathspec_match(true).target_dir(&staging);
         for rel in filtered {
             checkout.path(rel);
         }
-        self.repo.checkout_tree(self.new.as_object(), Some(&mut checkout))?;
-        for (rel, kept) in filtered.iter().zip(before) {
-            if let Some(change) = changes.iter().find(|c| &c.path == rel) {
-                set_mode(&self.root.join(rel), change, umask, kept)?;
-            }
-        }
-        Ok(())
+        let written =
+            self.repo.checkout_tree(self.new.as_object(), Some(&mut checkout)).map_err(GitError::from).and_then(|()| {
+                for rel in filtered {
+                    let (staged, path) = (staging.join(rel), self.root.join(rel));
+                    let bytes = std::fs::read(&staged).map_err(|e| io(&staged, e))?;
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+                    }
+                    crate::project::write_replacing(&path, &bytes)
+                        .map_err(|e| GitError::Git(git2::Error::from_str(&e.to_string())))?;
+                    // The change that writes the path (a path told twice is first removed).
+                    if let Some(change) = changes.iter().find(|c| &c.path == rel && c.new.is_some()) {
+                        set_mode(&path, change, umask)?;
+                    }
+                }
+                Ok(())
+            });
+        let _ = std::fs::remove_dir_all(&staging);
+        written
     }
 }
 
 /// The file just written for `change` gets the modes git would give it under the user's
-/// `umask` (the daemon's own umask is 077) when it is new, executable or changed mode; else
-/// the mode it had (`kept`), when a write may have lost it.
-fn set_mode(path: &Path, change: &Change, umask: u32, kept: Option<u32>) -> Result<(), GitError> {
+/// `umask` (the daemon's own umask is 077) when it is new, executable or changed mode (else
+/// it kept the mode of the file it replaced).
+fn set_mode(path: &Path, change: &Change, umask: u32) -> Result<(), GitError> {
     let Some((_, mode)) = change.new else { return Ok(()) };
     let executable = mode == i32::from(git2::FileMode::BlobExecutable);
     let fresh = change.old.is_none();
     let mode_changed = change.old.is_some_and(|(_, old)| old != mode);
-    let bits = if fresh || executable || mode_changed {
-        (if executable { 0o777 } else { 0o666 }) & !umask
-    } else if let Some(kept) = kept {
-        kept & 0o7777
-    } else {
+    if !(fresh || executable || mode_changed) {
         return Ok(());
-    };
+    }
+    let bits = (if executable { 0o777 } else { 0o666 }) & !umask;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(bits))
         .map_err(|e| GitError::Git(git2::Error::from_str(&format!("{}: {e}", path.display()))))
 }

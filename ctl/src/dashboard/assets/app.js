@@ -105,6 +105,9 @@ function openProject(project) {
 // The event stream first, the status once it is open: no event falls between the two.
 function connect(since) {
   if (S.source) S.source.close();
+  S.source = null;
+  // A tab opened in the background connects once it is shown (see `visibility`).
+  if (document.hidden) return;
   const url = `/api/events?project=${enc(S.project)}` + (since ? `&since=${since}` : '');
   const source = new EventSource(url);
   S.source = source;
@@ -129,7 +132,9 @@ function visibility() {
   if (document.hidden) {
     if (S.source) S.source.close();
     S.source = null;
-    if (S.logFollowing && S.logAbort) {
+    // A followed log, streaming or still being asked for.
+    const followed = S.logFollowing || ($('log-follow').checked && !$('log-iteration').value);
+    if (followed && S.logAbort) {
       S.logAbort.abort();
       S.logAbort = null;
       S.logFollowing = false;

@@ -219,9 +219,12 @@ fn kill_9_of_the_daemon_mid_run_then_restart_takes_the_jobs_over_completes_and_l
     let Some(cluster) = Cluster::shared() else { return };
     let mut daemon = daemon_on(cluster);
     let p = project(true, json!({}));
-    let slow =
-        |id: &str, deps: &[&str]| story(id, deps).script(json!({"sleep_ms": 2000, "files": [format!("src/{id}.txt")]}));
-    p.phase(1, "decomposed", &[slow("US-P1-001", &[]), slow("US-P1-002", &[]), slow("US-P1-003", &["US-P1-001"])]);
+    let slow = |id: &str, deps: &[&str], ms: u64| {
+        story(id, deps).script(json!({"sleep_ms": ms, "files": [format!("src/{id}.txt")]}))
+    };
+    // US-P1-002's job runs long enough to be seen running under the second daemon.
+    let stories = [slow("US-P1-001", &[], 2000), slow("US-P1-002", &[], 6000), slow("US-P1-003", &["US-P1-001"], 2000)];
+    p.phase(1, "decomposed", &stories);
     let out = daemon.ctl(&["-C", &p.path_str(), "start", "1"]);
     assert!(out.status.success(), "{}", describe(&out));
     let prefix = job_prefix(p.path());
@@ -229,6 +232,11 @@ fn kill_9_of_the_daemon_mid_run_then_restart_takes_the_jobs_over_completes_and_l
     daemon.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
     assert!(!cluster.queued(&prefix).is_empty(), "the jobs outlive the daemon that started them");
     launch_on(&mut daemon, cluster);
+    // The adopted srun's job is followed as a new one's is.
+    poll(Duration::from_secs(5), "US-P1-002's job shown running by the second daemon", || {
+        let job = story_of(&daemon.phase_status(p.path(), 1), "US-P1-002").job.clone();
+        job.filter(|j| j.state == "RUNNING" && j.node.is_some()).map(|_| ())
+    });
     let out = daemon.ctl(&["-C", &p.path_str(), "wait", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.dump(p.path()));
     let commits = story_commits(&p);

@@ -287,3 +287,18 @@ fn a_file_turned_symlink_lands_with_or_without_filters() {
         assert_eq!(fs::metadata(&at).unwrap().permissions().mode() & 0o777, 0o644, "{attributes:?}");
     }
 }
+
+/// A story that changes the attributes and a file they govern: the file lands under the new
+/// attributes, as `git checkout` of the merge writes it.
+#[test]
+fn a_file_lands_under_the_attributes_its_own_merge_brings() {
+    let (dir, repo) = repo(&[(".gitattributes", "*.bat -text\n"), ("a.txt", "a\n")]);
+    let head = story_branch(&repo, &[(".gitattributes", "*.bat text eol=crlf\n"), ("new.bat", "x\ny\n")]);
+    let Plan::Merge { branch_ref, base, commit } = plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap()
+    else {
+        panic!("expected a merge")
+    };
+    land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap();
+    assert_eq!(fs::read_to_string(dir.path().join("new.bat")).unwrap(), "x\r\ny\r\n");
+    assert_eq!(repo.status_file(Path::new("new.bat")).unwrap(), git2::Status::CURRENT);
+}

@@ -189,6 +189,17 @@ fn story_branch_with_modes(repo: &Repository, entries: &[(&str, &str, git2::File
     repo.commit(None, &sig, &sig, "story work", &tree, &[&head]).unwrap()
 }
 
+/// Plans and lands a story whose branch sets `entries` (path, content, mode); it must merge.
+fn land_story(repo: &Repository, entries: &[(&str, &str, git2::FileMode)]) {
+    let head = story_branch_with_modes(repo, entries);
+    match plan(repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
+        Plan::Merge { branch_ref, base, commit } => {
+            land(repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap()
+        }
+        other => panic!("expected a merge of {entries:?}, got {other:?}"),
+    }
+}
+
 /// A story's symlink lands in the project folder as a symlink (never a file holding its
 /// target), git sees it unchanged, and a later story's change to it is no user's edit.
 #[test]
@@ -196,16 +207,7 @@ fn a_symlink_lands_as_a_symlink_and_an_executable_keeps_its_bit() {
     use std::os::unix::fs::PermissionsExt;
     let (dir, repo) = repo(&[("a.txt", "a\n"), ("b.txt", "b\n")]);
     let link = git2::FileMode::Link;
-    let land_story = |entries: &[(&str, &str, git2::FileMode)]| {
-        let head = story_branch_with_modes(&repo, entries);
-        match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
-            Plan::Merge { branch_ref, base, commit } => {
-                land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap()
-            }
-            other => panic!("expected a merge, got {other:?}"),
-        }
-    };
-    land_story(&[("link", "a.txt", link), ("run.sh", "#!/bin/sh\n", git2::FileMode::BlobExecutable)]);
+    land_story(&repo, &[("link", "a.txt", link), ("run.sh", "#!/bin/sh\n", git2::FileMode::BlobExecutable)]);
     let at = dir.path().join("link");
     assert_eq!(fs::read_link(&at).unwrap(), Path::new("a.txt"));
     assert_eq!(repo.status_file(Path::new("link")).unwrap(), git2::Status::CURRENT);
@@ -213,7 +215,7 @@ fn a_symlink_lands_as_a_symlink_and_an_executable_keeps_its_bit() {
     assert_eq!(bits & 0o777, 0o755);
     assert_eq!(repo.status_file(Path::new("run.sh")).unwrap(), git2::Status::CURRENT);
 
-    land_story(&[("link", "b.txt", link), ("run.sh", "#!/bin/sh\n", git2::FileMode::Blob)]);
+    land_story(&repo, &[("link", "b.txt", link), ("run.sh", "#!/bin/sh\n", git2::FileMode::Blob)]);
     assert_eq!(fs::read_link(&at).unwrap(), Path::new("b.txt"));
     assert_eq!(repo.status_file(Path::new("link")).unwrap(), git2::Status::CURRENT);
     let bits = fs::metadata(dir.path().join("run.sh")).unwrap().permissions().mode();
@@ -266,19 +268,10 @@ fn a_file_turned_symlink_lands_with_or_without_filters() {
         files.extend(attributes.map(|text| (".gitattributes", text)));
         let (dir, repo) = repo(&files);
         let link = git2::FileMode::Link;
-        let land_story = |entries: &[(&str, &str, git2::FileMode)]| {
-            let head = story_branch_with_modes(&repo, entries);
-            match plan(&repo, "US-P1-001", head, &doc(), Path::new(OWN)).unwrap() {
-                Plan::Merge { branch_ref, base, commit } => {
-                    land(&repo, &branch_ref, (base, commit), Path::new(OWN), 0o022).unwrap()
-                }
-                other => panic!("expected a merge with attributes {attributes:?}, got {other:?}"),
-            }
-        };
-        land_story(&[("a.txt", "b.txt", link)]);
+        land_story(&repo, &[("a.txt", "b.txt", link)]);
         assert_eq!(fs::read_link(dir.path().join("a.txt")).unwrap(), Path::new("b.txt"), "{attributes:?}");
         assert_eq!(repo.status_file(Path::new("a.txt")).unwrap(), git2::Status::CURRENT, "{attributes:?}");
-        land_story(&[("a.txt", "a again\n", git2::FileMode::Blob)]);
+        land_story(&repo, &[("a.txt", "a again\n", git2::FileMode::Blob)]);
         let at = dir.path().join("a.txt");
         assert!(fs::symlink_metadata(&at).unwrap().is_file(), "{attributes:?}");
         assert_eq!(fs::read_to_string(&at).unwrap(), "a again\n");
